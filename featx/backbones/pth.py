@@ -1,0 +1,188 @@
+"""Read PyTorch ``.pth`` state dicts into numpy arrays without importing torch.
+
+A ``.pth`` file is a pickle, and unpickling can run arbitrary code.  The
+unpickler here admits only the few globals that tensor rebuilding needs
+(``OrderedDict``, ``torch._utils._rebuild_tensor_v2`` and the typed storage
+classes); anything else is refused with :class:`UnsafePthError` before it is
+called.  Both the legacy serialisation (torch < 1.6, used by the bundled
+weight packages) and the zip format (torch >= 1.6) are understood.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+_STORAGE_DTYPES = {
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "HalfStorage": np.float16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+}
+
+
+class PthFormatError(ValueError):
+    """The file is not a readable PyTorch checkpoint."""
+
+
+class UnsafePthError(PthFormatError):
+    """The file asks the unpickler for something other than tensors."""
+
+
+class _StorageType:
+    """Stands in for ``torch.FloatStorage`` & co.: it only carries a dtype."""
+
+    def __init__(self, name: str):
+        self.dtype = np.dtype(_STORAGE_DTYPES[name]).newbyteorder("<")
+
+
+class _Storage:
+    """A flat buffer; in the legacy format its bytes arrive after the pickle."""
+
+    def __init__(self, dtype: np.dtype, array: np.ndarray | None = None):
+        self.dtype = dtype
+        self.array = array
+
+
+class _Tensor:
+    """A tensor whose storage may not be read yet (legacy format)."""
+
+    def __init__(self, storage: _Storage, offset: int, size, stride):
+        self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
+
+    def to_numpy(self) -> np.ndarray:
+        flat = self.storage.array
+        if flat is None:
+            raise PthFormatError("a tensor's storage is missing from the file")
+        itemsize = flat.dtype.itemsize
+        needed = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride)) + 1
+        if min(self.size, default=1) > 0 and needed > flat.size:
+            raise PthFormatError("a tensor reaches past the end of its storage")
+        view = np.lib.stride_tricks.as_strided(
+            flat[self.offset :],
+            shape=self.size,
+            strides=tuple(s * itemsize for s in self.stride),
+            writeable=False,
+        )
+        return np.array(view, dtype=flat.dtype.newbyteorder("="))
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
+    return _Tensor(storage, storage_offset, size, stride)
+
+
+def _rebuild_parameter(data, *_ignored):
+    return data
+
+
+_ALLOWED = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+}
+
+
+class _TensorUnpickler(pickle.Unpickler):
+    def __init__(self, file, source: str, load_storage):
+        super().__init__(file)
+        self._source = source
+        self._load_storage = load_storage
+
+    def find_class(self, module, name):
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[(module, name)]
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(name)
+        raise UnsafePthError(
+            f"{self._source}: refused to load '{module}.{name}': a weights file may only "
+            "contain tensors, so this one is corrupt or malicious"
+        )
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
+            raise UnsafePthError(f"{self._source}: unexpected persistent id {pid!r}")
+        storage_type, key = pid[1], str(pid[2])
+        if not isinstance(storage_type, _StorageType):
+            raise UnsafePthError(f"{self._source}: storage of unknown type {storage_type!r}")
+        if len(pid) > 5 and pid[5] is not None:
+            raise PthFormatError(f"{self._source}: storage views are not supported")
+        return self._load_storage(key, storage_type.dtype)
+
+
+def _load_legacy(f, source: str):
+    def header():
+        return _TensorUnpickler(f, source, None).load()
+
+    if header() != _LEGACY_MAGIC:
+        raise PthFormatError(f"{source}: not a PyTorch checkpoint (bad magic number)")
+    header()  # protocol version
+    header()  # system info
+    storages: dict[str, _Storage] = {}
+
+    def load_storage(key, dtype):
+        return storages.setdefault(key, _Storage(dtype))
+
+    result = _TensorUnpickler(f, source, load_storage).load()
+    keys = header()
+    for key in keys:
+        storage = storages[str(key)]
+        header = f.read(8)
+        if len(header) != 8:
+            raise PthFormatError(f"{source}: file is truncated")
+        numel = int(np.frombuffer(header, dtype="<i8")[0])
+        raw = f.read(numel * storage.dtype.itemsize)
+        if len(raw) != numel * storage.dtype.itemsize:
+            raise PthFormatError(f"{source}: file is truncated")
+        storage.array = np.frombuffer(raw, dtype=storage.dtype)
+    return result
+
+
+def _load_zip(path: Path, source: str):
+    with zipfile.ZipFile(path) as zf:
+        pkl = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+        if pkl is None:
+            raise PthFormatError(f"{source}: zip file without data.pkl")
+        prefix = pkl[: -len("data.pkl")]
+
+        def load_storage(key, dtype):
+            return _Storage(dtype, np.frombuffer(zf.read(f"{prefix}data/{key}"), dtype=dtype))
+
+        return _TensorUnpickler(io.BytesIO(zf.read(pkl)), source, load_storage).load()
+
+
+def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
+    """Return the tensors of a ``.pth`` state dict as ``{name: numpy array}``.
+
+    Raises :class:`UnsafePthError` when the pickle references anything beyond
+    tensor rebuilding, and :class:`PthFormatError` for damaged files.
+    """
+    path = Path(path)
+    source = str(path)
+    try:
+        if zipfile.is_zipfile(path):
+            state = _load_zip(path, source)
+        else:
+            with open(path, "rb") as f:
+                state = _load_legacy(f, source)
+    except PthFormatError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise PthFormatError(f"{source}: not a readable PyTorch checkpoint ({exc})") from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise PthFormatError(f"{source}: expected a state dict, found {type(state).__name__}")
+    return {str(k): v.to_numpy() for k, v in state.items() if isinstance(v, _Tensor)}

@@ -1,0 +1,42 @@
+"""The study's quick check: ImageNet top-K classes for a few images."""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+
+import numpy as np
+
+from featx.backbones.registry import DEFAULT_BACKBONE, get_backbone
+from featx.errors import FeatxError
+from featx.images import load_image
+
+
+@functools.cache
+def imagenet_classes() -> tuple[str, ...]:
+    text = resources.files("featx").joinpath("data/imagenet_classes.txt").read_text("utf-8")
+    return tuple(text.splitlines())
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def peek(paths, backbone: str = DEFAULT_BACKBONE, top: int = 5, weights="imagenet"):
+    """Return, per image, ``[(class_index, class_name, probability), ...]`` best first."""
+    if top < 1:
+        raise FeatxError(f"--top: expected a positive number, got {top}")
+    spec = get_backbone(backbone)
+    if "logits" not in spec.tap_names:
+        raise FeatxError(f"--backbone: {backbone} has no ImageNet classifier to peek with")
+    images = [load_image(p, min_side=spec.input_size) for p in paths]
+    model = spec.build(weights)
+    probs = softmax(np.asarray(model.predict(spec.preprocess(images), verbose=0), dtype=np.float64))
+    names = imagenet_classes()
+    results = []
+    for row in probs:
+        order = np.argsort(-row)[:top]
+        results.append([(int(i), names[i], float(row[i])) for i in order])
+    return results
