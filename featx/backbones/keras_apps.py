@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from featx import _tf
+
 # name: (constructor, preprocess module, input size, extra kwargs, taps)
 # taps: (name, layer, channels, stride); stageK is always stride 2**K
 KERAS_APPS = {
@@ -69,7 +71,7 @@ class WeightsUnavailableError(RuntimeError):
 
 def build_keras_app(name: str, weights: str | Path | None):
     """The full classifier (raw logits, no softmax) with the given weights."""
-    import keras
+    keras = _tf.keras()
 
     constructor, _module, _size, kwargs, _taps = KERAS_APPS[name]
     fn = getattr(keras.applications, constructor)
@@ -86,7 +88,7 @@ def keras_normalizer(name: str):
     module_name = KERAS_APPS[name][1]
 
     def normalize(batch: np.ndarray) -> np.ndarray:
-        import keras
+        keras = _tf.keras()
 
         module = getattr(keras.applications, module_name)
         return np.asarray(module.preprocess_input(batch.astype(np.float32, copy=True)), dtype=np.float32)

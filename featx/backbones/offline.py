@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from featx import _tf
+
 from featx.backbones.pth import load_state_dict
 
 
@@ -75,7 +77,7 @@ class _Net:
     """Builds layers functionally and remembers which torch tensors fill each."""
 
     def __init__(self, eps: float, symmetric_padding: bool):
-        import keras
+        keras = _tf.keras()
 
         self.k = keras
         self.eps = eps

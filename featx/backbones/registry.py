@@ -18,6 +18,8 @@ from typing import Callable
 
 import numpy as np
 
+from featx import _tf
+
 from featx.backbones import keras_apps, offline
 from featx.errors import FeatxError
 from featx.images import center_crop_resize
@@ -104,7 +106,7 @@ class Backbone:
 
     def build(self, weights="imagenet"):
         """The whole network, ending in the 1000 ImageNet logits."""
-        import keras
+        keras = _tf.keras()
 
         if weights is None:
             keras.utils.set_random_seed(0)  # random init must be reproducible to be cacheable
@@ -125,7 +127,7 @@ class Backbone:
 
     def feature_model(self, taps, pooling: str = "avg", weights="imagenet", model=None):
         """A Keras model from network input to ``{tap: pooled codes}``."""
-        import keras
+        keras = _tf.keras()
 
         if pooling not in POOLINGS:
             raise FeatxError(f"--pooling: expected one of {', '.join(POOLINGS)}, got {pooling!r}")
@@ -143,7 +145,7 @@ def tap_output(model, tap: Tap):
 
 def pool(x, pooling: str, name: str):
     """Spatial map to vector; vectors pass through unchanged."""
-    import keras
+    keras = _tf.keras()
 
     L = keras.layers
     if len(x.shape) == 2:

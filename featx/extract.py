@@ -1,0 +1,306 @@
+"""Run a backbone once over a dataset and cache its codes; read them back.
+
+The pipeline: hash every file (the cache key) -> look up what the cache
+lacks -> decode and resize those images in a small thread pool while the
+network runs on the previous batch -> write finished rows to the cache's
+journal every few hundred images -> fold them into the HDF5 file at the end.
+Nothing is held in memory beyond a few batches, so memory stays flat in the
+number of images; bad images are reported, never fatal.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from featx import _tf
+
+from featx import __version__
+from featx.backbones.registry import DEFAULT_BACKBONE, POOLINGS, get_backbone
+from featx.cache import DTYPES, FeatureCache, TapRows, cache_path, content_key, default_cache_dir
+from featx.datasets import Dataset, discover, from_paths
+from featx.errors import FeatxError
+from featx.images import ImageError, decode, read_bytes
+
+MIN_IMAGE_SIDE = 8  # smaller images carry no usable signal after resizing
+LARGE_FLAT_DIM = 100_000  # warn when pooling='none' stores more numbers than this per image
+
+
+@dataclass
+class ExtractReport:
+    cache_file: Path
+    dataset: Dataset
+    keys: list  # content key per dataset image, None where the file could not be read
+    computed: int = 0
+    cached: int = 0
+    failures: list = field(default_factory=list)  # (path, reason)
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.computed / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        text = (f"{len(self.dataset)} images: {self.computed} extracted, {self.cached} already cached, "
+                f"{len(self.failures)} skipped; {self.seconds:.1f}s")
+        if self.computed:
+            text += f" ({self.images_per_second:.1f} img/s)"
+        return text + f"\ncache: {self.cache_file}"
+
+
+@dataclass
+class Features:
+    """Codes of a dataset, rows in the dataset's order (images that failed are left out)."""
+
+    codes: dict  # tap -> (n, d) float32
+    paths: list
+    keys: list
+    labels: np.ndarray | None
+    class_names: list
+    splits: np.ndarray | None
+    cache_file: Path
+    config: dict
+    failures: list
+
+    def X(self, taps=None) -> np.ndarray:
+        taps = list(taps or self.codes)
+        return np.concatenate([self.codes[t] for t in taps], axis=1) if len(taps) > 1 else self.codes[taps[0]]
+
+
+def extractor_config(backbone: str, pooling: str = "avg", dtype: str = "float32", weights="imagenet",
+                     mixed_precision: bool = False) -> dict:
+    """Everything that changes the numbers in a cache row (the cache file's key)."""
+    spec = get_backbone(backbone)
+    if pooling not in POOLINGS:
+        raise FeatxError(f"--pooling: expected one of {', '.join(POOLINGS)}, got {pooling!r}")
+    if dtype not in DTYPES:
+        raise FeatxError(f"--dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+    return {
+        "backbone": spec.name,
+        "weights": spec.weights_id(weights),
+        "input_size": spec.input_size,
+        "crop_fraction": round(spec.crop_fraction, 6),
+        "preprocessing": spec.normalizer.__name__,
+        "pooling": pooling,
+        "dtype": dtype,
+        "mixed_precision": bool(mixed_precision),
+        "views": 0,
+    }
+
+
+def _as_dataset(data) -> Dataset:
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, (str, Path)):
+        return discover(data)
+    return from_paths(data)
+
+
+def _hash_files(paths, workers: int = 4):
+    def one(path):
+        try:
+            return content_key(read_bytes(path)), None
+        except ImageError as exc:
+            return None, str(exc)
+
+    with cf.ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(one, paths))
+
+
+def _check_taps(spec, taps) -> list[str]:
+    taps = [taps] if isinstance(taps, str) else list(taps)
+    if not taps:
+        raise FeatxError("--taps: give at least one tap")
+    for t in taps:
+        spec.tap(t)
+    return list(dict.fromkeys(taps))
+
+
+def extract(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), pooling: str = "avg",
+            batch_size: int = 32, cache_dir=None, dtype: str = "float32", weights="imagenet",
+            workers: int = 2, mixed_precision: bool = False, progress: bool | None = None,
+            flush_rows: int = 256) -> ExtractReport:
+    """Compute and cache the codes that ``cache_dir`` lacks for ``data``.
+
+    ``data``: a dataset folder, a list of image paths, or a :class:`Dataset`.
+    Returns a report; read the codes with :func:`load_features`.
+    """
+    if batch_size < 1:
+        raise FeatxError(f"--batch-size: expected a positive number, got {batch_size}")
+    spec = get_backbone(backbone)
+    taps = _check_taps(spec, taps)
+    config = extractor_config(backbone, pooling, dtype, weights, mixed_precision)
+    dataset = _as_dataset(data)
+    cache = FeatureCache(cache_path(cache_dir or default_cache_dir(), config), config)
+    start = time.perf_counter()
+    hashed = _hash_files(dataset.paths)
+    report = ExtractReport(cache.path, dataset, [k for k, _ in hashed])
+    report.failures = [(p, err) for p, (k, err) in zip(dataset.paths, hashed) if k is None]
+
+    with cache:
+        cache.commit()  # fold in rows a killed run left in the journal
+        present = {t: cache.keys(t) for t in taps}
+        todo: dict[str, Path] = {}
+        for path, key in zip(dataset.paths, report.keys):
+            if key is not None and key not in todo and any(key not in present[t] for t in taps):
+                todo[key] = path
+        report.cached = sum(1 for k in report.keys if k is not None and k not in todo)
+        if todo:
+            if pooling == "none":
+                _warn_if_large(spec, taps)
+            model = _feature_model(spec, taps, pooling, weights, mixed_precision)
+            failures = _run(spec, model, taps, list(todo.items()), cache, batch_size, workers,
+                            progress, flush_rows, dtype)
+            bad = {str(p) for p, _ in failures}
+            report.failures += failures
+            report.computed = len(todo) - len(failures)
+            report.keys = [None if str(p) in bad else k for p, k in zip(dataset.paths, report.keys)]
+            provenance = {"featx": __version__, "engine": "keras", **_versions()}
+            cache.commit(provenance=provenance, failures=[[str(p), r] for p, r in report.failures])
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _versions() -> dict:
+    keras = _tf.keras()
+    import tensorflow as tf
+
+    return {"keras": keras.__version__, "tensorflow": tf.__version__, "device": "GPU" if _tf.gpu_available() else "CPU"}
+
+
+def _warn_if_large(spec, taps):
+    for t in taps:
+        tap = spec.tap(t)
+        side = -(-spec.input_size // tap.stride)
+        if tap.name not in ("pre_logits", "logits") and side * side * tap.channels > LARGE_FLAT_DIM:
+            print(f"featx: warning: pooling 'none' stores {side * side * tap.channels:,} numbers per image "
+                  f"for tap {t}; consider --pooling avg", file=sys.stderr)
+
+
+def _feature_model(spec, taps, pooling, weights, mixed_precision):
+    keras = _tf.keras()
+
+    if mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        return spec.feature_model(taps, pooling, weights)
+    finally:
+        if mixed_precision:
+            keras.mixed_precision.set_global_policy("float32")
+
+
+def _load_for_network(spec, path: Path) -> np.ndarray:
+    image = decode(read_bytes(path), str(path), min_side=spec.input_size)
+    if min(image.shape[:2]) < MIN_IMAGE_SIDE:
+        raise ImageError(f"{path}: {image.shape[1]}x{image.shape[0]} pixels is too small to classify")
+    return spec.resize(image)
+
+
+def _run(spec, model, taps, items, cache, batch_size, workers, progress, flush_rows, dtype):
+    """Decode in threads, infer in fixed-shape batches, journal rows as they finish."""
+    from tqdm import tqdm
+
+    failures = []
+    pending = {t: ([], []) for t in taps}
+    pending_rows = 0
+    last_flush = time.monotonic()
+    size = spec.input_size
+    batch = np.zeros((batch_size, size, size, 3), dtype=np.uint8)
+    batch_keys: list[str] = []
+
+    def flush():
+        nonlocal pending_rows, last_flush
+        if pending_rows:
+            cache.append({t: TapRows(np.asarray(k, dtype="S32"), np.concatenate(c).astype(dtype))
+                          for t, (k, c) in pending.items()})
+            for k, c in pending.values():
+                k.clear()
+                c.clear()
+            pending_rows = 0
+        last_flush = time.monotonic()
+
+    def infer():
+        nonlocal pending_rows
+        n = len(batch_keys)
+        out = model.predict_on_batch(spec.normalize(batch))  # always full batches: one trace
+        for t in taps:
+            pending[t][0].extend(batch_keys)
+            pending[t][1].append(np.asarray(out[t][:n], dtype=np.float32))
+        pending_rows += n
+        batch_keys.clear()
+        if pending_rows >= flush_rows or time.monotonic() - last_flush > 30:
+            flush()
+
+    bar = tqdm(total=len(items), unit="img", disable=None if progress is None else not progress,
+               file=sys.stderr, dynamic_ncols=True)
+    with cf.ThreadPoolExecutor(max(1, workers)) as pool:
+        window = collections.deque()
+        it = iter(items)
+
+        def submit_next():
+            item = next(it, None)
+            if item is not None:
+                window.append((item, pool.submit(_load_for_network, spec, item[1])))
+
+        for _ in range(2 * batch_size):
+            submit_next()
+        while window:
+            (key, path), fut = window.popleft()
+            submit_next()
+            try:
+                batch[len(batch_keys)] = fut.result()
+                batch_keys.append(key)
+            except ImageError as exc:
+                failures.append((path, str(exc).removeprefix(f"{path}: ")))
+            except Exception as exc:  # noqa: BLE001 - one odd file must not stop a long run
+                failures.append((path, f"{type(exc).__name__}: {exc}"))
+            bar.update(1)
+            if len(batch_keys) == batch_size:
+                infer()
+        if batch_keys:
+            batch[len(batch_keys):] = 0
+            infer()
+    flush()
+    bar.close()
+    return failures
+
+
+def load_features(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), pooling: str = "avg",
+                  cache_dir=None, dtype: str = "float32", weights="imagenet", extract_missing: bool = True,
+                  **extract_options) -> Features:
+    """The cached codes of ``data`` (extracting what is missing first, by default)."""
+    spec = get_backbone(backbone)
+    taps = _check_taps(spec, taps)
+    dataset = _as_dataset(data)
+    if extract_missing:
+        report = extract(dataset, backbone, taps, pooling, cache_dir=cache_dir, dtype=dtype, weights=weights,
+                         **extract_options)
+        keys, failures, path = report.keys, report.failures, report.cache_file
+        config = extractor_config(backbone, pooling, dtype, weights, extract_options.get("mixed_precision", False))
+    else:
+        config = extractor_config(backbone, pooling, dtype, weights)
+        path = cache_path(cache_dir or default_cache_dir(), config)
+        hashed = _hash_files(dataset.paths)
+        keys = [k for k, _ in hashed]
+        failures = [(p, e) for p, (k, e) in zip(dataset.paths, hashed) if k is None]
+    ok = [i for i, k in enumerate(keys) if k is not None]
+    ok_keys = [keys[i] for i in ok]
+    cache = FeatureCache(path, config)
+    codes = {t: cache.read(t, ok_keys) for t in taps}
+    return Features(
+        codes=codes,
+        paths=[dataset.paths[i] for i in ok],
+        keys=ok_keys,
+        labels=dataset.labels[ok] if dataset.labels is not None else None,
+        class_names=list(dataset.class_names),
+        splits=dataset.splits[ok] if dataset.splits is not None else None,
+        cache_file=path,
+        config=config,
+        failures=failures,
+    )
