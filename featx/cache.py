@@ -271,7 +271,8 @@ class FeatureCache:
         g["keys"][: old_keys.size] = old_keys
         step = 8192
         for start in range(0, old_keys.size, step):  # stream: memory stays flat
-            codes[start : start + step] = old["taps"][tap]["codes"][start : start + step]
+            end = min(start + step, old_keys.size)
+            codes[start:end] = old["taps"][tap]["codes"][start:end]
         at = old_keys.size
         for k, c in zip(new_keys, new_codes):
             g["keys"][at : at + k.size] = k

@@ -7,7 +7,7 @@ Three layouts are understood:
 * ``DATA/...images`` with no class folders: unlabelled (for prediction).
 
 Hidden files and files that are not images are skipped and counted; symbolic
-links are followed, but a folder reached twice (a link cycle) is walked once.
+links are followed, but a link that leads back into a folder being walked (a cycle) is not.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ class Dataset:
         return self.labels is not None
 
 
-def _walk_images(folder: Path, skipped: Counter, seen: set) -> list[Path]:
-    found = []
+def _walk_images(folder: Path, skipped: Counter) -> list[Path]:
+    found, seen = [], set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen:
@@ -79,7 +79,6 @@ def discover(root: str | Path) -> Dataset:
     if root.is_file():
         return from_paths([root])
     skipped: Counter = Counter()
-    seen: set = set()
     subdirs = _subdirs(root)
     split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_FOLDERS]
     if any(d.name.lower() == "train" for d in split_dirs):
@@ -94,7 +93,7 @@ def discover(root: str | Path) -> Dataset:
         index = {n: i for i, n in enumerate(class_names)}
         paths, labels, splits = [], [], []
         for split, folder in groups:
-            found = _walk_images(folder, skipped, seen)
+            found = _walk_images(folder, skipped)
             paths += found
             labels += [index[folder.name]] * len(found)
             splits += [split] * len(found)
@@ -102,7 +101,7 @@ def discover(root: str | Path) -> Dataset:
         dataset = Dataset(root, paths, np.asarray(labels, dtype=np.int64), class_names,
                           np.asarray(splits) if has_splits else None, skipped)
     else:
-        dataset = Dataset(root, _walk_images(root, skipped, seen), None, [], None, skipped)
+        dataset = Dataset(root, _walk_images(root, skipped), None, [], None, skipped)
     if not dataset.paths:
         raise FeatxError(f"{root}: no images found (looked for {', '.join(sorted({'.jpg', '.png', '.bmp', '.webp', '.tif'}))})")
     return dataset
