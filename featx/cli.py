@@ -90,20 +90,78 @@ def cmd_cache(args) -> int:
     return 1 if problems else 0
 
 
+def _head_options(p):
+    p.add_argument("--val-fraction", type=float, default=0.2, help="validation share (default 0.2)")
+    p.add_argument("--test-fraction", type=float, default=0.2,
+                   help="held-out test share when DATA has no test/ folder (default 0.2)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def cmd_fit_head(args) -> int:
+    from featx.fit import fit_head
+
+    result = fit_head(
+        args.data, backbone=args.backbone, taps=_taps(args.tap), head=args.head, pooling=args.pooling,
+        dtype=args.dtype, weights=_weights(args.weights), cache_dir=args.cache, out_dir=args.out,
+        class_weight=args.class_weight, l2=args.l2, standardize=args.standardize, pca=args.pca,
+        val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
+    )
+    print(result.report)
+    print(f"bundle: {result.bundle}")
+    print(f"metrics, confusion matrix: {result.out_dir}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from featx.fit import predict
+
+    table = predict(args.bundle, args.images, top=args.top, out=args.out, cache_dir=args.cache,
+                    trust=args.trust_bundle, weights=None if args.weights is None else _weights(args.weights))
+    if args.out:
+        print(f"{len(table)} predictions written to {args.out}")
+    else:
+        print(table.to_csv(index=False, float_format="%.4f"), end="")
+    for path, reason in table.attrs["failures"]:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    return 3 if table.attrs["failures"] else 0
+
+
+def cmd_sweep(args) -> int:
+    from featx.fit import sweep
+
+    table = sweep(args.data, backbone=args.backbone, taps=_taps(args.taps) if args.taps else None,
+                  pooling=args.pooling, dtype=args.dtype, weights=_weights(args.weights), cache_dir=args.cache,
+                  out_dir=args.out, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                  seed=args.seed)
+    print(f"{table.attrs['dataset']}: logistic head on each tap of {args.backbone} (split {table.attrs['split_id']})")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"plot and table: {table.attrs['out_dir']}")
+    return 0
+
+
+def cmd_advise(args) -> int:
+    from featx.advise import advise
+
+    advice = advise(args.data, backbone=args.backbone, cache_dir=args.cache, sample=args.sample,
+                    with_sweep=args.sweep, large_per_class=args.large_per_class, seed=args.seed)
+    print(advice.text())
+    return 0
+
+
 def cmd_demo(args) -> int:
-    import sklearn.datasets
-    from pathlib import Path
+    from featx.demo import run_demo
 
-    images = sorted((Path(sklearn.datasets.__file__).parent / "images").glob("*.jpg"))
-    args.images, args.top = [str(p) for p in images], 5
-    return cmd_peek(args)
+    run_demo(out_dir=args.out, backbone=args.backbone, cache_dir=args.cache, per_class=args.per_class,
+             weights=_weights(args.weights))
+    return 0
 
 
-def _extractor_options(p):
+def _extractor_options(p, taps_flag="--taps", taps_default="pre_logits"):
     from featx.backbones.registry import DEFAULT_BACKBONE
 
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"see 'featx backbones' (default {DEFAULT_BACKBONE})")
-    p.add_argument("--taps", default="pre_logits", help="comma-separated taps (default pre_logits)")
+    p.add_argument(taps_flag, default=taps_default,
+                   help=f"comma-separated taps (default {taps_default or 'all'}); several are concatenated")
     p.add_argument("--pooling", default="avg", choices=["avg", "max", "avgmax", "none"])
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="storage type")
     p.add_argument("--weights", default="imagenet", help="'imagenet' (default), a weights file, or 'none'")
@@ -114,7 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     from featx import __version__
     from featx.backbones.registry import DEFAULT_BACKBONE
 
-    parser = argparse.ArgumentParser(prog="featx", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="featx",
+        description="Transfer learning the CS231n way: run a pretrained CNN once over your images, cache its "
+                    "codes, train classical heads on them in seconds. Typical use: featx extract DATA, then "
+                    "featx fit-head DATA, then featx predict BUNDLE IMAGES.",
+    )
     parser.add_argument("--version", action="version", version=f"featx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -142,9 +205,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", nargs="?", help="cache folder for ls, cache FILE for info/verify")
     p.set_defaults(func=cmd_cache)
 
-    p = sub.add_parser("demo", help="the main job on data that ships with scikit-learn")
+    p = sub.add_parser("fit-head", help="train a classifier head on the cached codes of DATA")
+    p.add_argument("data", metavar="DATA")
+    _extractor_options(p, taps_flag="--tap")
+    p.add_argument("--head", default="logistic", help="logistic (default), linear_svm, rbf_svm, knn, dense")
+    p.add_argument("--class-weight", choices=["balanced"], default=None)
+    p.add_argument("--l2", action=argparse.BooleanOptionalAction, default=None, help="L2-normalise rows")
+    p.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--pca", type=int, default=None, metavar="K", help="reduce codes to K dimensions")
+    p.add_argument("--out", default=None, help="output folder (default featx-out/<dataset>-<backbone>-<tap>-<head>)")
+    _head_options(p)
+    p.set_defaults(func=cmd_fit_head)
+
+    p = sub.add_parser("predict", help="classify images with a bundle; CSV of predictions",
+                       description="Exit status: 0 done, 2 error, 3 done but some images were skipped.")
+    p.add_argument("bundle", metavar="BUNDLE")
+    p.add_argument("images", nargs="+", metavar="IMAGES_OR_DIR")
+    p.add_argument("--out", default=None, help="CSV file (default: print to stdout)")
+    p.add_argument("--top", type=int, default=None, metavar="K", help="add the top-K classes")
+    p.add_argument("--cache", default=None)
+    p.add_argument("--weights", default=None, help="weights file, when the bundle's is elsewhere")
+    p.add_argument("--trust-bundle", action="store_true",
+                   help="load a bundle not signed on this machine (it is a pickle: only if you trust it)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("sweep", help="a linear head on every tap: are earlier layers better for DATA?")
+    p.add_argument("data", metavar="DATA")
+    _extractor_options(p, taps_default=None)
+    p.add_argument("--out", default=None)
+    _head_options(p)
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("advise", help="which route fits DATA (CS231n's four cases)")
+    p.add_argument("data", metavar="DATA")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    p.add_argument("--cache", default=None)
+    p.add_argument("--sample", type=int, default=300, help="images scored by the ImageNet classifier")
+    p.add_argument("--sweep", action="store_true", help="also run a layer sweep as evidence")
+    p.add_argument("--large-per-class", type=int, default=500, help="images per class that count as large")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_advise)
+
+    p = sub.add_parser("demo", help="the main job end to end on scikit-learn's digits (offline)")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE)
     p.add_argument("--weights", default="imagenet")
+    p.add_argument("--cache", default=None)
+    p.add_argument("--out", default="featx-out/demo")
+    p.add_argument("--per-class", type=int, default=40)
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -12,6 +12,8 @@ links are followed, but a link that leads back into a folder being walked (a cyc
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -121,3 +123,91 @@ def from_paths(paths) -> Dataset:
     if not out:
         raise FeatxError("no images given")
     return Dataset(Path("."), out, None, [], None, skipped)
+
+
+# ---- splits ---------------------------------------------------------------------------
+
+def split_id(keys, labels, val_fraction, test_fraction, seed, source) -> str:
+    h = hashlib.sha256(json.dumps([source, val_fraction, test_fraction, seed]).encode())
+    for k, y in sorted(zip(keys, np.asarray(labels).tolist())):
+        h.update(f"{k}:{y};".encode())
+    return h.hexdigest()[:12]
+
+
+def assign_splits(keys, labels, given=None, val_fraction: float = 0.2, test_fraction: float = 0.2,
+                  seed: int = 0, store: str | Path | None = None) -> tuple[np.ndarray, str]:
+    """'train' / 'val' / 'test' for each image, and the split's id.
+
+    ``given``: the dataset's own split folders, if any.  With train/val/test
+    folders they are used as they are; with train/val only, ``val`` is the
+    held-out test set and a stratified ``val_fraction`` of ``train`` becomes
+    the validation set (the study's protocol: model selection never sees the
+    test images).  Otherwise a stratified, seeded split: ``test_fraction`` of
+    all images, then ``val_fraction`` of the rest.  The assignment, keyed by
+    image content, is stored under ``store`` so every later head, sweep and
+    fine-tune of the dataset is judged on the same images.
+    """
+    from sklearn.model_selection import train_test_split
+
+    keys = list(keys)
+    labels = np.asarray(labels)
+    for name, f in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
+        if not 0 <= f < 1:
+            raise FeatxError(f"{name}: expected a fraction in [0, 1), got {f}")
+    out = np.empty(len(keys), dtype=object)
+    idx = np.arange(len(keys))
+    if given is not None and "test" in set(given):
+        source = "folders"
+        out[:] = given
+    else:
+        if given is not None:
+            source = "folders:val-as-test"
+            out[:] = np.where(np.asarray(given) == "train", "train", "test")
+            pool = idx[out == "train"]
+            need = 2
+        else:
+            source = "stratified"
+            pool = idx
+            need = 1 + (val_fraction > 0) + (test_fraction > 0)
+        classes, counts = np.unique(labels[pool], return_counts=True)
+        if counts.min() < need:
+            small = classes[counts.argmin()]
+            raise FeatxError(
+                f"class {small!r} has {counts.min()} training image(s); a split needs at least {need} per class "
+                "(add images, or lower --val-fraction / --test-fraction to 0)"
+            )
+        out[pool] = "train"
+        if given is None and test_fraction > 0:
+            rest, test = _stratified(pool, labels, test_fraction, seed, train_test_split)
+            out[test] = "test"
+            pool = rest
+        if val_fraction > 0:
+            _, val = _stratified(pool, labels, val_fraction, seed, train_test_split)
+            out[val] = "val"
+    sid = split_id(keys, labels, val_fraction, test_fraction, seed, source)
+    if store is not None:
+        folder = Path(store) / "splits"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{sid}.json"
+        if not path.exists():
+            record = {"id": sid, "source": source, "val_fraction": val_fraction, "test_fraction": test_fraction,
+                      "seed": seed, "assignments": dict(zip(keys, out.tolist()))}
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(record, indent=0))
+            os.replace(tmp, path)
+    return out.astype(str), sid
+
+
+def _stratified(pool, labels, fraction, seed, train_test_split):
+    n_classes = len(np.unique(labels[pool]))
+    size = max(int(round(fraction * len(pool))), n_classes)  # at least one per class
+    if size >= len(pool):
+        raise FeatxError(f"too few images ({len(pool)}) to hold out {fraction:.0%} per class")
+    return train_test_split(pool, test_size=size, random_state=seed, stratify=labels[pool])
+
+
+def load_split(store: str | Path, sid: str) -> dict:
+    path = Path(store) / "splits" / f"{sid}.json"
+    if not path.exists():
+        raise FeatxError(f"split {sid} is not stored under {store}; was the cache folder moved?")
+    return json.loads(path.read_text())

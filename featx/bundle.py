@@ -1,0 +1,91 @@
+"""A trained head saved as one file with everything needed to use it again.
+
+A bundle holds the fitted head, the extractor configuration (backbone,
+weights, taps, pooling, dtype), the class names, the split id and the
+metrics.  It is a joblib pickle, and unpickling can run code, so featx signs
+every bundle it writes with an HMAC-SHA256 under a key private to this user
+(``$FEATX_HOME/bundle.key``, default ``~/.featx``) and refuses to unpickle a
+bundle whose signature does not match: one written elsewhere, or modified.
+Load such a bundle only if you trust where it came from, with ``trust=True``
+(``--trust-bundle`` on the command line).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import joblib
+
+from featx import __version__
+from featx.errors import FeatxError
+
+MAGIC = b"FEATX-BUNDLE-1\n"
+
+
+@dataclass
+class Bundle:
+    head: object
+    extractor: dict  # backbone, weights (as given), weights_id, taps, pooling, dtype
+    class_names: list
+    split_id: str | None = None
+    metrics: dict = field(default_factory=dict)
+    kind: str = "head"  # "head" on cached codes; "finetuned" for an end-to-end Keras model
+    featx_version: str = __version__
+
+    def predict_proba(self, X):
+        return self.head.predict_proba(X)
+
+
+def _key() -> bytes:
+    home = Path(os.environ.get("FEATX_HOME", Path.home() / ".featx"))
+    path = home / "bundle.key"
+    if not path.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return bytes.fromhex(path.read_text().strip())
+
+
+def save_bundle(bundle: Bundle, path: str | Path) -> Path:
+    path = Path(path)
+    buf = io.BytesIO()
+    joblib.dump(bundle, buf, compress=3)
+    payload = buf.getvalue()
+    signature = hmac.new(_key(), payload, hashlib.sha256).hexdigest().encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(MAGIC + signature + b"\n" + payload)
+    os.replace(tmp, path)
+    return path
+
+
+def load_bundle(path: str | Path, trust: bool = False) -> Bundle:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise FeatxError(f"{path}: cannot read the bundle ({exc.strerror or exc})") from None
+    if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 65:
+        raise FeatxError(f"{path}: not a featx bundle (write one with 'featx fit-head')")
+    signature, payload = data[len(MAGIC) : len(MAGIC) + 64], data[len(MAGIC) + 65 :]
+    expected = hmac.new(_key(), payload, hashlib.sha256).hexdigest().encode()
+    if not hmac.compare_digest(signature, expected) and not trust:
+        raise FeatxError(
+            f"{path}: this bundle was not written by featx for this user, or was modified since; "
+            "bundles are pickles that can run code, so featx refuses it. If you trust its origin, "
+            "pass --trust-bundle"
+        )
+    try:
+        bundle = joblib.load(io.BytesIO(payload))
+    except Exception as exc:  # noqa: BLE001
+        raise FeatxError(f"{path}: bundle cannot be read ({type(exc).__name__}: {exc})") from None
+    if not isinstance(bundle, Bundle):
+        raise FeatxError(f"{path}: not a featx bundle")
+    return bundle

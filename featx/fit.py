@@ -1,0 +1,239 @@
+"""Heads on cached codes, end to end: split, fit, evaluate, save, log, predict, sweep.
+
+This is the cached route of the study: ``fit_head`` extracts whatever codes
+are missing (usually nothing: the backbone ran once), splits the dataset the
+same way every time, trains a head in seconds and writes a bundle, metrics,
+a confusion matrix and a runs-log row.  ``predict`` rebuilds the extractor
+from a bundle alone.  ``sweep`` fits a linear head on every tap.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from featx.backbones.registry import DEFAULT_BACKBONE, get_backbone
+from featx.bundle import Bundle, load_bundle, save_bundle
+from featx.cache import default_cache_dir
+from featx.datasets import Dataset, assign_splits, discover, from_paths
+from featx.errors import FeatxError
+from featx.extract import Features, extractor_config, load_features
+from featx.heads import fit_head as _fit, make_head
+from featx.runs import append_run, plot_confusion, plot_sweep, runs_log_path
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class LabelledCodes:
+    """Codes of a labelled dataset with its stored split."""
+
+    features: Features
+    y: np.ndarray  # class names
+    split: np.ndarray
+    split_id: str
+    extract_seconds: float
+
+    def part(self, name: str, taps=None):
+        mask = self.split == name
+        return self.features.X(taps)[mask], self.y[mask]
+
+
+def labelled_codes(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), pooling="avg", dtype="float32",
+                   weights="imagenet", cache_dir=None, val_fraction=0.2, test_fraction=0.2, seed=0,
+                   **extract_options) -> LabelledCodes:
+    cache_dir = Path(cache_dir or default_cache_dir())
+    dataset = data if isinstance(data, Dataset) else discover(data)
+    if not dataset.labelled:
+        raise FeatxError(f"{dataset.root}: no class folders; training needs DATA/<class>/<images>")
+    if len(dataset.class_names) < 2:
+        raise FeatxError(
+            f"{dataset.root}: found 1 class ({dataset.class_names[0]!r}); a classifier needs at least 2 class folders"
+        )
+    start = time.perf_counter()
+    feats = load_features(dataset, backbone, taps, pooling, cache_dir, dtype, weights, **extract_options)
+    seconds = time.perf_counter() - start
+    split, sid = assign_splits(feats.keys, feats.labels, feats.splits, val_fraction, test_fraction, seed,
+                               store=cache_dir)
+    y = np.asarray(feats.class_names, dtype=object)[feats.labels].astype(str)
+    return LabelledCodes(feats, y, split, sid, seconds)
+
+
+@dataclass
+class FitResult:
+    bundle: Path
+    metrics: dict
+    out_dir: Path
+    report: str
+
+
+def _accuracy(model, X, y):
+    return float((model.predict(X) == y).mean()) if len(y) else None
+
+
+def fit_head(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), head="logistic", pooling="avg",
+             dtype="float32", weights="imagenet", cache_dir=None, out_dir=None, class_weight=None, l2=None,
+             standardize=None, pca=None, val_fraction=0.2, test_fraction=0.2, seed=0, head_params=None,
+             **extract_options) -> FitResult:
+    """Train ``head`` on the cached codes of ``data`` and write its outputs."""
+    from sklearn.metrics import classification_report
+
+    cache_dir = Path(cache_dir or default_cache_dir())
+    model = make_head(head, class_weight=class_weight, l2=l2, standardize=standardize, pca=pca,
+                      random_state=seed, **(head_params or {}))
+    taps = [taps] if isinstance(taps, str) else list(taps)
+    codes = labelled_codes(data, backbone, taps, pooling, dtype, weights, cache_dir, val_fraction, test_fraction,
+                           seed, **extract_options)
+    parts = {s: codes.part(s) for s in SPLITS}
+    (Xtr, ytr), (Xv, yv), (Xte, yte) = parts["train"], parts["val"], parts["test"]
+    start = time.perf_counter()
+    _fit(model, Xtr, ytr, validation_data=(Xv, yv) if len(yv) else None)
+    fit_seconds = time.perf_counter() - start
+
+    eval_split = "test" if len(yte) else "val"
+    Xe, ye = parts[eval_split]
+    pred = model.predict(Xe) if len(ye) else np.array([])
+    report = classification_report(ye, pred, labels=codes.features.class_names, zero_division=0,
+                                   output_dict=True) if len(ye) else {}
+    dataset_name = Path(codes.features.paths[0]).parents[1 if codes.features.splits is None else 2].name
+    metrics = {
+        "dataset": dataset_name,
+        "backbone": backbone, "taps": taps, "head": head, "pooling": pooling,
+        "split_id": codes.split_id,
+        "n": {s: int(len(parts[s][1])) for s in SPLITS},
+        "accuracy": {s: _accuracy(model, *parts[s]) for s in SPLITS},
+        "evaluated_on": eval_split,
+        "per_class": {c: {"precision": report[c]["precision"], "recall": report[c]["recall"],
+                          "support": int(report[c]["support"])} for c in codes.features.class_names} if report else {},
+        "fit_seconds": fit_seconds,
+        "extract_seconds": codes.extract_seconds,
+        "skipped_images": [[str(p), r] for p, r in codes.features.failures],
+    }
+    out_dir = Path(out_dir or Path("featx-out") / f"{dataset_name}-{backbone}-{'+'.join(taps)}-{head}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    extractor = {"backbone": backbone, "weights": None if weights is None else str(weights),
+                 "weights_id": codes.features.config["weights"], "taps": taps, "pooling": pooling, "dtype": dtype}
+    bundle_path = save_bundle(Bundle(model, extractor, list(codes.features.class_names), codes.split_id, metrics),
+                              out_dir / "model.featx")
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if len(ye):
+        plot_confusion(ye, pred, codes.features.class_names, out_dir / "confusion.png",
+                       f"{dataset_name}: {backbone}/{'+'.join(taps)}/{head} ({eval_split})")
+    append_run(runs_log_path(cache_dir), {
+        "dataset": dataset_name, "route": "cached", "backbone": backbone, "taps": "+".join(taps), "head": head,
+        "split_id": codes.split_id, **{f"n_{s}": metrics["n"][s] for s in SPLITS},
+        **{f"{s}_acc": metrics["accuracy"][s] for s in SPLITS},
+        "extract_s": codes.extract_seconds, "fit_s": fit_seconds, "output": str(bundle_path),
+    })
+    return FitResult(bundle_path, metrics, out_dir, _report_text(metrics))
+
+
+def _report_text(m: dict) -> str:
+    acc = m["accuracy"]
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    lines = [
+        f"{m['dataset']}: {m['backbone']}/{'+'.join(m['taps'])} -> {m['head']} head "
+        f"(split {m['split_id']}: {m['n']['train']} train, {m['n']['val']} val, {m['n']['test']} test)",
+        f"accuracy: train {fmt(acc['train'])}  val {fmt(acc['val'])}  test {fmt(acc['test'])}",
+        f"fit {m['fit_seconds']:.2f}s (codes ready in {m['extract_seconds']:.1f}s)",
+    ]
+    if m["per_class"]:
+        lines.append(f"per class ({m['evaluated_on']}):      precision  recall  support")
+        for c, r in m["per_class"].items():
+            lines.append(f"  {c[:24]:<24} {r['precision']:9.3f} {r['recall']:7.3f} {r['support']:8d}")
+    return "\n".join(lines)
+
+
+# ---- prediction ---------------------------------------------------------------------------
+
+def extractor_weights(bundle: Bundle, weights=None):
+    """The weights to rebuild a bundle's extractor with, checked against the bundle."""
+    ext = bundle.extractor
+    spec = get_backbone(ext["backbone"])
+    chosen = weights if weights is not None else ext["weights"]
+    if chosen not in (None, "imagenet") and not Path(chosen).is_file():
+        raise FeatxError(f"the bundle's backbone {spec.name} needs the weights file {chosen}, which is missing; "
+                         "pass --weights FILE")
+    found = spec.weights_id(chosen)
+    if found != ext["weights_id"]:
+        raise FeatxError(
+            f"the bundle was trained on {spec.name} weights {ext['weights_id']}, but {chosen or 'random init'} gives "
+            f"{found}: the codes would not match; pass the original file with --weights"
+        )
+    return chosen
+
+
+def predict(bundle, images, top: int | None = None, out=None, cache_dir=None, trust: bool = False,
+            weights=None, **extract_options):
+    """Class probabilities for ``images`` (files or folders) as a DataFrame; CSV at ``out``.
+
+    Columns: ``file``, ``id`` (file name without suffix, the study's file id),
+    ``predicted``, ``probability``, then ``top1..topK`` with their
+    probabilities when ``top`` is given, then one ``p_<class>`` per class.
+    """
+    import pandas as pd
+
+    if not isinstance(bundle, Bundle):
+        bundle = load_bundle(bundle, trust=trust)
+    if bundle.kind != "head":
+        raise FeatxError("this bundle holds a fine-tuned model; predict it with featx predict MODEL.keras")
+    ext = bundle.extractor
+    if top is not None and not 1 <= top <= len(bundle.class_names):
+        raise FeatxError(f"--top: expected 1..{len(bundle.class_names)}, got {top}")
+    dataset = from_paths(images) if not isinstance(images, Dataset) else images
+    feats = load_features(dataset, ext["backbone"], ext["taps"], ext["pooling"], cache_dir, ext["dtype"],
+                          extractor_weights(bundle, weights), **extract_options)
+    classes = np.asarray(bundle.head.classes_)
+    proba = bundle.predict_proba(feats.X(ext["taps"])) if feats.paths else np.zeros((0, len(classes)))
+    order = np.argsort(-proba, axis=1)
+    table = pd.DataFrame({
+        "file": [str(p) for p in feats.paths],
+        "id": [Path(p).stem for p in feats.paths],
+        "predicted": classes[order[:, 0]] if len(proba) else [],
+        "probability": proba[np.arange(len(proba)), order[:, 0]] if len(proba) else [],
+    })
+    for k in range(top or 0):
+        table[f"top{k + 1}"] = classes[order[:, k]]
+        table[f"top{k + 1}_prob"] = proba[np.arange(len(proba)), order[:, k]]
+    for j, c in enumerate(classes):
+        table[f"p_{c}"] = proba[:, j]
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out, index=False, float_format="%.6f")
+    table.attrs["failures"] = feats.failures
+    return table
+
+
+# ---- layer sweep --------------------------------------------------------------------------
+
+def sweep(data, backbone=DEFAULT_BACKBONE, taps=None, head="logistic", pooling="avg", dtype="float32",
+          weights="imagenet", cache_dir=None, out_dir=None, val_fraction=0.2, test_fraction=0.2, seed=0,
+          **extract_options):
+    """A linear head on every tap (one extraction pass), same split: accuracy by depth."""
+    import pandas as pd
+
+    spec = get_backbone(backbone)
+    taps = list(taps or spec.tap_names)
+    codes = labelled_codes(data, backbone, taps, pooling, dtype, weights, cache_dir, val_fraction, test_fraction,
+                           seed, **extract_options)
+    rows = []
+    for tap in taps:
+        model = make_head(head, random_state=seed)
+        (Xtr, ytr), (Xv, yv), (Xte, yte) = (codes.part(s, [tap]) for s in SPLITS)
+        start = time.perf_counter()
+        _fit(model, Xtr, ytr, validation_data=(Xv, yv) if len(yv) else None)
+        rows.append({"tap": tap, "stride": spec.tap(tap).stride, "dim": Xtr.shape[1],
+                     "val_acc": _accuracy(model, Xv, yv), "test_acc": _accuracy(model, Xte, yte),
+                     "fit_s": time.perf_counter() - start})
+    table = pd.DataFrame(rows)
+    dataset_name = Path(codes.features.paths[0]).parents[1 if codes.features.splits is None else 2].name
+    out_dir = Path(out_dir or Path("featx-out") / f"{dataset_name}-{backbone}-sweep")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out_dir / "sweep.csv", index=False, float_format="%.4f")
+    plot_sweep(table, out_dir / "sweep.png", f"{dataset_name}: {head} head on each tap of {backbone}")
+    table.attrs.update(out_dir=out_dir, split_id=codes.split_id, dataset=dataset_name)
+    return table
