@@ -22,7 +22,7 @@ from featx.cache import default_cache_dir
 from featx.datasets import Dataset, assign_splits, discover, from_paths
 from featx.errors import FeatxError
 from featx.extract import Features, extractor_config, load_features
-from featx.heads import fit_head as _fit, make_head
+from featx.heads import make_head
 from featx.runs import append_run, plot_confusion, plot_sweep, runs_log_path
 
 SPLITS = ("train", "val", "test")
@@ -85,13 +85,14 @@ def fit_head(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), head="logist
     cache_dir = Path(cache_dir or default_cache_dir())
     model = make_head(head, class_weight=class_weight, l2=l2, standardize=standardize, pca=pca,
                       random_state=seed, **(head_params or {}))
+    model._pipeline(2, 2)  # validate the head's options before any extraction
     taps = [taps] if isinstance(taps, str) else list(taps)
     codes = labelled_codes(data, backbone, taps, pooling, dtype, weights, cache_dir, val_fraction, test_fraction,
                            seed, **extract_options)
     parts = {s: codes.part(s) for s in SPLITS}
     (Xtr, ytr), (Xv, yv), (Xte, yte) = parts["train"], parts["val"], parts["test"]
     start = time.perf_counter()
-    _fit(model, Xtr, ytr, validation_data=(Xv, yv) if len(yv) else None)
+    model.fit(Xtr, ytr, validation_data=(Xv, yv) if len(yv) else None)
     fit_seconds = time.perf_counter() - start
 
     eval_split = "test" if len(yte) else "val"
@@ -225,7 +226,7 @@ def sweep(data, backbone=DEFAULT_BACKBONE, taps=None, head="logistic", pooling="
         model = make_head(head, random_state=seed)
         (Xtr, ytr), (Xv, yv), (Xte, yte) = (codes.part(s, [tap]) for s in SPLITS)
         start = time.perf_counter()
-        _fit(model, Xtr, ytr, validation_data=(Xv, yv) if len(yv) else None)
+        model.fit(Xtr, ytr, validation_data=(Xv, yv) if len(yv) else None)
         rows.append({"tap": tap, "stride": spec.tap(tap).stride, "dim": Xtr.shape[1],
                      "val_acc": _accuracy(model, Xv, yv), "test_acc": _accuracy(model, Xte, yte),
                      "fit_s": time.perf_counter() - start})

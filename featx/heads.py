@@ -67,16 +67,15 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         self._encoder = LabelEncoder().fit(y)
         self.classes_ = self._encoder.classes_
         if len(self.classes_) < 2:
-            raise ValueError(f"DenseHead needs at least 2 classes, got {len(self.classes_)}")
+            raise ValueError(f"DenseHead needs at least 2 classes, got {len(self.classes_)} class")
         yi = self._encoder.transform(y)
         if validation_data is not None:
             Xv, yv = validation_data
             Xv = np.asarray(Xv, dtype=np.float32)
             yv = self._encoder.transform(yv)
-        elif self.validation_fraction and len(y) >= 10:
-            stratify = yi if np.bincount(yi).min() >= 2 else None
-            X, Xv, yi, yv = train_test_split(X, yi, test_size=self.validation_fraction,
-                                             random_state=self.random_state, stratify=stratify)
+        elif self.validation_fraction and np.bincount(yi).min() >= 4:
+            size = max(len(self.classes_), int(round(self.validation_fraction * len(yi))))
+            X, Xv, yi, yv = train_test_split(X, yi, test_size=size, random_state=self.random_state, stratify=yi)
         else:
             Xv = yv = None
         weights = None
@@ -111,7 +110,8 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         return np.asarray(self.model_.predict(X, batch_size=256, verbose=0), dtype=np.float64)
 
     def predict(self, X):
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
 
 
 class LogisticCV(LogisticRegressionCV):
@@ -122,67 +122,99 @@ class LogisticCV(LogisticRegressionCV):
         return ClassifierMixin.score(self, X, y, sample_weight=sample_weight)
 
 
-def make_head(name: str = "logistic", class_weight=None, l2: bool | None = None, standardize: bool | None = None,
-              pca: int | None = None, random_state: int = 0, **params) -> Pipeline:
-    """A fresh, unfitted head.  ``l2``/``standardize`` default per head (see above)."""
+class Head(ClassifierMixin, BaseEstimator):
+    """A featx head: feature scaling plus one classifier, as one scikit-learn estimator.
+
+    ``kind``: logistic (C chosen by cross-validated log-loss), linear_svm,
+    rbf_svm (both with calibrated probabilities), knn or dense.  ``l2`` and
+    ``standardize`` default per kind (None); ``pca`` reduces to that many
+    dimensions; ``options`` go to the classifier (for instance ``{"epochs": 20}``
+    for dense, ``{"C": 0.1}`` for the SVMs).  Cross-validation folds adapt to
+    the smallest class, so heads also fit on a handful of images.
+    """
+
+    def __init__(self, kind="logistic", class_weight=None, l2=None, standardize=None, pca=None, options=None,
+                 random_state=0):
+        self.kind = kind
+        self.class_weight = class_weight
+        self.l2 = l2
+        self.standardize = standardize
+        self.pca = pca
+        self.options = options
+        self.random_state = random_state
+
+    def _pipeline(self, smallest_class: int, n_samples: int) -> Pipeline:
+        if self.kind not in HEADS:
+            raise FeatxError(f"--head: unknown head {self.kind!r}; choose from {', '.join(HEADS)}")
+        if self.class_weight not in (None, "balanced") and not isinstance(self.class_weight, dict):
+            raise FeatxError(f"--class-weight: expected 'balanced' or nothing, got {self.class_weight!r}")
+        default_l2, default_std = _DEFAULT_SCALING[self.kind]
+        steps = []
+        if default_l2 if self.l2 is None else self.l2:
+            steps.append(("l2", Normalizer()))
+        if default_std if self.standardize is None else self.standardize:
+            steps.append(("scale", StandardScaler()))
+        if self.pca:
+            steps.append(("pca", PCA(n_components=self.pca, random_state=self.random_state)))
+        steps.append(("clf", self._classifier(dict(self.options or {}), smallest_class, n_samples)))
+        return Pipeline(steps)
+
+    def _classifier(self, opts, smallest, n_samples):
+        cw, seed = self.class_weight, self.random_state
+        folds = max(2, min(5, smallest))
+        if self.kind == "logistic":
+            return LogisticCV(
+                Cs=opts.pop("Cs", np.logspace(-4, 1, 6)), cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+                class_weight=cw, max_iter=2000, tol=opts.pop("tol", 1e-3), n_jobs=opts.pop("n_jobs", -1),
+                scoring="neg_log_loss", l1_ratios=(0.0,), use_legacy_attributes=False, random_state=seed, **opts)
+        if self.kind in ("linear_svm", "rbf_svm"):
+            if smallest < 2:
+                raise ValueError("SVM heads calibrate probabilities by cross-validation: every class needs "
+                                 "at least 2 training images (1 sample found)")
+            if self.kind == "linear_svm":
+                svm = LinearSVC(C=opts.pop("C", 1.0), class_weight=cw, random_state=seed, **opts)
+            else:
+                svm = SVC(kernel="rbf", C=opts.pop("C", 10.0), gamma="scale", class_weight=cw, random_state=seed,
+                          **opts)
+            return CalibratedClassifierCV(svm, cv=min(3, smallest), ensemble=False)
+        if self.kind == "knn":
+            # a vote has nothing to re-weight: class_weight does not apply to kNN
+            return KNeighborsClassifier(n_neighbors=min(opts.pop("n_neighbors", 5), n_samples), weights="distance",
+                                        **opts)
+        return DenseHead(class_weight=cw, random_state=seed, **opts)
+
+    def fit(self, X, y, validation_data=None):
+        """Fit; ``validation_data=(X_val, y_val)`` drives a dense head's early stopping."""
+        X, y = validate_data(self, X, y, dtype=np.float64)
+        check_classification_targets(y)
+        self.classes_, counts = np.unique(y, return_counts=True)
+        if len(self.classes_) < 2:
+            raise ValueError(f"a classifier needs at least 2 classes, got 1 class ({self.classes_[0]!r})")
+        pipeline = self._pipeline(int(counts.min()), len(y))
+        if self.kind == "dense" and validation_data is not None:
+            Xv, yv = validation_data
+            prefix = Pipeline(pipeline.steps[:-1]) if len(pipeline.steps) > 1 else None
+            if prefix is not None:
+                Xv = prefix.fit(X, y).transform(np.asarray(Xv, dtype=np.float64))
+            pipeline.fit(X, y, clf__validation_data=(Xv, yv))
+        else:
+            pipeline.fit(X, y)
+        self.pipeline_ = pipeline
+        return self
+
+    def predict_proba(self, X):
+        check_is_fitted(self, "pipeline_")
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        return self.pipeline_.predict_proba(X)
+
+    def predict(self, X):
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
+
+
+def make_head(name: str = "logistic", class_weight=None, l2=None, standardize=None, pca=None, random_state=0,
+              **options) -> Head:
+    """A fresh, unfitted :class:`Head` (validated when fitted)."""
     if name not in HEADS:
         raise FeatxError(f"--head: unknown head {name!r}; choose from {', '.join(HEADS)}")
-    if class_weight not in (None, "balanced") and not isinstance(class_weight, dict):
-        raise FeatxError(f"--class-weight: expected 'balanced' or nothing, got {class_weight!r}")
-    default_l2, default_std = _DEFAULT_SCALING[name]
-    steps = []
-    if default_l2 if l2 is None else l2:
-        steps.append(("l2", Normalizer()))
-    if default_std if standardize is None else standardize:
-        steps.append(("scale", StandardScaler()))
-    if pca:
-        steps.append(("pca", PCA(n_components=pca, random_state=random_state)))
-    steps.append(("clf", _classifier(name, class_weight, random_state, params)))
-    return Pipeline(steps)
-
-
-def _classifier(name, class_weight, random_state, params):
-    if name == "logistic":
-        return LogisticCV(
-            Cs=params.pop("Cs", np.logspace(-4, 1, 6)), cv=params.pop("cv", 5), class_weight=class_weight,
-            max_iter=2000, tol=params.pop("tol", 1e-3), n_jobs=params.pop("n_jobs", -1), scoring="neg_log_loss",
-            l1_ratios=(0.0,), use_legacy_attributes=False, random_state=random_state, **params)
-    if name == "linear_svm":
-        svm = LinearSVC(C=params.pop("C", 1.0), class_weight=class_weight, random_state=random_state, **params)
-        return CalibratedClassifierCV(svm, cv=3, ensemble=False)  # probabilities for CSVs and --top
-    if name == "rbf_svm":
-        svm = SVC(kernel="rbf", C=params.pop("C", 10.0), gamma="scale", class_weight=class_weight,
-                  random_state=random_state, **params)
-        return CalibratedClassifierCV(svm, cv=3, ensemble=False)
-    if name == "knn":
-        # a vote has nothing to re-weight: class_weight does not apply to kNN
-        return KNeighborsClassifier(n_neighbors=params.pop("n_neighbors", 5), weights="distance", **params)
-    return DenseHead(class_weight=class_weight, random_state=random_state, **params)
-
-
-def fit_head(head: Pipeline, X, y, validation_data=None) -> Pipeline:
-    """Fit ``head``, adapting cross-validation folds to the smallest class and
-    passing the validation split to a dense head for early stopping."""
-    clf = head.named_steps["clf"]
-    counts = np.unique(y, return_counts=True)[1]
-    if len(counts) < 2:
-        raise FeatxError(f"the training split has {len(counts)} class; a classifier needs at least 2")
-    smallest = int(counts.min())
-    if isinstance(clf, LogisticCV):
-        folds = min(5, smallest)
-        clf.set_params(cv=StratifiedKFold(folds, shuffle=True, random_state=0) if folds >= 2 else 2)
-    if isinstance(clf, CalibratedClassifierCV):
-        if smallest < 2:
-            raise FeatxError("SVM heads calibrate probabilities by cross-validation: every class needs "
-                             "at least 2 training images")
-        clf.set_params(cv=min(3, smallest))
-    if isinstance(clf, KNeighborsClassifier):
-        clf.set_params(n_neighbors=min(clf.n_neighbors, len(y)))
-    if isinstance(clf, DenseHead) and validation_data is not None:
-        Xv, yv = validation_data
-        prefix = Pipeline(head.steps[:-1]) if len(head.steps) > 1 else None
-        if prefix is not None:
-            prefix.fit(X, y)
-            Xv = prefix.transform(Xv)
-        return head.fit(X, y, clf__validation_data=(Xv, yv))
-    return head.fit(X, y)
+    return Head(name, class_weight, l2, standardize, pca, options or None, random_state)
