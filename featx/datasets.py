@@ -135,7 +135,7 @@ def split_id(keys, labels, val_fraction, test_fraction, seed, source) -> str:
 
 
 def assign_splits(keys, labels, given=None, val_fraction: float = 0.2, test_fraction: float = 0.2,
-                  seed: int = 0, store: str | Path | None = None) -> tuple[np.ndarray, str]:
+                  seed: int = 0, store: str | Path | None = None, class_names=None) -> tuple[np.ndarray, str]:
     """'train' / 'val' / 'test' for each image, and the split's id.
 
     ``given``: the dataset's own split folders, if any.  With train/val/test
@@ -147,55 +147,68 @@ def assign_splits(keys, labels, given=None, val_fraction: float = 0.2, test_frac
     image content, is stored under ``store`` so every later head, sweep and
     fine-tune of the dataset is judged on the same images.
     """
-    from sklearn.model_selection import train_test_split
-
     keys = list(keys)
     labels = np.asarray(labels)
     for name, f in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
         if not 0 <= f < 1:
             raise FeatxError(f"{name}: expected a fraction in [0, 1), got {f}")
-    out = np.empty(len(keys), dtype=object)
-    idx = np.arange(len(keys))
-    if given is not None and "test" in set(given):
-        source = "folders"
-        out[:] = given
-    else:
-        if given is not None:
-            source = "folders:val-as-test"
-            out[:] = np.where(np.asarray(given) == "train", "train", "test")
-            pool = idx[out == "train"]
-            need = 2
-        else:
-            source = "stratified"
-            pool = idx
-            need = 1 + (val_fraction > 0) + (test_fraction > 0)
-        classes, counts = np.unique(labels[pool], return_counts=True)
-        if counts.min() < need:
-            small = classes[counts.argmin()]
-            raise FeatxError(
-                f"class {small!r} has {counts.min()} training image(s); a split needs at least {need} per class "
-                "(add images, or lower --val-fraction / --test-fraction to 0)"
-            )
-        out[pool] = "train"
-        if given is None and test_fraction > 0:
-            rest, test = _stratified(pool, labels, test_fraction, seed, train_test_split)
-            out[test] = "test"
-            pool = rest
-        if val_fraction > 0:
-            _, val = _stratified(pool, labels, val_fraction, seed, train_test_split)
-            out[val] = "val"
+    has_test = given is not None and "test" in set(given)
+    source = "folders" if has_test else "folders:val-as-test" if given is not None else "stratified"
     sid = split_id(keys, labels, val_fraction, test_fraction, seed, source)
-    if store is not None:
-        folder = Path(store) / "splits"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{sid}.json"
-        if not path.exists():
-            record = {"id": sid, "source": source, "val_fraction": val_fraction, "test_fraction": test_fraction,
-                      "seed": seed, "assignments": dict(zip(keys, out.tolist()))}
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(record, indent=0))
-            os.replace(tmp, path)
-    return out.astype(str), sid
+    path = Path(store) / "splits" / f"{sid}.json" if store is not None else None
+    if path is not None and path.exists():
+        stored = json.loads(path.read_text())["assignments"]
+        if all(k in stored for k in keys):
+            return np.asarray([stored[k] for k in keys]), sid
+    # split in key order, so that the order files were listed in does not matter
+    order = np.argsort(np.asarray(keys, dtype=object).astype(str), kind="stable")
+    sorted_labels = labels[order]
+    sorted_given = np.asarray(given)[order] if given is not None else None
+    out = _split(sorted_labels, sorted_given, has_test, val_fraction, test_fraction, seed, class_names)
+    result = np.empty(len(keys), dtype=object)
+    result[order] = out
+    result = result.astype(str)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"id": sid, "source": source, "val_fraction": val_fraction, "test_fraction": test_fraction,
+                  "seed": seed, "assignments": dict(zip(keys, result.tolist()))}
+        tmp = path.with_suffix(f".tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, path)
+    return result, sid
+
+
+def _split(labels, given, has_test, val_fraction, test_fraction, seed, class_names) -> np.ndarray:
+    from sklearn.model_selection import train_test_split
+
+    out = np.empty(len(labels), dtype=object)
+    idx = np.arange(len(labels))
+    if has_test:
+        out[:] = given
+        return out
+    if given is not None:
+        out[:] = np.where(given == "train", "train", "test")
+        pool = idx[out == "train"]
+        need = 1 + (val_fraction > 0)
+    else:
+        pool = idx
+        need = 1 + (val_fraction > 0) + (test_fraction > 0)
+    classes, counts = np.unique(labels[pool], return_counts=True)
+    if counts.min() < need:
+        small = classes[counts.argmin()].item()
+        small = class_names[small] if class_names is not None else small
+        raise FeatxError(
+            f"class {small!r} has {counts.min()} training image(s); a split needs at least {need} per class "
+            "(add images, or lower --val-fraction / --test-fraction to 0)"
+        )
+    out[pool] = "train"
+    if given is None and test_fraction > 0:
+        pool, test = _stratified(pool, labels, test_fraction, seed, train_test_split)
+        out[test] = "test"
+    if val_fraction > 0:
+        _, val = _stratified(pool, labels, val_fraction, seed, train_test_split)
+        out[val] = "val"
+    return out
 
 
 def _stratified(pool, labels, fraction, seed, train_test_split):

@@ -58,7 +58,7 @@ def labelled_codes(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), poolin
     feats = load_features(dataset, backbone, taps, pooling, cache_dir, dtype, weights, **extract_options)
     seconds = time.perf_counter() - start
     split, sid = assign_splits(feats.keys, feats.labels, feats.splits, val_fraction, test_fraction, seed,
-                               store=cache_dir)
+                               store=cache_dir, class_names=feats.class_names)
     y = np.asarray(feats.class_names, dtype=object)[feats.labels].astype(str)
     return LabelledCodes(feats, y, split, sid, seconds)
 

@@ -34,3 +34,9 @@ def write_image(path: Path, rgb: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     assert cv2.imwrite(str(path), rgb[:, :, ::-1].copy())
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_featx_home(tmp_path_factory):
+    """Bundle signing keys go to a throw-away folder, not the user's ~/.featx."""
+    os.environ["FEATX_HOME"] = str(tmp_path_factory.mktemp("featx-home"))

@@ -1,0 +1,240 @@
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import Pipeline
+
+from conftest import make_photo, write_image
+from featx.advise import advise
+from featx.bundle import load_bundle, save_bundle
+from featx.cli import main
+from featx.datasets import assign_splits, load_split
+from featx.errors import FeatxError
+from featx.fit import fit_head, predict, sweep
+from featx.sklearn_api import FeatureExtractor
+
+
+def tinted(seed, tint, size=(40, 52)):
+    """Photo-like images whose colour cast carries the class."""
+    img = make_photo(seed, size).astype(np.int16) // 2
+    img[:, :, tint] += 120
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("colours") / "colours"
+    for c, name in enumerate(("red", "green", "blue")):
+        for i in range(8):
+            write_image(root / name / f"{name}{i}.jpg", tinted(10 * c + i, c))
+    return root
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def fitted(data, cache, tmp_path_factory):
+    return fit_head(data, cache_dir=cache, out_dir=tmp_path_factory.mktemp("out"))
+
+
+# ---- splits -------------------------------------------------------------------
+
+def test_split_is_stratified_reproducible_and_stored(tmp_path):
+    keys = [f"{i:032x}" for i in range(60)]
+    labels = np.repeat([0, 1, 2], 20)
+    split, sid = assign_splits(keys, labels, store=tmp_path)
+    for part, total in (("test", 12), ("val", 10)):  # 20% of 60, then 20% of the remaining 48
+        per_class = [(labels[split == part] == c).sum() for c in range(3)]
+        assert sum(per_class) == total and max(per_class) - min(per_class) <= 1, part
+    again, sid2 = assign_splits(keys[::-1], labels[::-1], store=tmp_path)
+    assert sid == sid2 and (again[::-1] == split).all()  # order of the files does not matter
+    stored = load_split(tmp_path, sid)["assignments"]
+    assert [stored[k] for k in keys] == list(split)
+    other, sid3 = assign_splits(keys, labels, seed=1)
+    assert sid3 != sid and (other != split).any()
+
+
+def test_split_folders_and_val_as_test():
+    keys = [f"{i:032x}" for i in range(40)]
+    labels = np.repeat([0, 1], 20)
+    given = np.array(["train"] * 15 + ["val"] * 5 + ["train"] * 15 + ["val"] * 5)
+    split, _ = assign_splits(keys, labels, given=given)
+    assert (split[given == "val"] == "test").all()  # the given val folder is held out for testing
+    assert (split == "val").sum() == 6 and set(split[given == "train"]) == {"train", "val"}
+
+
+def test_too_few_images_per_class_is_a_clear_error():
+    with pytest.raises(FeatxError, match="class 1 has 2 training image.*at least 3"):
+        assign_splits(["a", "b", "c", "d", "e"], [0, 0, 0, 1, 1])
+
+
+# ---- fit-head, bundle, predict ---------------------------------------------------------
+
+def test_fit_head_writes_bundle_metrics_plot_and_runs_row(fitted, cache):
+    m = fitted.metrics
+    assert m["n"] == {"train": 15, "val": 4, "test": 5}  # 20% test, then 20% of the rest
+    assert m["accuracy"]["test"] >= 0.75  # colour casts are easy for ImageNet codes
+    assert set(m["per_class"]) == {"red", "green", "blue"}
+    assert fitted.bundle.exists() and (fitted.out_dir / "confusion.png").stat().st_size > 1000
+    assert json.loads((fitted.out_dir / "metrics.json").read_text())["split_id"] == m["split_id"]
+    runs = pd.read_csv(cache / "runs.csv")
+    assert runs.iloc[-1]["route"] == "cached" and runs.iloc[-1]["split_id"] == m["split_id"]
+    assert "accuracy: train" in fitted.report and "per class" in fitted.report
+
+
+def test_second_head_reuses_the_cache_and_split(data, cache, fitted, tmp_path, monkeypatch):
+    import featx.extract
+
+    def no_network(*a, **k):
+        raise AssertionError("the backbone ran again")
+
+    monkeypatch.setattr(featx.extract, "_feature_model", no_network)
+    other = fit_head(data, cache_dir=cache, head="knn", out_dir=tmp_path)
+    assert other.metrics["split_id"] == fitted.metrics["split_id"]
+
+
+def test_bundle_round_trip_gives_identical_predictions(fitted, data, tmp_path):
+    bundle = load_bundle(fitted.bundle)
+    X = np.random.default_rng(0).normal(size=(5, 1280)).astype(np.float32)
+    copy = save_bundle(bundle, tmp_path / "copy.featx")
+    np.testing.assert_array_equal(load_bundle(copy).predict_proba(X), bundle.predict_proba(X))
+    assert bundle.class_names == ["blue", "green", "red"]
+    assert bundle.extractor["backbone"] == "mobilenet_v2" and bundle.split_id == fitted.metrics["split_id"]
+
+
+def test_tampered_or_foreign_bundle_is_refused(fitted, tmp_path, monkeypatch):
+    data = bytearray(fitted.bundle.read_bytes())
+    data[-10] ^= 0xFF
+    bad = tmp_path / "bad.featx"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(FeatxError, match="refuses it.*--trust-bundle"):
+        load_bundle(bad)
+    monkeypatch.setenv("FEATX_HOME", str(tmp_path / "someone-else"))
+    with pytest.raises(FeatxError, match="not written by featx for this user"):
+        load_bundle(fitted.bundle)
+    assert load_bundle(fitted.bundle, trust=True).class_names == ["blue", "green", "red"]
+
+
+def test_predict_csv_format(fitted, data, cache, tmp_path):
+    images = [data / "red" / "red0.jpg", data / "blue"]
+    out = tmp_path / "pred.csv"
+    table = predict(fitted.bundle, images, top=2, out=out, cache_dir=cache)
+    csv = pd.read_csv(out)
+    assert list(csv.columns) == ["file", "id", "predicted", "probability", "top1", "top1_prob", "top2", "top2_prob",
+                                 "p_blue", "p_green", "p_red"]
+    assert len(csv) == 9 and csv.loc[0, "id"] == "red0"
+    np.testing.assert_allclose(csv[["p_blue", "p_green", "p_red"]].sum(axis=1), 1.0, atol=1e-5)
+    assert (csv["predicted"] == csv["top1"]).all() and (csv["probability"] >= csv["top2_prob"]).all()
+    assert (table["predicted"] == csv["predicted"]).all()
+
+
+def test_predict_cli_and_bad_bundles(fitted, data, cache, tmp_path, capsys):
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(fitted.bundle), str(data / "green"), "--out", str(out), "--cache", str(cache)]) == 0
+    assert len(pd.read_csv(out)) == 8
+    capsys.readouterr()
+    junk = tmp_path / "junk.featx"
+    junk.write_bytes(b"not a bundle")
+    assert main(["predict", str(junk), str(data / "green")]) == 2
+    assert "not a featx bundle" in capsys.readouterr().err
+
+
+def test_bundle_for_other_weights_is_refused(fitted, data, cache, tmp_path):
+    bundle = load_bundle(fitted.bundle)
+    bundle.extractor = {**bundle.extractor, "backbone": "efficientnet_lite0"}  # its weights differ
+    moved = save_bundle(bundle, tmp_path / "other.featx")
+    with pytest.raises(FeatxError, match="trained on efficientnet_lite0 weights .* would not match"):
+        predict(moved, [data / "red"], cache_dir=cache)
+
+
+# ---- CLI errors ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tap", "stage9"], "no tap 'stage9'"),
+    (["--head", "forest"], "unknown head 'forest'"),
+])
+def test_fit_head_cli_errors(data, cache, argv, message, capsys):
+    assert main(["fit-head", str(data), "--cache", str(cache), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_one_class_and_empty_folder(tmp_path, capsys):
+    for i in range(4):
+        write_image(tmp_path / "one" / "only" / f"{i}.jpg", make_photo(i))
+    assert main(["fit-head", str(tmp_path / "one"), "--cache", str(tmp_path / "c")]) == 2
+    assert "found 1 class ('only')" in capsys.readouterr().err
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    (tmp_path / "empty" / "b").mkdir(parents=True)
+    assert main(["fit-head", str(tmp_path / "empty"), "--cache", str(tmp_path / "c")]) == 2
+    assert "no images found" in capsys.readouterr().err
+
+
+def test_fit_head_cli_prints_metrics(data, cache, tmp_path, capsys):
+    assert main(["fit-head", str(data), "--cache", str(cache), "--head", "linear_svm", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "linear_svm head" in out and "accuracy: train" in out and "bundle:" in out
+
+
+# ---- sweep, advise ------------------------------------------------------------------------------
+
+def test_sweep_reports_every_tap(data, cache, tmp_path):
+    table = sweep(data, taps=["stage2", "stage4", "pre_logits"], cache_dir=cache, out_dir=tmp_path)
+    assert list(table["tap"]) == ["stage2", "stage4", "pre_logits"]
+    assert list(table["stride"]) == [4, 16, 32] and list(table["dim"]) == [24, 96, 1280]
+    assert table["test_acc"].between(0, 1).all()
+    assert (tmp_path / "sweep.png").stat().st_size > 1000 and (tmp_path / "sweep.csv").exists()
+
+
+def test_advise_places_the_dataset_in_a_case(data, cache):
+    advice = advise(data, cache_dir=cache)
+    assert advice.case.startswith("small, ")
+    assert advice.evidence["images"] == 24 and advice.evidence["median_per_class"] == 8
+    assert 0 < advice.evidence["imagenet_confidence"] <= 1
+    assert advice.commands[0].startswith("featx fit-head")
+    text = advice.text()
+    assert "recommended:" in text and "ImageNet classifier" in text
+    large = advise(data, cache_dir=cache, large_per_class=5)
+    assert large.case.startswith("large, ") and "featx finetune" in large.commands[0]
+
+
+# ---- scikit-learn API ------------------------------------------------------------------------------
+
+def test_feature_extractor_in_pipeline_and_grid_search(data, cache):
+    paths = np.array(sorted(str(p) for p in data.glob("*/*.jpg")))
+    y = np.array([p.split("/")[-2] for p in paths])
+    pipe = Pipeline([("codes", FeatureExtractor(cache_dir=cache)), ("head", LogisticRegression(max_iter=500))])
+    search = GridSearchCV(pipe, {"head__C": [0.01, 1.0], "codes__taps": [("pre_logits",), ("stage4",)]}, cv=2)
+    search.fit(paths, y)
+    assert search.best_score_ > 0.6
+    assert search.predict(paths[:3]).shape == (3,)
+    codes = FeatureExtractor(cache_dir=cache, taps=("stage4", "pre_logits")).fit(paths).transform(paths)
+    assert codes.shape == (24, 96 + 1280)
+
+
+def test_feature_extractor_errors(tmp_path, cache):
+    with pytest.raises(FeatxError, match="unknown backbone"):
+        FeatureExtractor("nope").fit([])
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"junk")
+    with pytest.raises(FeatxError, match="could not be read"):
+        FeatureExtractor(cache_dir=cache).fit([bad]).transform([bad])
+
+
+def test_demo_runs_the_main_job_end_to_end(tmp_path):
+    from featx.demo import run_demo
+
+    lines = []
+    result = run_demo(out_dir=tmp_path / "demo", cache_dir=tmp_path / "cache", per_class=5, echo=lines.append)
+    text = "\n".join(lines)
+    assert "$ featx extract" in text and "$ featx fit-head" in text and "$ featx predict" in text
+    assert len(result["predictions"]) == 20 and result["unseen_correct"] >= 8  # 10 classes: chance is 2/20
+    assert (tmp_path / "demo" / "predictions.csv").exists()
+    assert result["fit"].metrics["n"]["train"] > 0
