@@ -102,7 +102,8 @@ def advise(data, backbone: str = DEFAULT_BACKBONE, cache_dir=None, sample: int =
         route = "a linear classifier on the top codes (pre_logits)"
         commands = [f"featx fit-head {data_arg} {b} --tap pre_logits --head logistic"]
     elif not large:
-        route = "a classifier on codes from an earlier layer"
+        route = ("a classifier on codes from an earlier layer" if not with_sweep else
+                 f"a classifier on the tap the sweep measured best ({best_tap})")
         commands = [f"featx fit-head {data_arg} {b} --tap {best_tap} --head logistic"]
         if not with_sweep:
             commands.append(f"featx sweep {data_arg} {b}    # to choose the tap by measurement")

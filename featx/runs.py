@@ -59,10 +59,10 @@ def plot_confusion(y_true, y_pred, class_names, path, title: str) -> Path:
 
     plt = _pyplot()
     n = len(class_names)
-    fig, ax = plt.subplots(figsize=(max(4, 0.6 * n + 2), max(3.5, 0.6 * n + 1.5)))
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.6 * n + 2), max(4.5, 0.6 * n + 1.5)))
     ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=class_names, ax=ax, colorbar=False,
                                             xticks_rotation=45 if n > 4 else "horizontal")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
