@@ -46,7 +46,7 @@ def cmd_extract(args) -> int:
     report = extract(
         args.data, backbone=args.backbone, taps=_taps(args.taps), pooling=args.pooling,
         batch_size=args.batch_size, cache_dir=args.cache, dtype=args.dtype, weights=_weights(args.weights),
-        workers=args.workers, mixed_precision=args.mixed_precision,
+        workers=args.workers, mixed_precision=args.mixed_precision, views=args.views,
     )
     print(report.summary())
     skipped = report.dataset.skipped
@@ -104,7 +104,7 @@ def cmd_fit_head(args) -> int:
         args.data, backbone=args.backbone, taps=_taps(args.tap), head=args.head, pooling=args.pooling,
         dtype=args.dtype, weights=_weights(args.weights), cache_dir=args.cache, out_dir=args.out,
         class_weight=args.class_weight, l2=args.l2, standardize=args.standardize, pca=args.pca,
-        val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
+        val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed, views=args.views,
     )
     print(result.report)
     print(f"bundle: {result.bundle}")
@@ -116,7 +116,8 @@ def cmd_predict(args) -> int:
     from featx.fit import predict
 
     table = predict(args.bundle, args.images, top=args.top, out=args.out, cache_dir=args.cache,
-                    trust=args.trust_bundle, weights=None if args.weights is None else _weights(args.weights))
+                    trust=args.trust_bundle, weights=None if args.weights is None else _weights(args.weights),
+                    tta=args.tta)
     if args.out:
         print(f"{len(table)} predictions written to {args.out}")
     else:
@@ -145,6 +146,57 @@ def cmd_advise(args) -> int:
     advice = advise(args.data, backbone=args.backbone, cache_dir=args.cache, sample=args.sample,
                     with_sweep=args.sweep, large_per_class=args.large_per_class, seed=args.seed)
     print(advice.text())
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from featx.finetune import finetune
+
+    result = finetune(
+        args.data, backbone=args.backbone, tap=args.tap, unfreeze=args.unfreeze, init_head=args.init_head,
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, momentum=args.momentum,
+        class_weight=None if args.class_weight == "none" else args.class_weight, patience=args.patience,
+        weights=_weights(args.weights), cache_dir=args.cache, out_dir=args.out, val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction, seed=args.seed, trust=args.trust_bundle,
+    )
+    m = result["metrics"]
+    acc = {k: "-" if v is None else f"{v:.3f}" for k, v in m["accuracy"].items()}
+    print(f"{m['dataset']}: fine-tuned {m['backbone']} ({m['unfreeze']}), {m['epochs_run']} epochs in "
+          f"{m['train_seconds']:.0f}s: accuracy train {acc['train']}  val {acc['val']}  test {acc['test']}")
+    print(f"model: {result['model']}  (history.csv, curves.png, metrics.json beside it)")
+    return 0
+
+
+def cmd_baseline(args) -> int:
+    from featx.baselines import train_baseline
+
+    result = train_baseline(args.data, arch=args.arch, size=args.size, epochs=args.epochs,
+                            batch_size=args.batch_size, cache_dir=args.cache, out_dir=args.out,
+                            val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed)
+    m = result["metrics"]
+    acc = {k: "-" if v is None else f"{v:.3f}" for k, v in m["accuracy"].items()}
+    print(f"{m['dataset']}: {m['arch']} from scratch ({m['params']:,} parameters), {m['epochs_run']} epochs in "
+          f"{m['train_seconds']:.0f}s: accuracy train {acc['train']}  val {acc['val']}  test {acc['test']}")
+    print(f"outputs: {result['out_dir']}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from featx.cache import default_cache_dir
+    from featx.runs import runs_log_path, write_report
+
+    runs = Path(args.runs) if args.runs else runs_log_path(args.cache or default_cache_dir())
+    if not runs.exists():
+        raise FeatxError(f"--runs: {runs} does not exist; fit-head, finetune and baseline write it")
+    try:
+        result = write_report(runs, args.out)
+    except (ValueError, KeyError) as exc:
+        raise FeatxError(f"--runs: {runs} cannot be summarised ({exc})") from None
+    print(result["markdown"].read_text(), end="")
+    print(f"written: {result['markdown']}, {result['csv']}, {result['chart']}"
+          + (f", {len(result['curves'])} learning-curve plots" if result["curves"] else ""))
     return 0
 
 
@@ -198,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2, help="decode threads (default 2)")
     p.add_argument("--mixed-precision", action="store_true", help="float16 compute on a GPU")
+    p.add_argument("--views", type=int, default=0, metavar="K",
+                   help="also cache K augmented views of each image (the study's augmentation, seeded)")
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("cache", help="list, describe or verify cache files")
@@ -214,17 +268,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--pca", type=int, default=None, metavar="K", help="reduce codes to K dimensions")
     p.add_argument("--out", default=None, help="output folder (default featx-out/<dataset>-<backbone>-<tap>-<head>)")
+    p.add_argument("--views", type=int, default=0, metavar="K", help="train on K cached augmented views too")
     _head_options(p)
     p.set_defaults(func=cmd_fit_head)
 
     p = sub.add_parser("predict", help="classify images with a bundle; CSV of predictions",
                        description="Exit status: 0 done, 2 error, 3 done but some images were skipped.")
-    p.add_argument("bundle", metavar="BUNDLE")
+    p.add_argument("bundle", metavar="BUNDLE", help="model.featx from fit-head, or model.keras from finetune")
     p.add_argument("images", nargs="+", metavar="IMAGES_OR_DIR")
     p.add_argument("--out", default=None, help="CSV file (default: print to stdout)")
     p.add_argument("--top", type=int, default=None, metavar="K", help="add the top-K classes")
     p.add_argument("--cache", default=None)
     p.add_argument("--weights", default=None, help="weights file, when the bundle's is elsewhere")
+    p.add_argument("--tta", action="store_true", help="average over cached augmented views of each image")
     p.add_argument("--trust-bundle", action="store_true",
                    help="load a bundle not signed on this machine (it is a pickle: only if you trust it)")
     p.set_defaults(func=cmd_predict)
@@ -245,6 +301,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--large-per-class", type=int, default=500, help="images per class that count as large")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_advise)
+
+    p = sub.add_parser("finetune", help="fine-tune the backbone end to end, starting from a cached-route head")
+    p.add_argument("data", metavar="DATA")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    p.add_argument("--tap", default="pre_logits", help="the tap the head reads (default pre_logits)")
+    p.add_argument("--unfreeze", default=None,
+                   help="all, from:<tap|layer|index>, top:<N stages> (default: all for VGG, from:94 for "
+                        "Inception/Xception, top:2 otherwise)")
+    p.add_argument("--init-head", default=None, metavar="BUNDLE",
+                   help="a dense-head bundle from fit-head (default: train one on the cache first)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-4, help="SGD learning rate (default 1e-4)")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--patience", type=int, default=3, help="early-stopping patience in epochs")
+    p.add_argument("--class-weight", choices=["balanced", "none"], default="balanced")
+    p.add_argument("--weights", default="imagenet")
+    p.add_argument("--cache", default=None)
+    p.add_argument("--out", default=None)
+    p.add_argument("--trust-bundle", action="store_true")
+    _head_options(p)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("baseline", help="the study's CNN trained from scratch (cnn1 or cnn6), same split")
+    p.add_argument("data", metavar="DATA")
+    p.add_argument("--arch", default="cnn1", choices=["cnn1", "cnn6"])
+    p.add_argument("--size", type=int, default=96, help="input side in pixels (default 96)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--cache", default=None)
+    p.add_argument("--out", default=None)
+    _head_options(p)
+    p.set_defaults(func=cmd_baseline)
+
+    p = sub.add_parser("report", help="the study's summary table from the runs log")
+    p.add_argument("--runs", default=None, help="runs CSV (default cache/runs.csv)")
+    p.add_argument("--cache", default=None)
+    p.add_argument("--out", default="featx-out/report")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="the main job end to end on scikit-learn's digits (offline)")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import hashlib
 import sys
 import time
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ class ExtractReport:
     cached: int = 0
     failures: list = field(default_factory=list)  # (path, reason)
     seconds: float = 0.0
+    computed_views: int = 0
 
     @property
     def images_per_second(self) -> float:
@@ -51,6 +53,8 @@ class ExtractReport:
                 f"{len(self.failures)} skipped; {self.seconds:.1f}s")
         if self.computed:
             text += f" ({self.images_per_second:.1f} img/s)"
+        if self.computed_views:
+            text += f"; {self.computed_views} augmented views extracted"
         return text + f"\ncache: {self.cache_file}"
 
 
@@ -67,10 +71,35 @@ class Features:
     cache_file: Path
     config: dict
     failures: list
+    views: dict | None = None  # tap -> (n, K, d): codes of K augmented views per image
 
     def X(self, taps=None) -> np.ndarray:
         taps = list(taps or self.codes)
         return np.concatenate([self.codes[t] for t in taps], axis=1) if len(taps) > 1 else self.codes[taps[0]]
+
+    def X_views(self, taps=None) -> np.ndarray:
+        """(n, K, d) codes of the augmented views (extract with views=K first)."""
+        if not self.views:
+            raise FeatxError("no augmented views were loaded; extract with --views K")
+        taps = list(taps or self.views)
+        return np.concatenate([self.views[t] for t in taps], axis=2)
+
+
+AUGMENTATION_ID = "study-v1"  # rotation 20, shift 0.2, shear 0.2, zoom 0.2, h-flip, nearest fill
+
+
+def view_key(key: str, view: int) -> str:
+    """Cache key of augmented view ``view`` (1..K) of the image with content key ``key``."""
+    return hashlib.blake2b(f"{key}:view{view}".encode(), digest_size=16).hexdigest()
+
+
+def view_seed(key: str, view: int) -> int:
+    return int(view_key(key, view)[:7], 16)
+
+
+def views_config(config: dict) -> dict:
+    """The configuration of a cache holding augmented views: its own file."""
+    return {**config, "views": AUGMENTATION_ID}
 
 
 def extractor_config(backbone: str, pooling: str = "avg", dtype: str = "float32", weights="imagenet",
@@ -125,14 +154,18 @@ def _check_taps(spec, taps) -> list[str]:
 def extract(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), pooling: str = "avg",
             batch_size: int = 32, cache_dir=None, dtype: str = "float32", weights="imagenet",
             workers: int = 2, mixed_precision: bool = False, progress: bool | None = None,
-            flush_rows: int = 256) -> ExtractReport:
+            flush_rows: int = 256, views: int = 0) -> ExtractReport:
     """Compute and cache the codes that ``cache_dir`` lacks for ``data``.
 
     ``data``: a dataset folder, a list of image paths, or a :class:`Dataset`.
+    ``views``: also cache that many augmented views of every image (the
+    study's augmentation, seeded per image and view) in a cache of their own.
     Returns a report; read the codes with :func:`load_features`.
     """
     if batch_size < 1:
         raise FeatxError(f"--batch-size: expected a positive number, got {batch_size}")
+    if views < 0:
+        raise FeatxError(f"--views: expected 0 or more, got {views}")
     spec = get_backbone(backbone)
     taps = _check_taps(spec, taps)
     config = extractor_config(backbone, pooling, dtype, weights, mixed_precision)
@@ -143,13 +176,14 @@ def extract(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), poolin
     report = ExtractReport(cache.path, dataset, [k for k, _ in hashed])
     report.failures = [(p, err) for p, (k, err) in zip(dataset.paths, hashed) if k is None]
 
+    model = None
     with cache:
         cache.commit()  # fold in rows a killed run left in the journal
         present = {t: cache.keys(t) for t in taps}
-        todo: dict[str, Path] = {}
+        todo: dict[str, tuple] = {}
         for path, key in zip(dataset.paths, report.keys):
             if key is not None and key not in todo and any(key not in present[t] for t in taps):
-                todo[key] = path
+                todo[key] = (path, None)
         report.cached = sum(1 for k in report.keys if k is not None and k not in todo)
         if todo:
             if pooling == "none":
@@ -163,6 +197,22 @@ def extract(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), poolin
             report.keys = [None if str(p) in bad else k for p, k in zip(dataset.paths, report.keys)]
             provenance = {"featx": __version__, "engine": "keras", **_versions()}
             cache.commit(provenance=provenance, failures=[[str(p), r] for p, r in report.failures])
+    if views:
+        vcache = FeatureCache(cache_path(cache.path.parent, views_config(config)), views_config(config))
+        with vcache:
+            vcache.commit()
+            present = {t: vcache.keys(t) for t in taps}
+            todo = {}
+            for path, key in zip(dataset.paths, report.keys):
+                for v in range(1, views + 1) if key is not None else ():
+                    vk = view_key(key, v)
+                    if vk not in todo and any(vk not in present[t] for t in taps):
+                        todo[vk] = (path, view_seed(key, v))
+            if todo:
+                model = model or _feature_model(spec, taps, pooling, weights, mixed_precision)
+                _run(spec, model, taps, list(todo.items()), vcache, batch_size, workers, progress, flush_rows, dtype)
+                report.computed_views = len(todo)
+                vcache.commit(provenance={"featx": __version__, "engine": "keras", **_versions()})
     report.seconds = time.perf_counter() - start
     return report
 
@@ -195,11 +245,23 @@ def _feature_model(spec, taps, pooling, weights, mixed_precision):
             keras.mixed_precision.set_global_policy("float32")
 
 
-def _load_for_network(spec, path: Path) -> np.ndarray:
+def _load_for_network(spec, path: Path, seed: int | None = None, augment_layers=None) -> np.ndarray:
+    """Decoded and resized to the network input; an augmented view when ``seed`` is given."""
     image = decode(read_bytes(path), str(path), min_side=spec.input_size)
     if min(image.shape[:2]) < MIN_IMAGE_SIDE:
         raise ImageError(f"{path}: {image.shape[1]}x{image.shape[0]} pixels is too small to classify")
-    return spec.resize(image)
+    image = spec.resize(image)
+    if seed is not None:
+        from featx.augment import augment_view
+
+        image = augment_view(image, seed, augment_layers)
+    return image
+
+
+def load_network_inputs(spec, paths, workers: int = 2) -> np.ndarray:
+    """Decode and resize ``paths`` (uint8, N x size x size x 3), in a thread pool."""
+    with cf.ThreadPoolExecutor(max(1, workers)) as pool:
+        return np.stack(list(pool.map(lambda p: _load_for_network(spec, p), paths)))
 
 
 def _run(spec, model, taps, items, cache, batch_size, workers, progress, flush_rows, dtype):
@@ -237,6 +299,11 @@ def _run(spec, model, taps, items, cache, batch_size, workers, progress, flush_r
         if pending_rows >= flush_rows or time.monotonic() - last_flush > 30:
             flush()
 
+    augment_layers = None
+    if any(seed is not None for _, (_, seed) in items):
+        from featx.augment import augmentation_layers
+
+        augment_layers = augmentation_layers()
     bar = tqdm(total=len(items), unit="img", disable=None if progress is None else not progress,
                file=sys.stderr, dynamic_ncols=True)
     with cf.ThreadPoolExecutor(max(1, workers)) as pool:
@@ -246,7 +313,8 @@ def _run(spec, model, taps, items, cache, batch_size, workers, progress, flush_r
         def submit_next():
             item = next(it, None)
             if item is not None:
-                window.append((item, pool.submit(_load_for_network, spec, item[1])))
+                key, (path, seed) = item
+                window.append(((key, path), pool.submit(_load_for_network, spec, path, seed, augment_layers)))
 
         for _ in range(2 * batch_size):
             submit_next()
@@ -273,14 +341,14 @@ def _run(spec, model, taps, items, cache, batch_size, workers, progress, flush_r
 
 def load_features(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), pooling: str = "avg",
                   cache_dir=None, dtype: str = "float32", weights="imagenet", extract_missing: bool = True,
-                  **extract_options) -> Features:
+                  views: int = 0, **extract_options) -> Features:
     """The cached codes of ``data`` (extracting what is missing first, by default)."""
     spec = get_backbone(backbone)
     taps = _check_taps(spec, taps)
     dataset = _as_dataset(data)
     if extract_missing:
         report = extract(dataset, backbone, taps, pooling, cache_dir=cache_dir, dtype=dtype, weights=weights,
-                         **extract_options)
+                         views=views, **extract_options)
         keys, failures, path = report.keys, report.failures, report.cache_file
         config = extractor_config(backbone, pooling, dtype, weights, extract_options.get("mixed_precision", False))
     else:
@@ -293,6 +361,11 @@ def load_features(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), 
     ok_keys = [keys[i] for i in ok]
     cache = FeatureCache(path, config)
     codes = {t: cache.read(t, ok_keys) for t in taps}
+    view_codes = None
+    if views:
+        vcache = FeatureCache(cache_path(path.parent, views_config(config)))
+        vkeys = [view_key(k, v) for k in ok_keys for v in range(1, views + 1)]
+        view_codes = {t: vcache.read(t, vkeys).reshape(len(ok_keys), views, -1) for t in taps}
     return Features(
         codes=codes,
         paths=[dataset.paths[i] for i in ok],
@@ -303,4 +376,5 @@ def load_features(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), 
         cache_file=path,
         config=config,
         failures=failures,
+        views=view_codes,
     )

@@ -38,13 +38,19 @@ class LabelledCodes:
     split_id: str
     extract_seconds: float
 
-    def part(self, name: str, taps=None):
+    def part(self, name: str, taps=None, with_views: bool = False):
+        """Codes and labels of one split; ``with_views`` adds every augmented view as a row."""
         mask = self.split == name
-        return self.features.X(taps)[mask], self.y[mask]
+        X, y = self.features.X(taps)[mask], self.y[mask]
+        if with_views and self.features.views:
+            V = self.features.X_views(taps)[mask]  # (n, K, d)
+            X = np.concatenate([X, V.reshape(-1, V.shape[-1])])
+            y = np.concatenate([y, np.repeat(y, V.shape[1])])
+        return X, y
 
 
 def labelled_codes(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), pooling="avg", dtype="float32",
-                   weights="imagenet", cache_dir=None, val_fraction=0.2, test_fraction=0.2, seed=0,
+                   weights="imagenet", cache_dir=None, val_fraction=0.2, test_fraction=0.2, seed=0, views=0,
                    **extract_options) -> LabelledCodes:
     cache_dir = Path(cache_dir or default_cache_dir())
     dataset = data if isinstance(data, Dataset) else discover(data)
@@ -55,7 +61,8 @@ def labelled_codes(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), poolin
             f"{dataset.root}: found 1 class ({dataset.class_names[0]!r}); a classifier needs at least 2 class folders"
         )
     start = time.perf_counter()
-    feats = load_features(dataset, backbone, taps, pooling, cache_dir, dtype, weights, **extract_options)
+    feats = load_features(dataset, backbone, taps, pooling, cache_dir, dtype, weights, views=views,
+                          **extract_options)
     seconds = time.perf_counter() - start
     split, sid = assign_splits(feats.keys, feats.labels, feats.splits, val_fraction, test_fraction, seed,
                                store=cache_dir, class_names=feats.class_names)
@@ -78,8 +85,12 @@ def _accuracy(model, X, y):
 def fit_head(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), head="logistic", pooling="avg",
              dtype="float32", weights="imagenet", cache_dir=None, out_dir=None, class_weight=None, l2=None,
              standardize=None, pca=None, val_fraction=0.2, test_fraction=0.2, seed=0, head_params=None,
-             **extract_options) -> FitResult:
-    """Train ``head`` on the cached codes of ``data`` and write its outputs."""
+             views=0, **extract_options) -> FitResult:
+    """Train ``head`` on the cached codes of ``data`` and write its outputs.
+
+    ``views``: also train on that many cached augmented views of each training
+    image (validation and test stay clean images).
+    """
     from sklearn.metrics import classification_report
 
     cache_dir = Path(cache_dir or default_cache_dir())
@@ -88,9 +99,10 @@ def fit_head(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), head="logist
     model._pipeline(2, 2)  # validate the head's options before any extraction
     taps = [taps] if isinstance(taps, str) else list(taps)
     codes = labelled_codes(data, backbone, taps, pooling, dtype, weights, cache_dir, val_fraction, test_fraction,
-                           seed, **extract_options)
+                           seed, views=views, **extract_options)
     parts = {s: codes.part(s) for s in SPLITS}
-    (Xtr, ytr), (Xv, yv), (Xte, yte) = parts["train"], parts["val"], parts["test"]
+    (Xv, yv), (Xte, yte) = parts["val"], parts["test"]
+    Xtr, ytr = codes.part("train", with_views=True)
     start = time.perf_counter()
     model.fit(Xtr, ytr, validation_data=(Xv, yv) if len(yv) else None)
     fit_seconds = time.perf_counter() - start
@@ -103,7 +115,7 @@ def fit_head(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), head="logist
     dataset_name = Path(codes.features.paths[0]).parents[1 if codes.features.splits is None else 2].name
     metrics = {
         "dataset": dataset_name,
-        "backbone": backbone, "taps": taps, "head": head, "pooling": pooling,
+        "backbone": backbone, "taps": taps, "head": head, "pooling": pooling, "views": views,
         "split_id": codes.split_id,
         "n": {s: int(len(parts[s][1])) for s in SPLITS},
         "accuracy": {s: _accuracy(model, *parts[s]) for s in SPLITS},
@@ -114,7 +126,8 @@ def fit_head(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), head="logist
         "extract_seconds": codes.extract_seconds,
         "skipped_images": [[str(p), r] for p, r in codes.features.failures],
     }
-    out_dir = Path(out_dir or Path("featx-out") / f"{dataset_name}-{backbone}-{'+'.join(taps)}-{head}")
+    label = head + (f"+views{views}" if views else "")
+    out_dir = Path(out_dir or Path("featx-out") / f"{dataset_name}-{backbone}-{'+'.join(taps)}-{label}")
     out_dir.mkdir(parents=True, exist_ok=True)
     extractor = {"backbone": backbone, "weights": None if weights is None else str(weights),
                  "weights_id": codes.features.config["weights"], "taps": taps, "pooling": pooling, "dtype": dtype}
@@ -125,7 +138,7 @@ def fit_head(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), head="logist
         plot_confusion(ye, pred, codes.features.class_names, out_dir / "confusion.png",
                        f"{dataset_name}: {backbone}/{'+'.join(taps)}/{head} ({eval_split})")
     append_run(runs_log_path(cache_dir), {
-        "dataset": dataset_name, "route": "cached", "backbone": backbone, "taps": "+".join(taps), "head": head,
+        "dataset": dataset_name, "route": "cached", "backbone": backbone, "taps": "+".join(taps), "head": label,
         "split_id": codes.split_id, **{f"n_{s}": metrics["n"][s] for s in SPLITS},
         **{f"{s}_acc": metrics["accuracy"][s] for s in SPLITS},
         "extract_s": codes.extract_seconds, "fit_s": fit_seconds, "output": str(bundle_path),
@@ -137,7 +150,8 @@ def _report_text(m: dict) -> str:
     acc = m["accuracy"]
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     lines = [
-        f"{m['dataset']}: {m['backbone']}/{'+'.join(m['taps'])} -> {m['head']} head "
+        f"{m['dataset']}: {m['backbone']}/{'+'.join(m['taps'])} -> {m['head']} head"
+        f"{' on ' + str(m['views']) + ' augmented views too' if m.get('views') else ''} "
         f"(split {m['split_id']}: {m['n']['train']} train, {m['n']['val']} val, {m['n']['test']} test)",
         f"accuracy: train {fmt(acc['train'])}  val {fmt(acc['val'])}  test {fmt(acc['test'])}",
         f"fit {m['fit_seconds']:.2f}s (codes ready in {m['extract_seconds']:.1f}s)",
@@ -169,43 +183,61 @@ def extractor_weights(bundle: Bundle, weights=None):
 
 
 def predict(bundle, images, top: int | None = None, out=None, cache_dir=None, trust: bool = False,
-            weights=None, **extract_options):
+            weights=None, tta: bool = False, **extract_options):
     """Class probabilities for ``images`` (files or folders) as a DataFrame; CSV at ``out``.
 
+    ``bundle``: a ``model.featx`` from fit-head, or a ``model.keras`` from finetune.
     Columns: ``file``, ``id`` (file name without suffix, the study's file id),
     ``predicted``, ``probability``, then ``top1..topK`` with their
     probabilities when ``top`` is given, then one ``p_<class>`` per class.
+    ``tta``: average over the image and its cached augmented views (as many
+    as the head was trained with, else 4).
     """
-    import pandas as pd
+    if not isinstance(bundle, Bundle) and str(bundle).endswith(".keras"):
+        from featx.finetune import predict_finetuned
 
+        return predict_finetuned(bundle, images, top=top, out=out)
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle, trust=trust)
-    if bundle.kind != "head":
-        raise FeatxError("this bundle holds a fine-tuned model; predict it with featx predict MODEL.keras")
     ext = bundle.extractor
     if top is not None and not 1 <= top <= len(bundle.class_names):
         raise FeatxError(f"--top: expected 1..{len(bundle.class_names)}, got {top}")
     dataset = from_paths(images) if not isinstance(images, Dataset) else images
+    views = (bundle.metrics.get("views") or 4) if tta else 0
     feats = load_features(dataset, ext["backbone"], ext["taps"], ext["pooling"], cache_dir, ext["dtype"],
-                          extractor_weights(bundle, weights), **extract_options)
+                          extractor_weights(bundle, weights), views=views, **extract_options)
     classes = np.asarray(bundle.head.classes_)
     proba = bundle.predict_proba(feats.X(ext["taps"])) if feats.paths else np.zeros((0, len(classes)))
+    if views and feats.paths:
+        V = feats.X_views(ext["taps"])
+        per_view = bundle.predict_proba(V.reshape(-1, V.shape[-1])).reshape(len(proba), views, -1)
+        proba = (proba + per_view.sum(axis=1)) / (views + 1)
+    table = prediction_table(feats.paths, proba, classes, top, out)
+    table.attrs["failures"] = feats.failures
+    return table
+
+
+def prediction_table(paths, proba, classes, top=None, out=None):
+    """The study's predictions CSV, one row per image."""
+    import pandas as pd
+
+    classes = np.asarray(classes)
+    rows = np.arange(len(proba))
     order = np.argsort(-proba, axis=1)
     table = pd.DataFrame({
-        "file": [str(p) for p in feats.paths],
-        "id": [Path(p).stem for p in feats.paths],
+        "file": [str(p) for p in paths],
+        "id": [Path(p).stem for p in paths],
         "predicted": classes[order[:, 0]] if len(proba) else [],
-        "probability": proba[np.arange(len(proba)), order[:, 0]] if len(proba) else [],
+        "probability": proba[rows, order[:, 0]] if len(proba) else [],
     })
     for k in range(top or 0):
         table[f"top{k + 1}"] = classes[order[:, k]]
-        table[f"top{k + 1}_prob"] = proba[np.arange(len(proba)), order[:, k]]
+        table[f"top{k + 1}_prob"] = proba[rows, order[:, k]]
     for j, c in enumerate(classes):
         table[f"p_{c}"] = proba[:, j]
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(out, index=False, float_format="%.6f")
-    table.attrs["failures"] = feats.failures
     return table
 
 

@@ -86,3 +86,121 @@ def plot_sweep(table, path, title: str) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def plot_curves(history: dict, path, title: str) -> Path:
+    """Accuracy and loss per epoch, training against validation."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    for ax, metric in zip(axes, ("accuracy", "loss")):
+        ax.plot(epochs, history[metric], marker="o", label="training")
+        if f"val_{metric}" in history:
+            ax.plot(epochs, history[f"val_{metric}"], marker="o", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+# ---- the study's summary table ---------------------------------------------------------------
+
+ROUTE_ORDER = {"cached": 0, "finetune": 1, "baseline": 2}
+
+
+def summary_table(runs):
+    """Rows per dataset (and split), columns per backbone x route; each cell the run with the best
+    validation accuracy (model selection never looks at test), showing its test accuracy and time.
+
+    Runs of one dataset on different splits get separate rows, labelled with the split id, so they
+    are never compared side by side silently.
+    """
+    import pandas as pd
+
+    runs = runs.copy()
+    runs["seconds"] = runs["extract_s"].fillna(0) + runs["fit_s"].fillna(0)
+    splits_per_dataset = runs.groupby("dataset")["split_id"].nunique()
+    runs["row"] = [d if splits_per_dataset[d] == 1 else f"{d} [split {s}]" for d, s in zip(runs["dataset"], runs["split_id"])]
+    runs["column"] = [f"{b} {r}" for b, r in zip(runs["backbone"], runs["route"])]
+    runs["_order"] = runs["route"].map(ROUTE_ORDER).fillna(9)
+    runs["_val"] = runs["val_acc"].fillna(-1)
+    best = (runs.reset_index().sort_values(["_val", "index"]).groupby(["row", "column"]).tail(1))
+    columns = (best.sort_values(["_order", "backbone"])["column"].drop_duplicates().tolist())
+    acc = best.pivot(index="row", columns="column", values="test_acc").reindex(columns=columns)
+    secs = best.pivot(index="row", columns="column", values="seconds").reindex(columns=columns)
+    heads = best.pivot(index="row", columns="column", values="head").reindex(columns=columns)
+    split_ids = best.groupby("row")["split_id"].first()
+    return acc, secs, heads, split_ids, pd
+
+
+def write_report(runs_csv, out_dir) -> dict:
+    import pandas as pd
+
+    runs_csv, out_dir = Path(runs_csv), Path(out_dir)
+    if not runs_csv.exists():
+        raise FileNotFoundError(runs_csv)
+    runs = pd.read_csv(runs_csv)
+    if runs.empty:
+        raise ValueError(f"{runs_csv} has no runs")
+    acc, secs, heads, split_ids, _ = summary_table(runs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cells = acc.copy().astype(object)
+    for r in acc.index:
+        for c in acc.columns:
+            a, s, h = acc.loc[r, c], secs.loc[r, c], heads.loc[r, c]
+            cells.loc[r, c] = "" if pd.isna(a) else f"{a:.3f} ({_duration(s)}, {h})"
+    cells.insert(0, "split", [split_ids[r] for r in cells.index])
+    cells.index.name = "dataset"
+    lines = ["| " + " | ".join(["dataset", *cells.columns]) + " |", "|" + "---|" * (len(cells.columns) + 1)]
+    for r, row in cells.iterrows():
+        lines.append("| " + " | ".join([str(r), *map(str, row.tolist())]) + " |")
+    note = ("Cells: test accuracy (training time incl. any extraction done by that run, head). "
+            "Each cell is the run with the best validation accuracy.")
+    (out_dir / "summary.md").write_text("\n".join(lines) + "\n\n" + note + "\n")
+    table = pd.concat({"test_acc": acc, "seconds": secs, "head": heads}, axis=1)
+    table.to_csv(out_dir / "summary.csv")
+    chart = _plot_summary(acc, out_dir / "summary.png")
+    curves = []
+    for _, run in runs.iterrows():
+        history = Path(str(run["output"])).parent / "history.csv" if isinstance(run["output"], str) else None
+        if history is not None and history.exists() and history.stat().st_size:
+            frame = pd.read_csv(history)
+            if len(frame):
+                name = f"curves-{run['dataset']}-{run['backbone']}-{run['route']}.png"
+                plot_curves({c: frame[c].tolist() for c in frame.columns if c != "epoch"}, out_dir / name,
+                            f"{run['dataset']}: {run['backbone']} {run['route']}")
+                curves.append(out_dir / name)
+    return {"markdown": out_dir / "summary.md", "csv": out_dir / "summary.csv", "chart": chart,
+            "curves": sorted(set(curves)), "table": cells}
+
+
+def _duration(seconds) -> str:
+    if seconds is None or seconds != seconds:
+        return "-"
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _plot_summary(acc, path) -> Path:
+    plt = _pyplot()
+    rows, cols = list(acc.index), list(acc.columns)
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows) * max(1, len(cols)) / 2 + 3), 4))
+    width = 0.8 / max(1, len(cols))
+    x = np.arange(len(rows))
+    for j, c in enumerate(cols):
+        values = acc[c].astype(float).to_numpy()
+        ax.bar(x + j * width - 0.4 + width / 2, np.nan_to_num(values), width, label=c)
+    ax.set_xticks(x, rows)
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("test accuracy by dataset, backbone and route")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

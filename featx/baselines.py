@@ -1,0 +1,135 @@
+"""The study's from-scratch baselines: a one-layer and a six-layer CNN.
+
+They show what transfer learning buys on small data.  Same split as the
+cached route (stored by content), same augmentation, same outputs and runs
+log; images are squashed to a small square (``size``, default 96) since
+these networks learn everything from the few images given.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from featx import _tf
+from featx.cache import default_cache_dir
+from featx.datasets import assign_splits, discover
+from featx.errors import FeatxError
+from featx.extract import _hash_files
+from featx.fit import SPLITS
+from featx.images import ImageError, center_crop_resize, load_image
+from featx.runs import append_run, plot_curves, runs_log_path
+
+ARCHS = ("cnn1", "cnn6")
+
+
+def build_baseline(arch: str, n_classes: int, size: int = 96, seed: int = 0, augment: bool = True):
+    """cnn1: Conv32 -> MaxPool -> Dense1024 -> Dropout(0.5) -> softmax.
+    cnn6: 2x Conv32, 2x Conv64, 2x Conv128, each pair pooled with dropout 0.25 -> Dense512 -> Dropout(0.5)."""
+    from featx.augment import study_augmentation
+
+    keras = _tf.keras()
+    L = keras.layers
+    if arch not in ARCHS:
+        raise FeatxError(f"--arch: expected one of {', '.join(ARCHS)}, got {arch!r}")
+    inputs = keras.Input((size, size, 3), name="image")
+    x = study_augmentation(seed)(inputs) if augment else inputs
+    x = L.Rescaling(1 / 255.0, name="rescale")(x)
+    if arch == "cnn1":
+        x = L.Conv2D(32, 3, activation="relu", name="conv1")(x)
+        x = L.MaxPooling2D(2, name="pool1")(x)
+        x = L.Flatten(name="flatten")(x)
+        x = L.Dense(1024, activation="relu", name="dense")(x)
+        x = L.Dropout(0.5, name="dropout")(x)
+    else:
+        for block, filters in enumerate((32, 64, 128), start=1):
+            x = L.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{block}a")(x)
+            x = L.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{block}b")(x)
+            x = L.MaxPooling2D(2, name=f"pool{block}")(x)
+            x = L.Dropout(0.25, name=f"dropout{block}")(x)
+        x = L.Flatten(name="flatten")(x)
+        x = L.Dense(512, activation="relu", name="dense")(x)
+        x = L.Dropout(0.5, name="dropout")(x)
+    outputs = L.Dense(n_classes, activation="softmax", name="softmax")(x)
+    return keras.Model(inputs, outputs, name=arch)
+
+
+def _load(paths, size):
+    def one(p):
+        return center_crop_resize(load_image(p, min_side=size), size, 1.0)
+
+    with ThreadPoolExecutor(2) as pool:
+        return np.stack(list(pool.map(one, paths)))
+
+
+def train_baseline(data, arch: str = "cnn1", size: int = 96, epochs: int = 20, batch_size: int = 32,
+                   learning_rate: float = 1e-4, patience: int = 5, class_weight="balanced", cache_dir=None,
+                   out_dir=None, val_fraction=0.2, test_fraction=0.2, seed: int = 0, echo=print) -> dict:
+    keras = _tf.keras()
+    from sklearn.utils.class_weight import compute_class_weight
+
+    cache_dir = Path(cache_dir or default_cache_dir())
+    dataset = discover(data)
+    if not dataset.labelled or len(dataset.class_names) < 2:
+        raise FeatxError(f"{dataset.root}: a baseline needs at least 2 class folders")
+    start = time.perf_counter()
+    hashed = _hash_files(dataset.paths)
+    ok = [i for i, (k, _) in enumerate(hashed) if k is not None]
+    paths, keys = [dataset.paths[i] for i in ok], [hashed[i][0] for i in ok]
+    labels = dataset.labels[ok]
+    given = dataset.splits[ok] if dataset.splits is not None else None
+    split, sid = assign_splits(keys, labels, given, val_fraction, test_fraction, seed, store=cache_dir,
+                               class_names=dataset.class_names)
+    good, images = [], []
+    for i, p in enumerate(paths):
+        try:
+            images.append(_load([p], size)[0])
+            good.append(i)
+        except ImageError as exc:
+            echo(f"skipped {exc}")
+    images, labels, split = np.stack(images), labels[good], split[good]
+    parts = {s: (images[split == s], labels[split == s]) for s in SPLITS}
+    keras.utils.set_random_seed(seed)
+    model = build_baseline(arch, len(dataset.class_names), size, seed)
+    model.compile(keras.optimizers.RMSprop(learning_rate), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    name = dataset.root.name
+    out_dir = Path(out_dir or Path("featx-out") / f"{name}-{arch}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    has_val = len(parts["val"][1]) > 0
+    callbacks = [keras.callbacks.CSVLogger(str(out_dir / "history.csv"))]
+    if has_val:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
+                                                       restore_best_weights=True))
+    weights = None
+    if class_weight == "balanced":
+        w = compute_class_weight("balanced", classes=np.arange(len(dataset.class_names)), y=parts["train"][1])
+        weights = {i: float(v) for i, v in enumerate(w)}
+    fit_start = time.perf_counter()
+    try:
+        history = model.fit(*parts["train"], validation_data=parts["val"] if has_val else None, epochs=epochs,
+                            batch_size=batch_size, class_weight=weights, callbacks=callbacks,
+                            verbose=2 if echo is print else 0).history
+    except KeyboardInterrupt:
+        echo("interrupted: evaluating the model as it is")
+        history = {}
+    train_seconds = time.perf_counter() - fit_start
+    model.save(out_dir / "model.keras")
+    acc = {s: float((model.predict(parts[s][0], verbose=0).argmax(1) == parts[s][1]).mean()) if len(parts[s][1])
+           else None for s in SPLITS}
+    metrics = {"dataset": name, "arch": arch, "size": size, "split_id": sid,
+               "n": {s: int(len(parts[s][1])) for s in SPLITS}, "accuracy": acc,
+               "epochs_run": len(history.get("loss", [])), "train_seconds": train_seconds,
+               "total_seconds": time.perf_counter() - start, "params": int(model.count_params())}
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if history.get("loss"):
+        plot_curves(history, out_dir / "curves.png", f"{name}: {arch} from scratch")
+    append_run(runs_log_path(cache_dir), {
+        "dataset": name, "route": "baseline", "backbone": arch, "taps": "", "head": arch, "split_id": sid,
+        **{f"n_{s}": metrics["n"][s] for s in SPLITS}, **{f"{s}_acc": acc[s] for s in SPLITS},
+        "extract_s": 0.0, "fit_s": metrics["total_seconds"], "output": str(out_dir / "model.keras"),
+    })
+    return {"metrics": metrics, "out_dir": out_dir, "model": model}
