@@ -94,7 +94,13 @@ def train_baseline(data, arch: str = "cnn1", size: int = 96, epochs: int = 20, b
     images, labels, split = np.stack(images), labels[good], split[good]
     parts = {s: (images[split == s], labels[split == s]) for s in SPLITS}
     keras.utils.set_random_seed(seed)
-    model = build_baseline(arch, len(dataset.class_names), size, seed)
+    from featx.augment import study_augmentation
+
+    core = build_baseline(arch, len(dataset.class_names), size, seed, augment=False)
+    inputs = keras.Input((size, size, 3), name="image")
+    # augmentation for training only; the core network is what gets saved (Keras cannot
+    # reload RandomShear's saved config, and augmentation is the identity at inference)
+    model = keras.Model(inputs, core(study_augmentation(seed)(inputs)), name=f"{arch}_train")
     model.compile(keras.optimizers.RMSprop(learning_rate), "sparse_categorical_crossentropy", metrics=["accuracy"])
     name = dataset.root.name
     out_dir = Path(out_dir or Path("featx-out") / f"{name}-{arch}")
@@ -117,13 +123,13 @@ def train_baseline(data, arch: str = "cnn1", size: int = 96, epochs: int = 20, b
         echo("interrupted: evaluating the model as it is")
         history = {}
     train_seconds = time.perf_counter() - fit_start
-    model.save(out_dir / "model.keras")
-    acc = {s: float((model.predict(parts[s][0], verbose=0).argmax(1) == parts[s][1]).mean()) if len(parts[s][1])
+    core.save(out_dir / "model.keras")
+    acc = {s: float((core.predict(parts[s][0], verbose=0).argmax(1) == parts[s][1]).mean()) if len(parts[s][1])
            else None for s in SPLITS}
     metrics = {"dataset": name, "arch": arch, "size": size, "split_id": sid,
                "n": {s: int(len(parts[s][1])) for s in SPLITS}, "accuracy": acc,
                "epochs_run": len(history.get("loss", [])), "train_seconds": train_seconds,
-               "total_seconds": time.perf_counter() - start, "params": int(model.count_params())}
+               "total_seconds": time.perf_counter() - start, "params": int(core.count_params())}
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if history.get("loss"):
         plot_curves(history, out_dir / "curves.png", f"{name}: {arch} from scratch")
@@ -132,4 +138,4 @@ def train_baseline(data, arch: str = "cnn1", size: int = 96, epochs: int = 20, b
         **{f"n_{s}": metrics["n"][s] for s in SPLITS}, **{f"{s}_acc": acc[s] for s in SPLITS},
         "extract_s": 0.0, "fit_s": metrics["total_seconds"], "output": str(out_dir / "model.keras"),
     })
-    return {"metrics": metrics, "out_dir": out_dir, "model": model}
+    return {"metrics": metrics, "out_dir": out_dir, "model": core}

@@ -100,19 +100,25 @@ def build_model(spec, n_classes: int, tap: str = "pre_logits", weights="imagenet
     net = spec.build(weights)
     base = keras.Model(net.input, pool(tap_output(net, spec.tap(tap)), pooling, tap), name="backbone")
     inputs = keras.Input((spec.input_size, spec.input_size, 3), name="image")
-    x = study_augmentation(seed)(inputs) if augment else inputs
-    x = base(x, training=False)  # BatchNorm in inference mode, whatever is trainable
+    x = base(inputs, training=False)  # BatchNorm in inference mode, whatever is trainable
     scaler, dense = _head_parts(head, base.output.shape[-1], n_classes)
     if scaler is not None:
-        x = keras.layers.Normalization(mean=scaler.mean_, variance=scaler.var_, name="head_scale")(x)
+        # scale_**2, not var_: scikit-learn divides constant features by 1, not by ~0
+        x = keras.layers.Normalization(mean=scaler.mean_, variance=scaler.scale_**2, name="head_scale")(x)
     x = keras.layers.Dense(1024 if dense is None else dense.hidden, activation="relu", name="head_dense")(x)
     x = keras.layers.Dropout(0.5 if dense is None else dense.dropout, name="head_dropout")(x)
     out = keras.layers.Dense(n_classes, activation="softmax", name="head_softmax")(x)
-    model = keras.Model(inputs, out, name=f"{spec.name}_finetune")
+    classifier = keras.Model(inputs, out, name=f"{spec.name}_finetuned")
     if dense is not None:
         src = dense.model_
-        model.get_layer("head_dense").set_weights(src.get_layer("dense").get_weights())
-        model.get_layer("head_softmax").set_weights(src.get_layer("softmax").get_weights())
+        classifier.get_layer("head_dense").set_weights(src.get_layer("dense").get_weights())
+        classifier.get_layer("head_softmax").set_weights(src.get_layer("softmax").get_weights())
+    if not augment:
+        return classifier, base
+    # augmentation in front, for training only; the classifier alone is what gets saved
+    # (Keras cannot reload RandomShear's saved config, and it is the identity at inference anyway)
+    train_in = keras.Input((spec.input_size, spec.input_size, 3), name="image")
+    model = keras.Model(train_in, classifier(study_augmentation(seed)(train_in)), name=f"{spec.name}_finetune")
     return model, base
 
 
@@ -200,12 +206,14 @@ def finetune(data, backbone: str = DEFAULT_BACKBONE, tap: str = "pre_logits", un
     out_dir = Path(out_dir or Path("featx-out") / f"{dataset_name}-{backbone}-finetune")
     out_dir.mkdir(parents=True, exist_ok=True)
     best = out_dir / "model.keras"
+    checkpoint = out_dir / "best.weights.h5"
     has_val = len(parts["val"][1]) > 0
     callbacks = [keras.callbacks.CSVLogger(str(out_dir / "history.csv"))]
     if has_val:
         callbacks += [
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True),
-            keras.callbacks.ModelCheckpoint(str(best), monitor="val_loss", save_best_only=True),
+            keras.callbacks.ModelCheckpoint(str(checkpoint), monitor="val_loss", save_best_only=True,
+                                            save_weights_only=True),
         ]
     weights_by_class = None
     if class_weight == "balanced":
@@ -225,15 +233,17 @@ def finetune(data, backbone: str = DEFAULT_BACKBONE, tap: str = "pre_logits", un
         interrupted = True
         echo("interrupted: keeping the best checkpoint so far")
         history = _read_history(out_dir / "history.csv")
-        if best.exists():
-            model = keras.models.load_model(best)
+        if checkpoint.exists():
+            model.load_weights(checkpoint)
     train_seconds = time.perf_counter() - fit_start
-    model.save(best)  # the best weights (EarlyStopping restored them)
+    classifier = model.get_layer(f"{spec.name}_finetuned")
+    classifier.save(best)  # the best weights (EarlyStopping restored them), without the augmentation
+    checkpoint.unlink(missing_ok=True)
 
     acc = {}
     for s in SPLITS:
         Xs, ys = parts[s]
-        acc[s] = float((model.predict(batches(Xs, ys, spec, 32, False, 0), verbose=0).argmax(1) == ys).mean()) \
+        acc[s] = float((classifier.predict(batches(Xs, ys, spec, 32, False, 0), verbose=0).argmax(1) == ys).mean()) \
             if len(ys) else None
     metrics = {
         "dataset": dataset_name, "backbone": backbone, "tap": tap, "unfreeze": policy,

@@ -1,0 +1,208 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import write_image
+from featx.augment import augment_view, study_augmentation
+from featx.backbones.registry import get_backbone
+from featx.baselines import build_baseline
+from featx.bundle import load_bundle
+from featx.cli import main
+from featx.errors import FeatxError
+from featx.extract import extract, load_features
+from featx.finetune import apply_unfreeze, build_model, first_trainable_index
+from featx.fit import fit_head, predict
+from featx.runs import write_report
+from test_fit import tinted
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ft") / "tints"
+    for c, name in enumerate(("red", "green", "blue")):
+        for i in range(6):
+            write_image(root / name / f"{name}{i}.jpg", tinted(40 + 10 * c + i, c, size=(36, 44)))
+    return root
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("ftcache")
+
+
+@pytest.fixture(scope="module")
+def mobilenet_base():
+    spec = get_backbone("mobilenet_v2")
+    _, base = build_model(spec, 3, weights=None, augment=False)
+    return spec, base
+
+
+def _is_bn(layer):
+    return type(layer).__name__ == "BatchNormalization"
+
+
+@pytest.mark.parametrize("policy", ["all", "top:1", "top:2", "from:94", "from:stage3", "none"])
+def test_unfreeze_policies_freeze_exactly_the_intended_layers(mobilenet_base, policy):
+    spec, base = mobilenet_base
+    names = [layer.name for layer in base.layers]
+    start = {"all": 0, "none": len(names), "from:94": 94,
+             "top:1": names.index("block12_out") + 1,  # the last stage: after the 96-channel stride-16 block
+             "top:2": names.index("block5_out") + 1,  # the last two: after the 32-channel stride-8 block
+             "from:stage3": names.index("block5_out") + 1}[policy]
+    assert first_trainable_index(base, spec, policy) == start
+    apply_unfreeze(base, spec, policy)
+    for i, layer in enumerate(base.layers):
+        expected = i >= start and not _is_bn(layer)
+        assert layer.trainable == expected, (policy, i, layer.name)
+
+
+def test_top_policy_counts_stages(mobilenet_base):
+    spec, base = mobilenet_base
+    names = [layer.name for layer in base.layers]
+    assert first_trainable_index(base, spec, "top:1") == names.index(spec.tap("stage4").layer) + 1
+    assert first_trainable_index(base, spec, "top:9") == 0
+
+
+@pytest.mark.parametrize("policy", ["some", "from:nowhere", "top:0", "from:9999"])
+def test_bad_policy_is_a_clear_error(mobilenet_base, policy):
+    spec, base = mobilenet_base
+    with pytest.raises(FeatxError, match="--unfreeze"):
+        first_trainable_index(base, spec, policy)
+
+
+def test_batchnorm_statistics_do_not_move_while_training(data):
+    from featx import _tf
+
+    keras = _tf.keras()
+    spec = get_backbone("mobilenet_v2")
+    model, base = build_model(spec, 3, augment=False)
+    apply_unfreeze(base, spec, "all")
+    bns = [layer for layer in base.layers if _is_bn(layer)]
+    before = [[w.copy() for w in layer.get_weights()] for layer in bns]
+    convs = {name: base.get_layer(name).get_weights()[0].copy() for name in ("features_0_0", "features_18_0")}
+    model.compile(keras.optimizers.SGD(0.01, momentum=0.9), "sparse_categorical_crossentropy")
+    from featx.images import load_image
+
+    paths = sorted(data.glob("*/*.jpg"))[:8]
+    x = spec.preprocess([load_image(p) for p in paths])
+    model.fit(x, np.array([0, 1, 2, 0, 1, 2, 0, 1]), epochs=1, batch_size=4, verbose=0)
+    for layer, old in zip(bns, before):
+        for w, o in zip(layer.get_weights(), old):
+            np.testing.assert_array_equal(w, o)
+    for name, old in convs.items():  # while the convolutions did train
+        assert not np.array_equal(base.get_layer(name).get_weights()[0], old), name
+
+
+def test_warm_start_reproduces_the_cached_head(data, cache, tmp_path):
+    result = fit_head(data, head="dense", cache_dir=cache, out_dir=tmp_path, head_params={"epochs": 5})
+    bundle = load_bundle(result.bundle)
+    spec = get_backbone("mobilenet_v2")
+    model, _ = build_model(spec, 3, head=bundle.head)  # augmentation included: inactive at inference
+    feats = load_features(data, cache_dir=cache)
+    from featx.images import load_image
+
+    images = spec.preprocess([load_image(p) for p in feats.paths])
+    np.testing.assert_allclose(model.predict(images, verbose=0), bundle.predict_proba(feats.X()), atol=1e-4)
+
+
+def test_augmentation_is_seeded_and_reproducible():
+    batch = np.random.default_rng(0).uniform(0, 255, size=(2, 48, 48, 3)).astype(np.float32)
+    a = np.asarray(study_augmentation(seed=3)(batch, training=True))
+    b = np.asarray(study_augmentation(seed=3)(batch, training=True))
+    c = np.asarray(study_augmentation(seed=4)(batch, training=True))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    np.testing.assert_array_equal(np.asarray(study_augmentation(seed=3)(batch, training=False)), batch)
+    img = batch[0].astype(np.uint8)
+    np.testing.assert_array_equal(augment_view(img, 11), augment_view(img, 11))
+    assert not np.array_equal(augment_view(img, 11), augment_view(img, 12))
+
+
+def test_views_store_k_rows_per_image_and_heads_use_them(data, cache, tmp_path):
+    report = extract(data, cache_dir=cache, views=2)
+    assert report.computed_views == 2 * 18
+    feats = load_features(data, cache_dir=cache, views=2)
+    assert feats.views["pre_logits"].shape == (18, 2, 1280)
+    assert not np.allclose(feats.views["pre_logits"][:, 0], feats.codes["pre_logits"])
+    again = extract(data, cache_dir=cache, views=2)
+    assert again.computed_views == 0  # cached like any row
+    result = fit_head(data, cache_dir=cache, views=2, out_dir=tmp_path)
+    n_train = result.metrics["n"]["train"]
+    head = load_bundle(result.bundle).head
+    assert head.pipeline_.named_steps["clf"].n_features_in_ == 1280
+    assert result.metrics["views"] == 2
+    assert head.pipeline_.named_steps["scale"].n_samples_seen_ == 3 * n_train  # image + 2 views each
+    tta = predict(result.bundle, [data / "red"], cache_dir=cache, tta=True)
+    plain = predict(result.bundle, [data / "red"], cache_dir=cache)
+    assert len(tta) == 6 and not np.allclose(tta["p_red"], plain["p_red"])
+
+
+@pytest.mark.parametrize("arch, shapes", [
+    ("cnn1", {"conv1": (94, 94, 32), "pool1": (47, 47, 32), "dense": (1024,), "softmax": (3,)}),
+    ("cnn6", {"conv1a": (96, 96, 32), "conv2b": (48, 48, 64), "conv3b": (24, 24, 128), "pool3": (12, 12, 128),
+              "dense": (512,), "softmax": (3,)}),
+])
+def test_baselines_build_with_documented_shapes(arch, shapes):
+    model = build_baseline(arch, 3, size=96)
+    for name, shape in shapes.items():
+        assert tuple(model.get_layer(name).output.shape[1:]) == shape, name
+    n_conv = sum(1 for layer in model.layers if type(layer).__name__ == "Conv2D")
+    assert n_conv == (1 if arch == "cnn1" else 6)
+
+
+def test_report_renders_from_a_hand_made_runs_csv(tmp_path):
+    runs = pd.DataFrame([
+        dict(dataset="dogs", route="cached", backbone="vgg16", taps="stage5", head="logistic", split_id="s1",
+             val_acc=0.40, test_acc=0.36, extract_s=100.0, fit_s=2.0, output=""),
+        dict(dataset="dogs", route="cached", backbone="vgg16", taps="stage5", head="dense", split_id="s1",
+             val_acc=0.45, test_acc=0.38, extract_s=0.1, fit_s=9.0, output=""),
+        dict(dataset="dogs", route="finetune", backbone="vgg16", taps="stage5", head="dense/all", split_id="s1",
+             val_acc=0.60, test_acc=0.63, extract_s=0.0, fit_s=3600.0, output=""),
+        dict(dataset="birds", route="baseline", backbone="cnn1", taps="", head="cnn1", split_id="s2",
+             val_acc=0.2, test_acc=0.2, extract_s=0.0, fit_s=50.0, output=""),
+        dict(dataset="birds", route="cached", backbone="vgg16", taps="stage5", head="logistic", split_id="s3",
+             val_acc=0.5, test_acc=0.59, extract_s=10.0, fit_s=1.0, output=""),
+    ])
+    csv = tmp_path / "runs.csv"
+    runs.to_csv(csv, index=False)
+    result = write_report(csv, tmp_path / "report")
+    md = result["markdown"].read_text()
+    assert "| dataset | split | vgg16 cached | vgg16 finetune | cnn1 baseline |" in md
+    assert "0.380 (9.1 s, dense)" in md  # best validation picks dense, shows its test accuracy
+    assert "0.630 (60.0 min, dense/all)" in md
+    assert "birds [split s2]" in md and "birds [split s3]" in md  # different splits never side by side
+    assert result["chart"].stat().st_size > 1000
+    table = pd.read_csv(result["csv"], header=[0, 1], index_col=0)
+    assert table.loc["dogs", ("test_acc", "vgg16 finetune")] == pytest.approx(0.63)
+
+
+def test_finetune_cli_end_to_end_and_predict_keras_model(data, cache, tmp_path, capsys):
+    out = tmp_path / "ft"
+    code = main(["finetune", str(data), "--cache", str(cache), "--epochs", "1", "--batch-size", "8",
+                 "--unfreeze", "top:1", "--out", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "fine-tuned mobilenet_v2 (top:1)" in text
+    for name in ("model.keras", "history.csv", "metrics.json", "curves.png", "featx.json"):
+        assert (out / name).exists(), name
+    runs = pd.read_csv(cache / "runs.csv")
+    assert runs.iloc[-1]["route"] == "finetune"
+    table = predict(out / "model.keras", [data / "green"], top=2)
+    assert len(table) == 6 and set(table["predicted"]) <= {"red", "green", "blue"}
+
+
+def test_baseline_trains_on_the_stored_split_and_logs_a_run(data, cache, tmp_path):
+    from featx import _tf
+    from featx.baselines import train_baseline
+
+    result = train_baseline(data, arch="cnn6", size=32, epochs=1, cache_dir=cache, out_dir=tmp_path, echo=lambda *_: None)
+    m = result["metrics"]
+    assert sum(m["n"].values()) == 18 and min(m["n"].values()) >= 3
+    runs = pd.read_csv(cache / "runs.csv")
+    assert runs.iloc[-1]["route"] == "baseline" and runs.iloc[-1]["backbone"] == "cnn6"
+    cached_split = load_features(data, cache_dir=cache)  # same split id as the cached route
+    from featx.fit import labelled_codes
+
+    assert runs.iloc[-1]["split_id"] == labelled_codes(data, cache_dir=cache).split_id
+    reloaded = _tf.keras().models.load_model(tmp_path / "model.keras")
+    assert reloaded.output.shape[-1] == 3 and len(cached_split.paths) == 18
