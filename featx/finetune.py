@@ -202,7 +202,7 @@ def finetune(data, backbone: str = DEFAULT_BACKBONE, tap: str = "pre_logits", un
     trainable = apply_unfreeze(base, spec, policy)
     model.compile(keras.optimizers.SGD(learning_rate, momentum=momentum), "sparse_categorical_crossentropy",
                   metrics=["accuracy"])
-    dataset_name = codes.features.paths[0].parents[1 if codes.features.splits is None else 2].name
+    dataset_name = codes.name
     out_dir = Path(out_dir or Path("featx-out") / f"{dataset_name}-{backbone}-finetune")
     out_dir.mkdir(parents=True, exist_ok=True)
     best = out_dir / "model.keras"

@@ -37,6 +37,7 @@ class LabelledCodes:
     split: np.ndarray
     split_id: str
     extract_seconds: float
+    name: str  # the dataset folder's name, for outputs and the runs log
 
     def part(self, name: str, taps=None, with_views: bool = False):
         """Codes and labels of one split; ``with_views`` adds every augmented view as a row."""
@@ -67,7 +68,7 @@ def labelled_codes(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), poolin
     split, sid = assign_splits(feats.keys, feats.labels, feats.splits, val_fraction, test_fraction, seed,
                                store=cache_dir, class_names=feats.class_names)
     y = np.asarray(feats.class_names, dtype=object)[feats.labels].astype(str)
-    return LabelledCodes(feats, y, split, sid, seconds)
+    return LabelledCodes(feats, y, split, sid, seconds, Path(dataset.root).resolve().name)
 
 
 @dataclass
@@ -112,7 +113,7 @@ def fit_head(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), head="logist
     pred = model.predict(Xe) if len(ye) else np.array([])
     report = classification_report(ye, pred, labels=codes.features.class_names, zero_division=0,
                                    output_dict=True) if len(ye) else {}
-    dataset_name = Path(codes.features.paths[0]).parents[1 if codes.features.splits is None else 2].name
+    dataset_name = codes.name
     metrics = {
         "dataset": dataset_name,
         "backbone": backbone, "taps": taps, "head": head, "pooling": pooling, "views": views,
@@ -263,7 +264,7 @@ def sweep(data, backbone=DEFAULT_BACKBONE, taps=None, head="logistic", pooling="
                      "val_acc": _accuracy(model, Xv, yv), "test_acc": _accuracy(model, Xte, yte),
                      "fit_s": time.perf_counter() - start})
     table = pd.DataFrame(rows)
-    dataset_name = Path(codes.features.paths[0]).parents[1 if codes.features.splits is None else 2].name
+    dataset_name = codes.name
     out_dir = Path(out_dir or Path("featx-out") / f"{dataset_name}-{backbone}-sweep")
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_dir / "sweep.csv", index=False, float_format="%.4f")

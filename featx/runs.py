@@ -91,6 +91,8 @@ def plot_sweep(table, path, title: str) -> Path:
 def plot_curves(history: dict, path, title: str) -> Path:
     """Accuracy and loss per epoch, training against validation."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     epochs = np.arange(1, len(history["loss"]) + 1)
     for ax, metric in zip(axes, ("accuracy", "loss")):
@@ -98,6 +100,7 @@ def plot_curves(history: dict, path, title: str) -> Path:
         if f"val_{metric}" in history:
             ax.plot(epochs, history[f"val_{metric}"], marker="o", label="validation")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -188,17 +191,18 @@ def _duration(seconds) -> str:
 def _plot_summary(acc, path) -> Path:
     plt = _pyplot()
     rows, cols = list(acc.index), list(acc.columns)
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows) * max(1, len(cols)) / 2 + 3), 4))
+    fig, ax = plt.subplots(figsize=(max(7, 0.9 * len(rows) * max(1, len(cols)) + 4), 4))
     width = 0.8 / max(1, len(cols))
     x = np.arange(len(rows))
     for j, c in enumerate(cols):
         values = acc[c].astype(float).to_numpy()
-        ax.bar(x + j * width - 0.4 + width / 2, np.nan_to_num(values), width, label=c)
+        bars = ax.bar(x + j * width - 0.4 + width / 2, np.nan_to_num(values), width, label=c)
+        ax.bar_label(bars, labels=["" if v != v else f"{v:.2f}" for v in values], fontsize=8, padding=2)
     ax.set_xticks(x, rows)
     ax.set_ylabel("test accuracy")
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.1)
     ax.set_title("test accuracy by dataset, backbone and route")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

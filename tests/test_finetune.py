@@ -206,3 +206,22 @@ def test_baseline_trains_on_the_stored_split_and_logs_a_run(data, cache, tmp_pat
     assert runs.iloc[-1]["split_id"] == labelled_codes(data, cache_dir=cache).split_id
     reloaded = _tf.keras().models.load_model(tmp_path / "model.keras")
     assert reloaded.output.shape[-1] == 3 and len(cached_split.paths) == 18
+
+
+def test_ctrl_c_keeps_the_best_checkpoint(data, cache, tmp_path, monkeypatch):
+    from featx import _tf
+    from featx.finetune import finetune
+
+    keras = _tf.keras()
+    original = keras.callbacks.ModelCheckpoint.on_epoch_end
+
+    def save_then_interrupt(self, epoch, logs=None):
+        original(self, epoch, logs)
+        raise KeyboardInterrupt  # as if the user pressed Ctrl-C after the first epoch
+
+    monkeypatch.setattr(keras.callbacks.ModelCheckpoint, "on_epoch_end", save_then_interrupt)
+    result = finetune(data, cache_dir=cache, epochs=5, batch_size=8, unfreeze="top:1", out_dir=tmp_path,
+                      echo=lambda *_: None)
+    m = result["metrics"]
+    assert m["interrupted"] and m["epochs_run"] == 1
+    assert (tmp_path / "model.keras").exists() and m["accuracy"]["test"] is not None
