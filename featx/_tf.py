@@ -46,7 +46,7 @@ def keras():
 
 
 def gpu_available() -> bool:
+    keras()  # quiet import first
     import tensorflow as tf
 
-    keras()
     return bool(tf.config.list_physical_devices("GPU"))

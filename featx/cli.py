@@ -46,7 +46,7 @@ def cmd_extract(args) -> int:
     report = extract(
         args.data, backbone=args.backbone, taps=_taps(args.taps), pooling=args.pooling,
         batch_size=args.batch_size, cache_dir=args.cache, dtype=args.dtype, weights=_weights(args.weights),
-        workers=args.workers, mixed_precision=args.mixed_precision, views=args.views,
+        workers=args.workers, mixed_precision=args.mixed_precision, views=args.views, engine=args.engine,
     )
     print(report.summary())
     skipped = report.dataset.skipped
@@ -105,6 +105,7 @@ def cmd_fit_head(args) -> int:
         dtype=args.dtype, weights=_weights(args.weights), cache_dir=args.cache, out_dir=args.out,
         class_weight=args.class_weight, l2=args.l2, standardize=args.standardize, pca=args.pca,
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed, views=args.views,
+        engine=args.engine,
     )
     print(result.report)
     print(f"bundle: {result.bundle}")
@@ -117,7 +118,7 @@ def cmd_predict(args) -> int:
 
     table = predict(args.bundle, args.images, top=args.top, out=args.out, cache_dir=args.cache,
                     trust=args.trust_bundle, weights=None if args.weights is None else _weights(args.weights),
-                    tta=args.tta)
+                    tta=args.tta, engine=args.engine)
     if args.out:
         print(f"{len(table)} predictions written to {args.out}")
     else:
@@ -133,7 +134,7 @@ def cmd_sweep(args) -> int:
     table = sweep(args.data, backbone=args.backbone, taps=_taps(args.taps) if args.taps else None,
                   pooling=args.pooling, dtype=args.dtype, weights=_weights(args.weights), cache_dir=args.cache,
                   out_dir=args.out, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                  seed=args.seed)
+                  seed=args.seed, engine=args.engine)
     print(f"{table.attrs['dataset']}: logistic head on each tap of {args.backbone} (split {table.attrs['split_id']})")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"plot and table: {table.attrs['out_dir']}")
@@ -218,6 +219,9 @@ def _extractor_options(p, taps_flag="--taps", taps_default="pre_logits"):
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="storage type")
     p.add_argument("--weights", default="imagenet", help="'imagenet' (default), a weights file, or 'none'")
     p.add_argument("--cache", default=None, help="cache folder (default $FEATX_CACHE or ./cache)")
+    p.add_argument("--engine", default=None, choices=["auto", "keras", "litert"],
+                   help="inference engine: auto (LiteRT on a CPU when installed and checked), keras, litert "
+                        "(default $FEATX_ENGINE or auto)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -281,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", default=None)
     p.add_argument("--weights", default=None, help="weights file, when the bundle's is elsewhere")
     p.add_argument("--tta", action="store_true", help="average over cached augmented views of each image")
+    p.add_argument("--engine", default=None, choices=["auto", "keras", "litert"])
     p.add_argument("--trust-bundle", action="store_true",
                    help="load a bundle not signed on this machine (it is a pickle: only if you trust it)")
     p.set_defaults(func=cmd_predict)

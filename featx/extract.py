@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import hashlib
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from featx.cache import DTYPES, FeatureCache, TapRows, cache_path, content_key, 
 from featx.datasets import Dataset, discover, from_paths
 from featx.errors import FeatxError
 from featx.images import ImageError, decode, read_bytes
+from featx.inference import make_engine
 
 MIN_IMAGE_SIDE = 8  # smaller images carry no usable signal after resizing
 LARGE_FLAT_DIM = 100_000  # warn when pooling='none' stores more numbers than this per image
@@ -43,6 +45,7 @@ class ExtractReport:
     failures: list = field(default_factory=list)  # (path, reason)
     seconds: float = 0.0
     computed_views: int = 0
+    engine: str | None = None
 
     @property
     def images_per_second(self) -> float:
@@ -52,7 +55,7 @@ class ExtractReport:
         text = (f"{len(self.dataset)} images: {self.computed} extracted, {self.cached} already cached, "
                 f"{len(self.failures)} skipped; {self.seconds:.1f}s")
         if self.computed:
-            text += f" ({self.images_per_second:.1f} img/s)"
+            text += f" ({self.images_per_second:.1f} img/s, {self.engine})"
         if self.computed_views:
             text += f"; {self.computed_views} augmented views extracted"
         return text + f"\ncache: {self.cache_file}"
@@ -154,10 +157,11 @@ def _check_taps(spec, taps) -> list[str]:
 def extract(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), pooling: str = "avg",
             batch_size: int = 32, cache_dir=None, dtype: str = "float32", weights="imagenet",
             workers: int = 2, mixed_precision: bool = False, progress: bool | None = None,
-            flush_rows: int = 256, views: int = 0) -> ExtractReport:
+            flush_rows: int = 256, views: int = 0, engine: str | None = None) -> ExtractReport:
     """Compute and cache the codes that ``cache_dir`` lacks for ``data``.
 
     ``data``: a dataset folder, a list of image paths, or a :class:`Dataset`.
+    ``engine``: keras, litert or auto (see :mod:`featx.inference`); default ``$FEATX_ENGINE`` or auto.
     ``views``: also cache that many augmented views of every image (the
     study's augmentation, seeded per image and view) in a cache of their own.
     Returns a report; read the codes with :func:`load_features`.
@@ -176,7 +180,16 @@ def extract(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), poolin
     report = ExtractReport(cache.path, dataset, [k for k, _ in hashed])
     report.failures = [(p, err) for p, (k, err) in zip(dataset.paths, hashed) if k is None]
 
-    model = None
+    runner = None
+    engine = engine or os.environ.get("FEATX_ENGINE", "auto")
+
+    def get_runner():
+        nonlocal runner
+        if runner is None:
+            runner = make_engine(spec, taps, lambda: _feature_model(spec, taps, pooling, weights, mixed_precision),
+                                 config, batch_size, "keras" if mixed_precision else engine, cache.path.parent)
+        return runner
+
     with cache:
         cache.commit()  # fold in rows a killed run left in the journal
         present = {t: cache.keys(t) for t in taps}
@@ -188,14 +201,13 @@ def extract(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), poolin
         if todo:
             if pooling == "none":
                 _warn_if_large(spec, taps)
-            model = _feature_model(spec, taps, pooling, weights, mixed_precision)
-            failures = _run(spec, model, taps, list(todo.items()), cache, batch_size, workers,
+            failures = _run(spec, get_runner(), taps, list(todo.items()), cache, batch_size, workers,
                             progress, flush_rows, dtype)
             bad = {str(p) for p, _ in failures}
             report.failures += failures
             report.computed = len(todo) - len(failures)
             report.keys = [None if str(p) in bad else k for p, k in zip(dataset.paths, report.keys)]
-            provenance = {"featx": __version__, "engine": "keras", **_versions()}
+            provenance = {"featx": __version__, "engine": runner.name, **_versions()}
             cache.commit(provenance=provenance, failures=[[str(p), r] for p, r in report.failures])
     if views:
         vcache = FeatureCache(cache_path(cache.path.parent, views_config(config)), views_config(config))
@@ -209,11 +221,12 @@ def extract(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), poolin
                     if vk not in todo and any(vk not in present[t] for t in taps):
                         todo[vk] = (path, view_seed(key, v))
             if todo:
-                model = model or _feature_model(spec, taps, pooling, weights, mixed_precision)
-                _run(spec, model, taps, list(todo.items()), vcache, batch_size, workers, progress, flush_rows, dtype)
+                _run(spec, get_runner(), taps, list(todo.items()), vcache, batch_size, workers, progress,
+                     flush_rows, dtype)
                 report.computed_views = len(todo)
-                vcache.commit(provenance={"featx": __version__, "engine": "keras", **_versions()})
+                vcache.commit(provenance={"featx": __version__, "engine": runner.name, **_versions()})
     report.seconds = time.perf_counter() - start
+    report.engine = runner.name if runner is not None else None
     return report
 
 
@@ -264,7 +277,7 @@ def load_network_inputs(spec, paths, workers: int = 2) -> np.ndarray:
         return np.stack(list(pool.map(lambda p: _load_for_network(spec, p), paths)))
 
 
-def _run(spec, model, taps, items, cache, batch_size, workers, progress, flush_rows, dtype):
+def _run(spec, runner, taps, items, cache, batch_size, workers, progress, flush_rows, dtype):
     """Decode in threads, infer in fixed-shape batches, journal rows as they finish."""
     from tqdm import tqdm
 
@@ -290,7 +303,7 @@ def _run(spec, model, taps, items, cache, batch_size, workers, progress, flush_r
     def infer():
         nonlocal pending_rows
         n = len(batch_keys)
-        out = model.predict_on_batch(spec.normalize(batch))  # always full batches: one trace
+        out = runner.run(spec.normalize(batch))  # always full batches: one shape, one trace
         for t in taps:
             pending[t][0].extend(batch_keys)
             pending[t][1].append(np.asarray(out[t][:n], dtype=np.float32))

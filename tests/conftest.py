@@ -5,6 +5,9 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Converting a model for LiteRT costs 15-25 s; tests outside test_inference.py run the Keras engine,
+# test_inference.py asks for LiteRT explicitly.
+os.environ["FEATX_ENGINE"] = "keras"
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

@@ -39,3 +39,15 @@ def test_peek_bad_image_is_one_line_and_exit_2(tmp_path, content):
 def test_unknown_backbone_exit_2(capsys, sample_images):
     assert main(["peek", str(sample_images["china"]), "--backbone", "nope"]) == 2
     assert "unknown backbone 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("given, expected", [(None, "1"), ("0", "0")])
+def test_onednn_is_enabled_unless_the_user_chose(given, expected):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if given is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = given
+    code = "import os, featx; print(os.environ['TF_ENABLE_ONEDNN_OPTS'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected

@@ -85,7 +85,8 @@ class _Net:
         self.bindings: list[tuple[object, str, str]] = []  # (layer, torch prefix, kind)
 
     def _name(self, prefix: str) -> str:
-        return prefix.replace(".", "_")
+        # TensorFlow's SavedModel (used by the LiteRT conversion) rejects names starting with "_"
+        return prefix.replace(".", "_").lstrip("_")
 
     def conv(self, x, filters, kernel, stride, prefix, depthwise=False):
         L = self.k.layers
