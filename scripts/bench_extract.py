@@ -114,6 +114,20 @@ def main() -> None:
         ceiling.append(reps * args.batch_size / (time.perf_counter() - t0))
     ceiling_ips = statistics.median(ceiling)
     print(f"ceiling (bare network, pre-decoded): {ceiling_ips:.1f} img/s  (model build {build_s:.1f}s)")
+    if "litert" in args.engines.split(","):
+        from featx.extract import extractor_config
+        from featx.inference import make_engine
+
+        lite = make_engine(spec, ["pre_logits"], lambda: model, extractor_config(spec.name), args.batch_size,
+                           "litert", tmp / "bare", gpu=False)
+        rates = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            for _ in range(max(1, n // args.batch_size)):
+                lite.run(batch)
+            rates.append(max(1, n // args.batch_size) * args.batch_size / (time.perf_counter() - t0))
+        print(f"LiteRT bare network, pre-decoded: {statistics.median(rates):.1f} img/s, "
+              f"{statistics.median(rates) / ceiling_ips:.2f}x the Keras ceiling")
 
     # -- featx end to end, per engine ---------------------------------------------------
     e2e = {}
