@@ -150,6 +150,11 @@ def cmd_advise(args) -> int:
     return 0
 
 
+def _accuracies(metrics: dict) -> str:
+    acc = {k: "-" if v is None else f"{v:.3f}" for k, v in metrics["accuracy"].items()}
+    return f"accuracy train {acc['train']}  val {acc['val']}  test {acc['test']}"
+
+
 def cmd_finetune(args) -> int:
     from featx.finetune import finetune
 
@@ -161,9 +166,8 @@ def cmd_finetune(args) -> int:
         test_fraction=args.test_fraction, seed=args.seed, trust=args.trust_bundle,
     )
     m = result["metrics"]
-    acc = {k: "-" if v is None else f"{v:.3f}" for k, v in m["accuracy"].items()}
     print(f"{m['dataset']}: fine-tuned {m['backbone']} ({m['unfreeze']}), {m['epochs_run']} epochs in "
-          f"{m['train_seconds']:.0f}s: accuracy train {acc['train']}  val {acc['val']}  test {acc['test']}")
+          f"{m['train_seconds']:.0f}s: {_accuracies(m)}")
     print(f"model: {result['model']}  (history.csv, curves.png, metrics.json beside it)")
     return 0
 
@@ -175,9 +179,8 @@ def cmd_baseline(args) -> int:
                             batch_size=args.batch_size, cache_dir=args.cache, out_dir=args.out,
                             val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed)
     m = result["metrics"]
-    acc = {k: "-" if v is None else f"{v:.3f}" for k, v in m["accuracy"].items()}
     print(f"{m['dataset']}: {m['arch']} from scratch ({m['params']:,} parameters), {m['epochs_run']} epochs in "
-          f"{m['train_seconds']:.0f}s: accuracy train {acc['train']}  val {acc['val']}  test {acc['test']}")
+          f"{m['train_seconds']:.0f}s: {_accuracies(m)}")
     print(f"outputs: {result['out_dir']}")
     return 0
 
