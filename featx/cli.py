@@ -28,7 +28,8 @@ def cmd_backbones(args) -> int:
 def cmd_peek(args) -> int:
     from featx.peek import peek
 
-    results = peek(args.images, backbone=args.backbone, top=args.top, weights=_weights(args.weights))
+    results = peek(args.images, backbone=args.backbone, top=args.top, weights=_weights(args.weights),
+                   engine=args.engine, cache_dir=args.cache)
     for path, top in zip(args.images, results):
         print(path)
         for rank, (index, name, prob) in enumerate(top, 1):
@@ -248,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default=DEFAULT_BACKBONE)
     p.add_argument("--weights", default="imagenet", help="'imagenet' (default), a weights file, or 'none'")
     p.add_argument("--top", type=int, default=5)
+    p.add_argument("--engine", default="keras", choices=["auto", "keras", "litert"],
+                   help="default keras: for a few images a LiteRT conversion costs more than it saves")
+    p.add_argument("--cache", default=None, help="where a LiteRT conversion is stored")
     p.set_defaults(func=cmd_peek)
 
     p = sub.add_parser("extract", help="run a backbone once over DATA and cache its codes",

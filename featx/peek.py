@@ -24,16 +24,36 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def peek(paths, backbone: str = DEFAULT_BACKBONE, top: int = 5, weights="imagenet"):
-    """Return, per image, ``[(class_index, class_name, probability), ...]`` best first."""
+PEEK_BATCH = 8
+
+
+def peek(paths, backbone: str = DEFAULT_BACKBONE, top: int = 5, weights="imagenet", engine: str = "keras",
+         cache_dir=None):
+    """Return, per image, ``[(class_index, class_name, probability), ...]`` best first.
+
+    ``engine`` defaults to Keras: for a handful of images a LiteRT conversion (once per
+    configuration, stored in the cache) costs more than it saves.
+    """
+    from featx.cache import default_cache_dir
+    from featx.extract import extractor_config
+    from featx.inference import make_engine
+
     if top < 1:
         raise FeatxError(f"--top: expected a positive number, got {top}")
     spec = get_backbone(backbone)
     if "logits" not in spec.tap_names:
         raise FeatxError(f"--backbone: {backbone} has no ImageNet classifier to peek with")
     images = [load_image(p, min_side=spec.input_size) for p in paths]
-    model = spec.build(weights)
-    probs = softmax(np.asarray(model.predict(spec.preprocess(images), verbose=0), dtype=np.float64))
+    runner = make_engine(spec, ["logits"], lambda: spec.feature_model(["logits"], weights=weights),
+                         extractor_config(backbone, weights=weights), PEEK_BATCH, engine,
+                         cache_dir or default_cache_dir())
+    batch = spec.preprocess(images)
+    logits = []
+    for start in range(0, len(batch), PEEK_BATCH):  # fixed-size batches, the last one padded
+        chunk = batch[start : start + PEEK_BATCH]
+        padded = np.concatenate([chunk, np.zeros((PEEK_BATCH - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+        logits.append(runner.run(padded)["logits"][: len(chunk)])
+    probs = softmax(np.concatenate(logits).astype(np.float64))
     names = imagenet_classes()
     results = []
     for row in probs:

@@ -121,3 +121,13 @@ def test_auto_picks_litert_on_a_cpu_and_keras_on_a_gpu(engines_dir):
     cpu = make_engine(spec, PARITY_TAPS, build, config, 2, "auto", engines_dir, gpu=False)
     gpu = make_engine(spec, PARITY_TAPS, build, config, 2, "auto", engines_dir, gpu=True)
     assert (cpu.name, gpu.name) == ("litert", "keras")
+
+
+def test_peek_through_litert_ranks_like_keras(sample_images, engines_dir):
+    from featx.peek import peek
+
+    paths = [sample_images["china"], sample_images["flower"]]
+    keras = peek(paths, top=3, engine="keras")
+    lite = peek(paths, top=3, engine="litert", cache_dir=engines_dir)
+    assert [[c for c, _, _ in row] for row in lite] == [[c for c, _, _ in row] for row in keras]
+    assert lite[0][0][1] == "palace"
