@@ -205,6 +205,14 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from featx.serve import serve
+
+    serve(args.bundle, host=args.host, port=args.port, top=args.top, max_bytes=int(args.max_upload_mb * 1024 * 1024),
+          trust=args.trust_bundle, engine=args.engine, cache_dir=args.cache)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from featx.demo import run_demo
 
@@ -352,6 +360,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", default=None)
     p.add_argument("--out", default="featx-out/report")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("serve", help="a web page and JSON API that classify uploaded images with a bundle")
+    p.add_argument("bundle", metavar="BUNDLE", help="model.featx from fit-head, or model.keras from finetune")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--top", type=int, default=5, help="classes returned per image")
+    p.add_argument("--max-upload-mb", type=float, default=10.0)
+    p.add_argument("--engine", default="auto", choices=["auto", "keras", "litert"],
+                   help="auto: LiteRT on a CPU when installed (about 2x the requests/s; converts once)")
+    p.add_argument("--cache", default=None, help="where a LiteRT conversion is stored")
+    p.add_argument("--trust-bundle", action="store_true")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="the main job end to end on scikit-learn's digits (offline)")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE)

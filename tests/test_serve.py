@@ -1,0 +1,130 @@
+import io
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import write_image
+from test_fit import tinted
+
+httpx = pytest.importorskip("httpx", reason="the serve tests need httpx (dev extra)")
+pytest.importorskip("uvicorn", reason="featx serve needs its extra: pip install 'featx[serve]'")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _jpeg(rgb):
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    import uvicorn
+
+    from featx.fit import fit_head
+    from featx.serve import Predictor, create_app
+
+    root = tmp_path_factory.mktemp("serve")
+    for c, name in enumerate(("red", "green", "blue")):
+        for i in range(6):
+            write_image(root / "data" / name / f"{i}.jpg", tinted(200 + 10 * c + i, c))
+    result = fit_head(root / "data", cache_dir=root / "cache", out_dir=root / "out")
+    app = create_app(Predictor(result.bundle, engine="keras"), top=3, max_bytes=200_000)
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.05)
+    yield url, root
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_health_and_page(server):
+    url, _ = server
+    health = httpx.get(url + "/health").json()
+    assert health["status"] == "ok" and health["backbone"] == "mobilenet_v2"
+    assert health["classes"] == ["blue", "green", "red"]
+    page = httpx.get(url + "/")
+    assert page.status_code == 200 and "<title>featx" in page.text
+    assert "http" not in page.text.split("<script>")[1].replace('"/predict"', "")  # no CDN, no external URL
+
+
+def test_predict_returns_top_k_for_known_images(server):
+    url, _ = server
+    files = [("file", ("r.jpg", _jpeg(tinted(901, 0)), "image/jpeg")),
+             ("file", ("b.jpg", _jpeg(tinted(902, 2)), "image/jpeg"))]
+    body = httpx.post(url + "/predict", files=files, timeout=60).json()
+    assert [r["predicted"] for r in body["results"]] == ["red", "blue"]
+    top = body["results"][0]["top"]
+    assert len(top) == 3 and top[0]["class"] == "red"
+    assert abs(sum(t["probability"] for t in top) - 1) < 1e-6
+    assert body["backbone"] == "mobilenet_v2" and body["timing_ms"]["total"] > 0
+
+
+@pytest.mark.parametrize("name, content, status, message", [
+    ("big.jpg", None, 413, "exceeds the limit"),
+    ("notes.txt", b"hello, I am text", 415, "not an image"),
+    ("broken.jpg", b"\xff\xd8\xff\xe0" + b"\x00" * 64, 422, "not a readable image"),
+    ("bomb.png", "bomb", 422, "12000x12000 pixels exceeds the limit"),
+    ("../../etc/passwd", b"GIF89a-not-really", 415, "passwd: not an image"),  # the name is only echoed
+])
+def test_hostile_uploads_get_their_status_and_the_server_keeps_serving(server, name, content, status, message):
+    url, _ = server
+    if content is None:
+        content = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
+    elif content == "bomb":
+        buf = io.BytesIO()
+        Image.new("1", (12_000, 12_000)).save(buf, format="PNG")  # 144 Mpx in a few kB
+        content = buf.getvalue()
+    response = httpx.post(url + "/predict", files=[("file", (name, content, "application/octet-stream"))], timeout=60)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+    assert httpx.get(url + "/health").status_code == 200
+
+
+def test_bad_requests(server):
+    url, _ = server
+    assert httpx.post(url + "/predict", content=b"raw", headers={"content-type": "image/jpeg"}).status_code == 415
+    assert httpx.post(url + "/predict", data={"x": "1"}, files={"note": ("n.txt", b"")}).status_code in (400, 415)
+    assert httpx.get(url + "/predict").status_code == 405
+
+
+def test_browser_uploads_an_image_and_reads_the_class(server, tmp_path):
+    import shutil
+
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no Chromium installed (Debian package 'chromium')")
+    url, root = server
+    image = tmp_path / "a-red-thing.jpg"
+    image.write_bytes(_jpeg(tinted(903, 0, size=(120, 160))))
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 900, "height": 760})
+        page.goto(url + "/")
+        page.set_input_files("#file", str(image))
+        page.wait_for_selector("#predicted", timeout=60_000)
+        assert page.inner_text("#predicted") == "red"
+        assert page.locator(".bar").count() == 3
+        page.screenshot(path=str(root / "serve-page.png"), full_page=True)
+        page.set_input_files("#file", files=[{"name": "x.jpg", "mimeType": "image/jpeg", "buffer": b"junk"}])
+        page.wait_for_function("document.getElementById('error').textContent.length > 0", timeout=30_000)
+        assert "415" in page.inner_text("#error")
+        browser.close()
