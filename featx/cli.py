@@ -48,6 +48,7 @@ def cmd_extract(args) -> int:
         args.data, backbone=args.backbone, taps=_taps(args.taps), pooling=args.pooling,
         batch_size=args.batch_size, cache_dir=args.cache, dtype=args.dtype, weights=_weights(args.weights),
         workers=args.workers, mixed_precision=args.mixed_precision, views=args.views, engine=args.engine,
+        ray_address=args.address, num_workers=args.num_workers, gpus_per_worker=args.gpus_per_worker,
     )
     print(report.summary())
     skipped = report.dataset.skipped
@@ -221,7 +222,7 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def _extractor_options(p, taps_flag="--taps", taps_default="pre_logits"):
+def _extractor_options(p, taps_flag="--taps", taps_default="pre_logits", engines=("auto", "keras", "litert")):
     from featx.backbones.registry import DEFAULT_BACKBONE
 
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"see 'featx backbones' (default {DEFAULT_BACKBONE})")
@@ -231,9 +232,9 @@ def _extractor_options(p, taps_flag="--taps", taps_default="pre_logits"):
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="storage type")
     p.add_argument("--weights", default="imagenet", help="'imagenet' (default), a weights file, or 'none'")
     p.add_argument("--cache", default=None, help="cache folder (default $FEATX_CACHE or ./cache)")
-    p.add_argument("--engine", default=None, choices=["auto", "keras", "litert"],
-                   help="inference engine: auto (LiteRT on a CPU when installed and checked), keras, litert "
-                        "(default $FEATX_ENGINE or auto)")
+    p.add_argument("--engine", default=None, choices=list(engines),
+                   help="inference engine: auto (LiteRT on a CPU when installed and checked), keras, litert"
+                        + (", or ray (Ray Data actors)" if "ray" in engines else "") + " (default $FEATX_ENGINE or auto)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -265,12 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("extract", help="run a backbone once over DATA and cache its codes",
                        description="Exit status: 0 done, 2 error, 3 done but some images were skipped.")
     p.add_argument("data", metavar="DATA", help="folder of class folders (or train/val/test), or of images")
-    _extractor_options(p)
+    _extractor_options(p, engines=("auto", "keras", "litert", "ray"))
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2, help="decode threads (default 2)")
     p.add_argument("--mixed-precision", action="store_true", help="float16 compute on a GPU")
     p.add_argument("--views", type=int, default=0, metavar="K",
                    help="also cache K augmented views of each image (the study's augmentation, seeded)")
+    p.add_argument("--address", default=None, help="with --engine ray: a Ray cluster (default: start one here)")
+    p.add_argument("--num-workers", type=int, default=1, help="with --engine ray: backbone actors")
+    p.add_argument("--gpus-per-worker", type=float, default=0, help="with --engine ray: GPUs per actor")
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("cache", help="list, describe or verify cache files")

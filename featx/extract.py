@@ -157,11 +157,14 @@ def _check_taps(spec, taps) -> list[str]:
 def extract(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), pooling: str = "avg",
             batch_size: int = 32, cache_dir=None, dtype: str = "float32", weights="imagenet",
             workers: int = 2, mixed_precision: bool = False, progress: bool | None = None,
-            flush_rows: int = 256, views: int = 0, engine: str | None = None) -> ExtractReport:
+            flush_rows: int = 256, views: int = 0, engine: str | None = None, ray_address=None,
+            num_workers: int = 1, gpus_per_worker: float = 0, _ray_crash_marker=None) -> ExtractReport:
     """Compute and cache the codes that ``cache_dir`` lacks for ``data``.
 
     ``data``: a dataset folder, a list of image paths, or a :class:`Dataset`.
-    ``engine``: keras, litert or auto (see :mod:`featx.inference`); default ``$FEATX_ENGINE`` or auto.
+    ``engine``: keras, litert or auto (see :mod:`featx.inference`); default ``$FEATX_ENGINE`` or auto;
+    ``ray`` runs the same pipeline on Ray Data (:mod:`featx.engines.ray`; ``ray_address``,
+    ``num_workers`` actors, ``gpus_per_worker``).
     ``views``: also cache that many augmented views of every image (the
     study's augmentation, seeded per image and view) in a cache of their own.
     Returns a report; read the codes with :func:`load_features`.
@@ -201,14 +204,24 @@ def extract(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), poolin
         if todo:
             if pooling == "none":
                 _warn_if_large(spec, taps)
-            failures = _run(spec, get_runner(), taps, list(todo.items()), cache, batch_size, workers,
-                            progress, flush_rows, dtype)
+            if engine == "ray":
+                from featx.engines.ray import extract_ray
+
+                failures = extract_ray(dataset, spec, taps, pooling, dtype, weights, cache,
+                                       [(k, p) for k, (p, _) in todo.items()], batch_size, ray_address, num_workers,
+                                       gpus_per_worker, crash_marker=_ray_crash_marker)
+                runner = _RayName()
+            else:
+                failures = _run(spec, get_runner(), taps, list(todo.items()), cache, batch_size, workers,
+                                progress, flush_rows, dtype)
             bad = {str(p) for p, _ in failures}
             report.failures += failures
             report.computed = len(todo) - len(failures)
             report.keys = [None if str(p) in bad else k for p, k in zip(dataset.paths, report.keys)]
             provenance = {"featx": __version__, "engine": runner.name, **_versions()}
             cache.commit(provenance=provenance, failures=[[str(p), r] for p, r in report.failures])
+    if views and engine == "ray":
+        raise FeatxError("--views: augmented views run on the local engine; extract them without --engine ray")
     if views:
         vcache = FeatureCache(cache_path(cache.path.parent, views_config(config)), views_config(config))
         with vcache:
@@ -228,6 +241,10 @@ def extract(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), poolin
     report.seconds = time.perf_counter() - start
     report.engine = runner.name if runner is not None else None
     return report
+
+
+class _RayName:
+    name = "ray"
 
 
 def _versions() -> dict:
@@ -368,13 +385,19 @@ def load_features(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), 
         config = extractor_config(backbone, pooling, dtype, weights)
         path = cache_path(cache_dir or default_cache_dir(), config)
         hashed = _hash_files(dataset.paths)
-        keys = [k for k, _ in hashed]
+        present = FeatureCache(path)
+        have = set.intersection(*(present.keys(t) for t in taps))
         failures = [(p, e) for p, (k, e) in zip(dataset.paths, hashed) if k is None]
+        failures += [(p, "no cached codes (not extracted yet, or unreadable when it was)")
+                     for p, (k, _) in zip(dataset.paths, hashed) if k is not None and k not in have]
+        keys = [k if k in have else None for k, _ in hashed]
     ok = [i for i, k in enumerate(keys) if k is not None]
     ok_keys = [keys[i] for i in ok]
     cache = FeatureCache(path, config)
     codes = {t: cache.read(t, ok_keys) for t in taps}
     view_codes = None
+    if views and engine == "ray":
+        raise FeatxError("--views: augmented views run on the local engine; extract them without --engine ray")
     if views:
         vcache = FeatureCache(cache_path(path.parent, views_config(config)))
         vkeys = [view_key(k, v) for k in ok_keys for v in range(1, views + 1)]

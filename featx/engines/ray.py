@@ -1,0 +1,130 @@
+"""Scale-out extraction on Ray Data: the same cache rows, computed by a pool of actors.
+
+The driver hashes the files and works out what the cache lacks, exactly as the local engine
+does.  Ray Data then streams those images through CPU decode tasks (the local loader and the
+backbone's own resize) into ``map_batches`` over an actor pool in which each actor builds the
+feature model once (LiteRT or Keras, as locally).  Every batch that comes back is written by the
+driver as one journal part of the cache -- the shard, and the unit of resumption: a rerun after
+a killed driver finds those rows already present and skips them; a killed worker is restarted by
+Ray and its batch retried.  Folding the journal into the HDF5 file is the local engine's commit,
+so nothing downstream can tell which engine computed a row.
+
+Images and the cache folder must be on storage every node can read (the driver writes the
+cache).  ``address=None`` starts a local Ray with this machine's CPUs.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from featx import __version__
+from featx.errors import FeatxError
+
+
+def _decode_batch(batch: dict, backbone: str) -> dict:
+    """CPU stage: files -> resized uint8 images (errors travel as text, never raise)."""
+    from featx.backbones.registry import get_backbone
+    from featx.extract import _load_for_network
+
+    spec = get_backbone(backbone)
+    size = spec.input_size
+    images = np.zeros((len(batch["key"]), size, size, 3), np.uint8)
+    errors = []
+    for i, path in enumerate(batch["path"]):
+        try:
+            images[i] = _load_for_network(spec, Path(str(path)))
+            errors.append("")
+        except Exception as exc:  # noqa: BLE001 - reported per image, like the local engine
+            errors.append(str(exc).removeprefix(f"{path}: ") or type(exc).__name__)
+    return {"key": batch["key"], "path": batch["path"], "image": images, "error": np.asarray(errors)}
+
+
+class _Embedder:
+    """One per actor: builds the backbone once, then embeds batch after batch."""
+
+    def __init__(self, backbone, taps, pooling, weights, batch_size, engine, cache_dir, crash_marker=None):
+        from featx.backbones.registry import get_backbone
+        from featx.extract import extractor_config
+        from featx.inference import make_engine
+
+        self.spec = get_backbone(backbone)
+        self.taps = list(taps)
+        self.batch_size = batch_size
+        self.crash_marker = crash_marker
+        self.runner = make_engine(self.spec, self.taps, lambda: self.spec.feature_model(self.taps, pooling, weights),
+                                  extractor_config(backbone, pooling, "float32", weights), batch_size, engine,
+                                  cache_dir)
+
+    def __call__(self, batch: dict) -> dict:
+        if self.crash_marker and not Path(self.crash_marker).exists():
+            Path(self.crash_marker).touch()  # tests: die once, as a lost worker would
+            import os
+
+            os._exit(1)
+        ok = batch["error"] == ""
+        images = batch["image"]
+        out = {t: [] for t in self.taps}
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            padded = np.zeros((self.batch_size, *chunk.shape[1:]), np.uint8)
+            padded[: len(chunk)] = chunk
+            codes = self.runner.run(self.spec.normalize(padded))
+            for t in self.taps:
+                out[t].append(np.asarray(codes[t][: len(chunk)], np.float32))
+        result = {"key": batch["key"], "path": batch["path"], "error": batch["error"], "ok": ok}
+        for t in self.taps:
+            result[f"codes__{t}"] = np.concatenate(out[t])
+        return result
+
+
+def extract_ray(dataset, spec, taps, pooling, dtype, weights, cache, todo: list, batch_size: int,
+                address=None, num_workers: int = 1, gpus_per_worker: float = 0, engine: str = "auto",
+                crash_marker=None):
+    """Compute ``todo`` [(key, path)] on Ray; returns failures [(path, reason)] and the engine name."""
+    try:
+        import ray
+    except ImportError:
+        raise FeatxError("--engine ray needs its extra: pip install 'featx[ray]'") from None
+    from featx.cache import TapRows
+
+    if num_workers < 1:
+        raise FeatxError(f"--num-workers: expected 1 or more, got {num_workers}")
+    import logging
+    import os
+
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    inner = engine if engine != "auto" else os.environ.get("FEATX_ENGINE", "auto")
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
+                 logging_level="ERROR")
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        items = [{"key": k, "path": str(p)} for k, p in todo]
+        ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // batch_size))
+        ds = ds.map_batches(_decode_batch, batch_size=batch_size, batch_format="numpy",
+                            fn_kwargs={"backbone": spec.name})
+        ds = ds.map_batches(
+            _Embedder, batch_size=batch_size, batch_format="numpy", concurrency=num_workers,
+            num_gpus=gpus_per_worker or None,
+            fn_constructor_kwargs=dict(backbone=spec.name, taps=taps, pooling=pooling, weights=weights,
+                                       batch_size=batch_size, engine=inner, cache_dir=str(cache.path.parent),
+                                       crash_marker=crash_marker),
+            max_restarts=3, max_task_retries=3,
+        )
+        failures = []
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            ok = batch["ok"].astype(bool)
+            for path, err in zip(batch["path"][~ok], batch["error"][~ok]):
+                failures.append((Path(str(path)), str(err)))
+            if ok.any():  # one journal part per batch: the shard that a rerun skips
+                cache.append({t: TapRows(np.asarray(batch["key"][ok], dtype="S32"),
+                                         batch[f"codes__{t}"][ok].astype(dtype)) for t in taps})
+        return failures
+    finally:
+        if started_here:
+            ray.shutdown()
