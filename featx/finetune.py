@@ -186,6 +186,7 @@ def finetune(data, backbone: str = DEFAULT_BACKBONE, tap: str = "pre_logits", un
     if init_head is None:
         echo("training the dense head on the cached codes first (pass --init-head to reuse one)")
         init_head = fit_head(data, backbone, [tap], head="dense", weights=weights, cache_dir=cache_dir,
+                             out_dir=Path(out_dir) / "init-head" if out_dir else None,
                              val_fraction=val_fraction, test_fraction=test_fraction, seed=seed).bundle
     bundle = load_bundle(init_head, trust=trust)
     if bundle.extractor["backbone"] != backbone or bundle.extractor["taps"] != [tap]:
