@@ -396,8 +396,6 @@ def load_features(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), 
     cache = FeatureCache(path, config)
     codes = {t: cache.read(t, ok_keys) for t in taps}
     view_codes = None
-    if views and engine == "ray":
-        raise FeatxError("--views: augmented views run on the local engine; extract them without --engine ray")
     if views:
         vcache = FeatureCache(cache_path(path.parent, views_config(config)))
         vkeys = [view_key(k, v) for k in ok_keys for v in range(1, views + 1)]
