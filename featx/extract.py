@@ -185,6 +185,8 @@ def extract(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), poolin
 
     runner = None
     engine = engine or os.environ.get("FEATX_ENGINE", "auto")
+    if views and engine == "ray":
+        raise FeatxError("--views: augmented views run on the local engine; extract them without --engine ray")
 
     def get_runner():
         nonlocal runner
@@ -220,8 +222,6 @@ def extract(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), poolin
             report.keys = [None if str(p) in bad else k for p, k in zip(dataset.paths, report.keys)]
             provenance = {"featx": __version__, "engine": runner.name, **_versions()}
             cache.commit(provenance=provenance, failures=[[str(p), r] for p, r in report.failures])
-    if views and engine == "ray":
-        raise FeatxError("--views: augmented views run on the local engine; extract them without --engine ray")
     if views:
         vcache = FeatureCache(cache_path(cache.path.parent, views_config(config)), views_config(config))
         with vcache:

@@ -84,3 +84,11 @@ def test_an_interrupted_run_resumes_without_recomputing_finished_shards(tmp_path
     report = extract(data, cache_dir=cache_dir, batch_size=2, engine="ray")
     assert report.cached == len(done) and report.computed == 40 - len(done)
     assert FeatureCache(report.cache_file).verify() == []
+
+
+def test_views_with_ray_are_refused_before_any_work(data, tmp_path):
+    from featx.errors import FeatxError
+
+    with pytest.raises(FeatxError, match="--views: augmented views run on the local engine"):
+        extract(data, cache_dir=tmp_path, engine="ray", views=2)
+    assert not list(tmp_path.glob("*.h5"))
