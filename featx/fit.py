@@ -21,7 +21,7 @@ from featx.bundle import Bundle, load_bundle, save_bundle
 from featx.cache import default_cache_dir
 from featx.datasets import Dataset, assign_splits, discover, from_paths
 from featx.errors import FeatxError
-from featx.extract import Features, extractor_config, load_features
+from featx.extract import Features, load_features
 from featx.heads import make_head
 from featx.runs import append_run, plot_confusion, plot_sweep, runs_log_path
 
@@ -102,7 +102,8 @@ def fit_head(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), head="logist
     codes = labelled_codes(data, backbone, taps, pooling, dtype, weights, cache_dir, val_fraction, test_fraction,
                            seed, views=views, **extract_options)
     parts = {s: codes.part(s) for s in SPLITS}
-    (Xv, yv), (Xte, yte) = parts["val"], parts["test"]
+    Xv, yv = parts["val"]
+    yte = parts["test"][1]
     Xtr, ytr = codes.part("train", with_views=True)
     start = time.perf_counter()
     model.fit(Xtr, ytr, validation_data=(Xv, yv) if len(yv) else None)

@@ -11,7 +11,6 @@ local client, sequentially and with a few concurrent clients.  Prints medians; a
 from __future__ import annotations
 
 import argparse
-import io
 import socket
 import statistics
 import sys

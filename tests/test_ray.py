@@ -1,5 +1,4 @@
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -9,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, write_image
+from conftest import ROOT
 from featx.cache import FeatureCache
 from featx.extract import extract, load_features
 from test_extract import make_dataset

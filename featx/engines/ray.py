@@ -15,12 +15,10 @@ cache).  ``address=None`` starts a local Ray with this machine's CPUs.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 
-from featx import __version__
 from featx.errors import FeatxError
 
 
