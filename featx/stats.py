@@ -1,0 +1,77 @@
+"""Honest numbers: confidence intervals for accuracies measured on a finite test set.
+
+A leaf module (imports nothing from featx) so that every route (fit-head, finetune, baseline, report,
+predict) reports its accuracy the same way.
+"""
+
+from __future__ import annotations
+
+import math
+
+# z for a two-sided 95% interval of the normal distribution.
+Z95 = 1.959963984540054
+
+#: Below these sizes a test accuracy is too noisy to rank models by; featx warns.
+SMALL_TEST_IMAGES = 30
+SMALL_TEST_PER_CLASS = 5
+
+
+def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (Wilson, JASA 1927; Agresti & Coull 1998).
+
+    Unlike the normal ("Wald") interval it stays inside [0, 1] and is not degenerate at 0 or n correct,
+    which matters for the small test sets transfer learning is used on.
+
+    Parameters
+    ----------
+    correct : int
+        Number of correctly classified test images, ``0 <= correct <= n``.
+    n : int
+        Number of test images, ``n >= 0``.
+    z : float
+        Normal quantile; the default gives a 95% interval.
+
+    Returns
+    -------
+    (low, high) : tuple of float
+        Bounds in [0, 1]. ``(0.0, 1.0)`` when ``n == 0`` (nothing was measured).
+
+    Raises
+    ------
+    ValueError
+        If ``n < 0`` or ``correct`` is outside ``[0, n]``.
+    """
+    if n < 0 or not 0 <= correct <= n:
+        raise ValueError(f"wilson_interval expects 0 <= correct <= n, got correct={correct}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    p = correct / n
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def small_test_warning(n: int, per_class_min: int | None = None) -> str | None:
+    """A one-line caveat when a test set is too small to trust, else ``None``.
+
+    Parameters
+    ----------
+    n : int
+        Test-set size in images.
+    per_class_min : int, optional
+        Size of the smallest class in the test set.
+    """
+    if n < SMALL_TEST_IMAGES or (per_class_min is not None and per_class_min < SMALL_TEST_PER_CLASS):
+        smallest = f", smallest class {per_class_min}" if per_class_min is not None else ""
+        return (f"warning: the test set is small ({n} images{smallest}); its accuracy has a wide interval "
+                f"and should not rank models")
+    return None
+
+
+def format_accuracy(correct: int, n: int) -> str:
+    """``'0.948 [0.900, 0.973] (n=153)'``: accuracy, 95% Wilson interval, test-set size."""
+    if n == 0:
+        return "- (n=0)"
+    low, high = wilson_interval(correct, n)
+    return f"{correct / n:.3f} [{low:.3f}, {high:.3f}] (n={n})"
