@@ -22,7 +22,7 @@ from featx.errors import FeatxError
 from featx.extract import _hash_files
 from featx.fit import SPLITS
 from featx.images import ImageError, center_crop_resize, load_image
-from featx.runs import append_run, plot_curves, runs_log_path
+from featx.runs import append_run, history_logger, plot_curves, runs_log_path
 
 ARCHS = ("cnn1", "cnn6")
 
@@ -106,7 +106,7 @@ def train_baseline(data, arch: str = "cnn1", size: int = 96, epochs: int = 20, b
     out_dir = Path(out_dir or Path("featx-out") / f"{name}-{arch}")
     out_dir.mkdir(parents=True, exist_ok=True)
     has_val = len(parts["val"][1]) > 0
-    callbacks = [keras.callbacks.CSVLogger(str(out_dir / "history.csv"))]
+    callbacks = [history_logger(out_dir / "history.csv")]
     if has_val:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
                                                        restore_best_weights=True))

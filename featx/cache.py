@@ -211,6 +211,7 @@ class FeatureCache:
         for stale in self.journal.glob(".tmp-*") if self.journal.is_dir() else []:
             stale.unlink(missing_ok=True)  # a part that was never finished
         if not parts and self.path.exists() and failures is None:
+            self._drop_empty_journal()
             return
         tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         dtype = np.dtype(self.config["dtype"])
@@ -246,6 +247,15 @@ class FeatureCache:
         os.replace(tmp, self.path)
         for p in parts:
             p.unlink(missing_ok=True)
+        self._drop_empty_journal()
+
+    def _drop_empty_journal(self) -> None:
+        """Remove the journal folder once nothing is left in it (the ``.lock`` file stays: removing
+        an ``flock`` file would break the mutual exclusion it provides)."""
+        try:
+            self.journal.rmdir()
+        except OSError:  # absent, or not empty (another writer's parts)
+            pass
 
     @staticmethod
     def _write_tap(taps, tap, old, part_data, dtype):

@@ -1,16 +1,209 @@
-"""The ``featx`` command: parses arguments and calls the Python API, nothing more."""
+"""The ``featx`` command: parses arguments and calls the Python API, nothing more.
+
+One vocabulary (the table in the README): the same option name, meaning and choices for the same thing in
+every command, matching the Python API's keyword (``--taps`` <-> ``taps=``).  Old spellings are hidden
+aliases for one release: they still work, print a one-line warning, and are left out of ``--help``.
+
+Errors in the arguments come from the subcommand that was used, with its usage and a "did you mean" for a
+misspelt option or choice; everything a command can check cheaply (values, choices, paths) is checked
+before its first expensive or writing step.
+"""
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import re
 import sys
+from pathlib import Path
 
 from featx.errors import FeatxError
+
+# ---- parser infrastructure ------------------------------------------------------------------------
+
+#: Python keyword -> CLI option, where they differ (for FeatxError(param=...) raised by the API).
+PARAM_OPTIONS = {"cache_dir": "--cache", "out_dir": "--out", "trust": "--trust-bundle", "learning_rate": "--lr",
+                 "with_sweep": "--sweep", "max_bytes": "--max-upload-mb", "tap": "--taps"}
+
+
+def option_for(param: str) -> str:
+    """The CLI option that sets the Python keyword ``param`` (``cache_dir`` -> ``--cache``)."""
+    return PARAM_OPTIONS.get(param, "--" + param.replace("_", "-"))
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help states its default: the help text's own words when it says ``default``,
+    else ``(default: VALUE)`` appended (``off`` for a flag)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if text == argparse.SUPPRESS or not action.option_strings or "default" in text.lower():
+            return text
+        if action.default is argparse.SUPPRESS:  # --help, --version, hidden aliases
+            return text
+        if action.nargs == 0 and action.default in (False, None):
+            return f"{text} (default: off)"
+        if action.default is None:
+            return text  # the help must say what happens; the --help test catches a missing default
+        value = ",".join(map(str, action.default)) if isinstance(action.default, (list, tuple)) else action.default
+        return f"{text} (default: {value})"
+
+
+class _Alias(argparse.Action):
+    """A hidden old spelling: sets the new option's value and warns that the name is going."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"featx: warning: {option_string} is now {self.new}; the old name goes in the next release",
+              file=sys.stderr)
+        setattr(namespace, self.dest, self.const if values is None else values)
+
+
+def add_alias(parser, old: str, new: str, dest: str, **kwargs) -> None:
+    """Accept ``old`` as a hidden spelling of ``new`` (same ``dest``); left out of ``--help``."""
+    parser.add_argument(old, dest=dest, action=_Alias, new=new, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
+                        **kwargs)
+
+
+class FeatxParser(argparse.ArgumentParser):
+    """argparse with the subcommand's own usage in errors and a "did you mean" for misspellings."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)  # an abbreviation that works today breaks when an option is added
+        super().__init__(*args, **kwargs)
+        self.commands: dict = {}
+
+    def add_subparsers(self, **kwargs):
+        kwargs.setdefault("parser_class", FeatxParser)
+        action = super().add_subparsers(**kwargs)
+        self.commands = action.choices
+        return action
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            used = self.commands.get(getattr(namespace, "command", None), self)
+            used.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace
+
+    def _option_names(self) -> dict:
+        """Every option string -> the name to suggest (an alias suggests its new name)."""
+        names = {}
+        for action in self._actions:
+            for s in action.option_strings:
+                names[s] = action.new if isinstance(action, _Alias) else s
+        return names
+
+    def suggestion(self, message: str) -> str:
+        """`` (did you mean --taps?)`` for a misspelt option or choice in an argparse message, else ``''``."""
+        m = re.search(r"invalid choice: '?([^'\s]*)'? \(choose from (.*)\)", message)
+        if m:
+            choices = [c.strip().strip("'\"") for c in m.group(2).split(",")]
+            close = difflib.get_close_matches(m.group(1), choices, n=1, cutoff=0.5)
+            return f"; did you mean {close[0]!r}?" if close else ""
+        m = re.search(r"unrecognized arguments: (.*)", message)
+        if m:
+            names = self._option_names()
+            hints = []
+            for word in m.group(1).split():
+                if word.startswith("-"):
+                    close = difflib.get_close_matches(word.split("=")[0], list(names), n=1, cutoff=0.6)
+                    if close:
+                        hints.append((names[close[0]], word.split("=")[0]))
+            if len(hints) == 1:
+                return f"; did you mean {hints[0][0]}?"
+            return "; did you mean " + ", ".join(f"{new} (for {old})" for new, old in hints) + "?" if hints else ""
+        return ""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}{self.suggestion(message)}\n")
+
+
+# ---- value types: checked while parsing, before any work -------------------------------------------
+
+def _number(kind, low=None, high=None, low_open=False, high_open=False, what="a number"):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if (low is not None and (value < low or (low_open and value == low))) or \
+                (high is not None and (value > high or (high_open and value == high))):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in some messages
+    return parse
+
+
+positive_int = _number(int, 1, what="a whole number of 1 or more")
+count = _number(int, 0, what="a whole number of 0 or more")
+fraction = _number(float, 0.0, 1.0, high_open=True, what="a fraction in [0, 1)")
+positive_float = _number(float, 0.0, low_open=True, what="a number above 0")
+nonnegative_float = _number(float, 0.0, what="a number of 0 or more")
+port_number = _number(int, 0, 65535, what="a port number 0..65535")
+
+
+def taps_list(value: str) -> list[str]:
+    """``'stage4, pre_logits'`` -> ``['stage4', 'pre_logits']``."""
+    taps = [t.strip() for t in value.split(",") if t.strip()]
+    if not taps:
+        raise argparse.ArgumentTypeError("give at least one tap, e.g. pre_logits or stage4,pre_logits")
+    return taps
 
 
 def _weights(value: str):
     return None if value.lower() == "none" else value
 
+
+def _class_weight(value: str):
+    return None if value == "none" else value
+
+
+# ---- checks on paths and names, before the first expensive or writing step ------------------------
+
+def check_folder(path, option: str) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise FeatxError(f"{option}: {path}: no such folder")
+    return path
+
+
+def check_file(path, option: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FeatxError(f"{option}: {path}: no such file")
+    return path
+
+
+def check_out_folder(path, option: str = "--out") -> None:
+    if path is not None and Path(path).is_file():
+        raise FeatxError(f"{option}: {path} is a file; give a folder for the outputs")
+
+
+def check_out_file(path, option: str = "--out") -> None:
+    if path is not None and Path(path).is_dir():
+        raise FeatxError(f"{option}: {path} is a folder; give a file name, e.g. {Path(path) / 'predictions.csv'}")
+
+
+def check_extractor(args, taps=None) -> None:
+    """Backbone, taps and weights file: cheap to check (no TensorFlow), expensive to find out later."""
+    from featx.backbones.registry import get_backbone
+
+    spec = get_backbone(args.backbone)
+    for t in taps or ():
+        spec.tap(t)
+    weights = getattr(args, "weights", None)
+    if weights and _weights(weights) not in (None, "imagenet") and not Path(weights).is_file():
+        raise FeatxError(f"--weights: {weights} is not a file; give a weights file, 'imagenet' or 'none'")
+
+
+# ---- commands --------------------------------------------------------------------------------------
 
 def cmd_backbones(args) -> int:
     from featx.backbones.registry import list_backbones
@@ -28,6 +221,9 @@ def cmd_backbones(args) -> int:
 def cmd_peek(args) -> int:
     from featx.peek import peek
 
+    for image in args.images:
+        check_file(image, "IMAGE")
+    check_extractor(args)
     results = peek(args.images, backbone=args.backbone, top=args.top, weights=_weights(args.weights),
                    engine=args.engine, cache_dir=args.cache)
     for path, top in zip(args.images, results):
@@ -37,15 +233,13 @@ def cmd_peek(args) -> int:
     return 0
 
 
-def _taps(value: str) -> list[str]:
-    return [t.strip() for t in value.split(",") if t.strip()]
-
-
 def cmd_extract(args) -> int:
     from featx.extract import extract
 
+    check_folder(args.data, "DATA")
+    check_extractor(args, args.taps)
     report = extract(
-        args.data, backbone=args.backbone, taps=_taps(args.taps), pooling=args.pooling,
+        args.data, backbone=args.backbone, taps=args.taps, pooling=args.pooling,
         batch_size=args.batch_size, cache_dir=args.cache, dtype=args.dtype, weights=_weights(args.weights),
         workers=args.workers, mixed_precision=args.mixed_precision, views=args.views, engine=args.engine,
         ray_address=args.address, num_workers=args.num_workers, gpus_per_worker=args.gpus_per_worker,
@@ -65,7 +259,10 @@ def cmd_cache(args) -> int:
     from featx.cache import FeatureCache, default_cache_dir, list_caches
 
     if args.action == "ls":
-        folder = args.target or default_cache_dir()
+        folder = args.cache or args.file or default_cache_dir()
+        if args.file and not args.cache:
+            print(f"featx: warning: 'featx cache ls {args.file}' is now 'featx cache ls --cache {args.file}'; "
+                  "the old form goes in the next release", file=sys.stderr)
         files = list_caches(folder)
         if not files:
             print(f"no caches in {folder}")
@@ -74,40 +271,41 @@ def cmd_cache(args) -> int:
             taps = ", ".join(f"{t} {v['rows']}x{v['dim']}" for t, v in info["taps"].items())
             print(f"{path}  {info['size_bytes'] / 1e6:.1f} MB  {taps}")
         return 0
-    if not args.target:
-        raise FeatxError(f"featx cache {args.action}: give the cache FILE")
-    from pathlib import Path
-
-    cache = FeatureCache(args.target)
-    if not Path(args.target).is_file():
-        raise FeatxError(f"{args.target}: no such cache file; list them with 'featx cache ls'")
+    if not args.file:
+        raise FeatxError(f"FILE: featx cache {args.action} needs a cache file; list them with 'featx cache ls'")
+    if not Path(args.file).is_file():
+        raise FeatxError(f"{args.file}: no such cache file; list them with 'featx cache ls'")
+    cache = FeatureCache(args.file)
     if args.action == "info":
         print(json.dumps(cache.info(), indent=2, default=str))
         return 0
     problems = cache.verify()
     for p in problems:
-        print(f"{args.target}: {p}")
+        print(f"{args.file}: {p}")
     if not problems:
-        print(f"{args.target}: ok")
+        print(f"{args.file}: ok")
     return 1 if problems else 0
 
 
-def _head_options(p):
-    p.add_argument("--val-fraction", type=float, default=0.2, help="validation share (default 0.2)")
-    p.add_argument("--test-fraction", type=float, default=0.2,
-                   help="held-out test share when DATA has no test/ folder (default 0.2)")
-    p.add_argument("--seed", type=int, default=0)
+def _check_fractions(args) -> None:
+    if args.val_fraction + args.test_fraction >= 1:
+        raise FeatxError(f"--val-fraction, --test-fraction: {args.val_fraction} + {args.test_fraction} leaves "
+                         "nothing to train on; keep their sum below 1")
 
 
 def cmd_fit_head(args) -> int:
     from featx.fit import fit_head
 
+    check_folder(args.data, "DATA")
+    check_extractor(args, args.taps)
+    _check_fractions(args)
+    check_out_folder(args.out)
     result = fit_head(
-        args.data, backbone=args.backbone, taps=_taps(args.tap), head=args.head, pooling=args.pooling,
+        args.data, backbone=args.backbone, taps=args.taps, head=args.head, pooling=args.pooling,
         dtype=args.dtype, weights=_weights(args.weights), cache_dir=args.cache, out_dir=args.out,
-        class_weight=args.class_weight, l2=args.l2, standardize=args.standardize, pca=args.pca,
+        class_weight=_class_weight(args.class_weight), l2=args.l2, standardize=args.standardize, pca=args.pca,
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed, views=args.views,
-        engine=args.engine,
+        engine=args.engine, batch_size=args.batch_size, workers=args.workers,
     )
     print(result.report)
     print(f"bundle: {result.bundle}")
@@ -116,15 +314,31 @@ def cmd_fit_head(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from featx.fit import predict
+    from featx.fit import PROBABILITY_FORMAT, predict
+    from featx.stats import format_accuracy, small_test_warning
 
+    check_file(args.bundle, "BUNDLE")
+    for image in args.images:
+        if not Path(image).exists():
+            raise FeatxError(f"IMAGES_OR_DIR: {image}: no such file or folder")
+    check_out_file(args.out)
+    if args.weights is not None and _weights(args.weights) not in (None, "imagenet") \
+            and not Path(args.weights).is_file():
+        raise FeatxError(f"--weights: {args.weights} is not a file; give a weights file, 'imagenet' or 'none'")
     table = predict(args.bundle, args.images, top=args.top, out=args.out, cache_dir=args.cache,
                     trust=args.trust_bundle, weights=None if args.weights is None else _weights(args.weights),
-                    tta=args.tta, engine=args.engine)
+                    tta=args.tta, engine=args.engine, batch_size=args.batch_size, workers=args.workers)
     if args.out:
         print(f"{len(table)} predictions written to {args.out}")
     else:
-        print(table.to_csv(index=False, float_format="%.4f"), end="")
+        print(table.to_csv(index=False, float_format=PROBABILITY_FORMAT), end="")
+    if "true_label" in table:
+        correct = int((table["predicted"].astype(str) == table["true_label"].astype(str)).sum())
+        print(f"accuracy against the folder names: {format_accuracy(correct, len(table))}")
+        per_class = table["true_label"].value_counts()
+        warning = small_test_warning(len(table), int(per_class.min()) if len(per_class) else None)
+        if warning:
+            print(warning)
     for path, reason in table.attrs["failures"]:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     return 3 if table.attrs["failures"] else 0
@@ -133,10 +347,14 @@ def cmd_predict(args) -> int:
 def cmd_sweep(args) -> int:
     from featx.fit import sweep
 
-    table = sweep(args.data, backbone=args.backbone, taps=_taps(args.taps) if args.taps else None,
-                  pooling=args.pooling, dtype=args.dtype, weights=_weights(args.weights), cache_dir=args.cache,
-                  out_dir=args.out, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                  seed=args.seed, engine=args.engine)
+    check_folder(args.data, "DATA")
+    check_extractor(args, args.taps)
+    _check_fractions(args)
+    check_out_folder(args.out)
+    table = sweep(args.data, backbone=args.backbone, taps=args.taps, pooling=args.pooling, dtype=args.dtype,
+                  weights=_weights(args.weights), cache_dir=args.cache, out_dir=args.out,
+                  val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
+                  engine=args.engine, batch_size=args.batch_size, workers=args.workers)
     print(f"{table.attrs['dataset']}: logistic head on each tap of {args.backbone} (split {table.attrs['split_id']})")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"plot and table: {table.attrs['out_dir']}")
@@ -146,10 +364,17 @@ def cmd_sweep(args) -> int:
 def cmd_advise(args) -> int:
     from featx.advise import advise
 
+    check_folder(args.data, "DATA")
+    check_extractor(args)
     advice = advise(args.data, backbone=args.backbone, cache_dir=args.cache, sample=args.sample,
                     with_sweep=args.sweep, large_per_class=args.large_per_class, seed=args.seed)
     print(advice.text())
     return 0
+
+
+def plural(n: int, word: str) -> str:
+    """``plural(1, 'epoch')`` -> ``'1 epoch'``; ``plural(3, 'epoch')`` -> ``'3 epochs'``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _accuracies(metrics: dict) -> str:
@@ -160,15 +385,23 @@ def _accuracies(metrics: dict) -> str:
 def cmd_finetune(args) -> int:
     from featx.finetune import finetune
 
+    check_folder(args.data, "DATA")
+    check_extractor(args, args.taps)
+    if len(args.taps) != 1:
+        raise FeatxError(f"--taps: finetune trains on one tap, got {','.join(args.taps)}")
+    _check_fractions(args)
+    check_out_folder(args.out)
+    if args.init_head is not None:
+        check_file(args.init_head, "--init-head")
     result = finetune(
-        args.data, backbone=args.backbone, tap=args.tap, unfreeze=args.unfreeze, init_head=args.init_head,
+        args.data, backbone=args.backbone, taps=args.taps, unfreeze=args.unfreeze, init_head=args.init_head,
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, momentum=args.momentum,
-        class_weight=None if args.class_weight == "none" else args.class_weight, patience=args.patience,
+        class_weight=_class_weight(args.class_weight), patience=args.patience,
         weights=_weights(args.weights), cache_dir=args.cache, out_dir=args.out, val_fraction=args.val_fraction,
         test_fraction=args.test_fraction, seed=args.seed, trust=args.trust_bundle,
     )
     m = result["metrics"]
-    print(f"{m['dataset']}: fine-tuned {m['backbone']} ({m['unfreeze']}), {m['epochs_run']} epochs in "
+    print(f"{m['dataset']}: fine-tuned {m['backbone']} ({m['unfreeze']}), {plural(m['epochs_run'], 'epoch')} in "
           f"{m['train_seconds']:.0f}s: {_accuracies(m)}")
     print(f"model: {result['model']}  (history.csv, curves.png, metrics.json beside it)")
     return 0
@@ -177,38 +410,44 @@ def cmd_finetune(args) -> int:
 def cmd_baseline(args) -> int:
     from featx.baselines import train_baseline
 
+    check_folder(args.data, "DATA")
+    _check_fractions(args)
+    check_out_folder(args.out)
     result = train_baseline(args.data, arch=args.arch, size=args.size, epochs=args.epochs,
-                            batch_size=args.batch_size, cache_dir=args.cache, out_dir=args.out,
-                            val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed)
+                            batch_size=args.batch_size, class_weight=_class_weight(args.class_weight),
+                            cache_dir=args.cache, out_dir=args.out, val_fraction=args.val_fraction,
+                            test_fraction=args.test_fraction, seed=args.seed)
     m = result["metrics"]
-    print(f"{m['dataset']}: {m['arch']} from scratch ({m['params']:,} parameters), {m['epochs_run']} epochs in "
-          f"{m['train_seconds']:.0f}s: {_accuracies(m)}")
+    print(f"{m['dataset']}: {m['arch']} from scratch ({m['params']:,} parameters), "
+          f"{plural(m['epochs_run'], 'epoch')} in {m['train_seconds']:.0f}s: {_accuracies(m)}")
     print(f"outputs: {result['out_dir']}")
     return 0
 
 
 def cmd_report(args) -> int:
-    from pathlib import Path
-
     from featx.cache import default_cache_dir
-    from featx.runs import runs_log_path, write_report
+    from featx.report import write_report
+    from featx.runs import runs_log_path
 
     runs = Path(args.runs) if args.runs else runs_log_path(args.cache or default_cache_dir())
     if not runs.exists():
         raise FeatxError(f"--runs: {runs} does not exist; fit-head, finetune and baseline write it")
+    check_out_folder(args.out)
     try:
-        result = write_report(runs, args.out)
+        result = write_report(runs, args.out, html=args.html)
     except (ValueError, KeyError) as exc:
         raise FeatxError(f"--runs: {runs} cannot be summarised ({exc})") from None
     print(result["markdown"].read_text(), end="")
-    print(f"written: {result['markdown']}, {result['csv']}, {result['chart']}"
-          + (f", {len(result['curves'])} learning-curve plots" if result["curves"] else ""))
+    written = [result["markdown"], result["csv"], result["chart"]] + ([result["html"]] if result.get("html") else [])
+    print("written: " + ", ".join(map(str, written))
+          + (f", {plural(len(result['curves']), 'learning-curve plot')}" if result["curves"] else ""))
     return 0
 
 
 def cmd_serve(args) -> int:
     from featx.serve import serve
 
+    check_file(args.bundle, "BUNDLE")
     serve(args.bundle, host=args.host, port=args.port, top=args.top, max_bytes=int(args.max_upload_mb * 1024 * 1024),
           trust=args.trust_bundle, engine=args.engine, cache_dir=args.cache)
     return 0
@@ -217,31 +456,94 @@ def cmd_serve(args) -> int:
 def cmd_demo(args) -> int:
     from featx.demo import run_demo
 
+    check_extractor(args)
+    check_out_folder(args.out)
     run_demo(out_dir=args.out, backbone=args.backbone, cache_dir=args.cache, per_class=args.per_class,
              weights=_weights(args.weights))
     return 0
 
 
-def _extractor_options(p, taps_flag="--taps", taps_default="pre_logits", engines=("auto", "keras", "litert")):
+# ---- the parser ----------------------------------------------------------------------------------------
+
+CACHE_HELP = "the cache folder; converted LiteRT engines live in DIR/engines (default: $FEATX_CACHE or ./cache)"
+ENGINES = ("auto", "keras", "litert")
+
+
+def _backbone_option(p) -> None:
     from featx.backbones.registry import DEFAULT_BACKBONE
 
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"see 'featx backbones' (default {DEFAULT_BACKBONE})")
-    p.add_argument(taps_flag, default=taps_default,
-                   help=f"comma-separated taps (default {taps_default or 'all'}); several are concatenated")
-    p.add_argument("--pooling", default="avg", choices=["avg", "max", "avgmax", "none"])
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="storage type")
-    p.add_argument("--weights", default="imagenet", help="'imagenet' (default), a weights file, or 'none'")
-    p.add_argument("--cache", default=None, help="cache folder (default $FEATX_CACHE or ./cache)")
-    p.add_argument("--engine", default=None, choices=list(engines),
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, metavar="NAME",
+                   help="the pretrained network; see 'featx backbones'")
+
+
+def _weights_option(p, default="imagenet") -> None:
+    p.add_argument("--weights", default=default, metavar="imagenet|none|FILE",
+                   help="the backbone's weights: 'imagenet', a weights file, or 'none' (random, seeded)")
+
+
+def _cache_option(p) -> None:
+    p.add_argument("--cache", default=None, metavar="DIR", help=CACHE_HELP)
+
+
+def _taps_option(p, default="pre_logits", help_default=None) -> None:
+    p.add_argument("--taps", type=taps_list, default=[default] if default else None, metavar="A[,B]",
+                   help="comma-separated taps (layers) to read codes from; several are concatenated; see "
+                        "'featx backbones'" + (f" (default: {help_default})" if help_default else ""))
+    add_alias(p, "--tap", "--taps", dest="taps", type=taps_list)
+
+
+def _engine_option(p, engines=ENGINES, default=None, extra="") -> None:
+    p.add_argument("--engine", default=default, choices=list(engines),
                    help="inference engine: auto (LiteRT on a CPU when installed and checked), keras, litert"
-                        + (", or ray (Ray Data actors)" if "ray" in engines else "") + " (default $FEATX_ENGINE or auto)")
+                        + (", or ray (Ray Data actors)" if "ray" in engines else "") + extra
+                        + (" (default: $FEATX_ENGINE or auto)" if default is None else ""))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _batch_options(p) -> None:
+    p.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="images per network batch")
+    p.add_argument("--workers", type=positive_int, default=2, metavar="N", help="decode threads")
+
+
+def _extractor_options(p, taps_default="pre_logits", engines=ENGINES) -> None:
+    _backbone_option(p)
+    _taps_option(p, taps_default, None if taps_default else "every tap of the backbone")
+    p.add_argument("--pooling", default="avg", choices=["avg", "max", "avgmax", "none"],
+                   help="how a tap's feature map becomes one vector (none: keep the whole map)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="storage type of the codes")
+    _weights_option(p)
+    _cache_option(p)
+    _engine_option(p, engines)
+    _batch_options(p)
+
+
+def _split_options(p) -> None:
+    p.add_argument("--val-fraction", type=fraction, default=0.2, metavar="F", help="validation share of the images")
+    p.add_argument("--test-fraction", type=fraction, default=0.2, metavar="F",
+                   help="held-out test share when DATA has no test/ folder")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split (stored by content) and of training")
+
+
+def _class_weight_option(p, default: str) -> None:
+    p.add_argument("--class-weight", choices=["balanced", "none"], default=default,
+                   help="balanced: weight each class by the inverse of its share of the training images")
+
+
+def _out_option(p, default_help: str, metavar="DIR") -> None:
+    p.add_argument("--out", default=None, metavar=metavar, help=f"where the outputs go (default: {default_help})")
+
+
+def _trust_option(p) -> None:
+    p.add_argument("--trust-bundle", action="store_true",
+                   help="load a bundle not signed on this machine (it is a pickle: only if you trust it)")
+
+
+EXIT_STATUS = "Exit status: 0 done, 2 error, 3 done but some images were skipped."
+
+
+def build_parser() -> FeatxParser:
     from featx import __version__
-    from featx.backbones.registry import DEFAULT_BACKBONE
 
-    parser = argparse.ArgumentParser(
+    parser = FeatxParser(
         prog="featx",
         description="Transfer learning the CS231n way: run a pretrained CNN once over your images, cache its "
                     "codes, train classical heads on them in seconds. Typical use: featx extract DATA, then "
@@ -250,139 +552,166 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"featx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("backbones", help="list the backbones, their taps and weight sources")
+    def command(name, help, **kwargs):
+        return sub.add_parser(name, help=help, description=kwargs.pop("description", help[:1].upper() + help[1:]
+                                                                        + "."), **kwargs)
+
+    p = command("backbones", "list the backbones, their taps and weight sources")
     p.set_defaults(func=cmd_backbones)
 
-    p = sub.add_parser("peek", help="ImageNet top-K classes for some images (a quick sanity check)")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE)
-    p.add_argument("--weights", default="imagenet", help="'imagenet' (default), a weights file, or 'none'")
-    p.add_argument("--top", type=int, default=5)
-    p.add_argument("--engine", default="keras", choices=["auto", "keras", "litert"],
-                   help="default keras: for a few images a LiteRT conversion costs more than it saves")
-    p.add_argument("--cache", default=None, help="where a LiteRT conversion is stored")
+    p = command("peek", "ImageNet top-K classes for some images (a quick sanity check)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    _backbone_option(p)
+    _weights_option(p)
+    p.add_argument("--top", type=positive_int, default=5, metavar="K", help="classes shown per image")
+    _engine_option(p, default="keras", extra="; keras by default: for a few images a LiteRT conversion costs more "
+                                             "than it saves")
+    _cache_option(p)
     p.set_defaults(func=cmd_peek)
 
-    p = sub.add_parser("extract", help="run a backbone once over DATA and cache its codes",
-                       description="Exit status: 0 done, 2 error, 3 done but some images were skipped.")
+    p = command("extract", "run a backbone once over DATA and cache its codes",
+                description="Run a backbone once over DATA and cache its codes. " + EXIT_STATUS)
     p.add_argument("data", metavar="DATA", help="folder of class folders (or train/val/test), or of images")
-    _extractor_options(p, engines=("auto", "keras", "litert", "ray"))
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=2, help="decode threads (default 2)")
+    _extractor_options(p, engines=ENGINES + ("ray",))
     p.add_argument("--mixed-precision", action="store_true", help="float16 compute on a GPU")
-    p.add_argument("--views", type=int, default=0, metavar="K",
+    p.add_argument("--views", type=count, default=0, metavar="K",
                    help="also cache K augmented views of each image (the study's augmentation, seeded)")
-    p.add_argument("--address", default=None, help="with --engine ray: a Ray cluster (default: start one here)")
-    p.add_argument("--num-workers", type=int, default=1, help="with --engine ray: backbone actors")
-    p.add_argument("--gpus-per-worker", type=float, default=0, help="with --engine ray: GPUs per actor")
+    p.add_argument("--address", default=None,
+                   help="with --engine ray: a Ray cluster's address (default: start one on this machine)")
+    p.add_argument("--num-workers", type=positive_int, default=1, metavar="N", help="with --engine ray: backbone actors")
+    p.add_argument("--gpus-per-worker", type=nonnegative_float, default=0, metavar="G",
+                   help="with --engine ray: GPUs per actor")
     p.set_defaults(func=cmd_extract)
 
-    p = sub.add_parser("cache", help="list, describe or verify cache files")
-    p.add_argument("action", choices=["ls", "info", "verify"])
-    p.add_argument("target", nargs="?", help="cache folder for ls, cache FILE for info/verify")
+    p = command("cache", "list, describe or verify cache files",
+                description="featx cache ls [--cache DIR] | featx cache info FILE | featx cache verify FILE "
+                            "(exit status 1 when a problem is found).")
+    p.add_argument("action", choices=["ls", "info", "verify"], help="what to do")
+    p.add_argument("file", nargs="?", metavar="FILE", help="the cache file, for info and verify (default: none)")
+    _cache_option(p)
     p.set_defaults(func=cmd_cache)
 
-    p = sub.add_parser("fit-head", help="train a classifier head on the cached codes of DATA")
-    p.add_argument("data", metavar="DATA")
-    _extractor_options(p, taps_flag="--tap")
-    p.add_argument("--head", default="logistic", help="logistic (default), linear_svm, rbf_svm, knn, dense")
-    p.add_argument("--class-weight", choices=["balanced"], default=None)
-    p.add_argument("--l2", action=argparse.BooleanOptionalAction, default=None, help="L2-normalise rows")
-    p.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--pca", type=int, default=None, metavar="K", help="reduce codes to K dimensions")
-    p.add_argument("--out", default=None, help="output folder (default featx-out/<dataset>-<backbone>-<tap>-<head>)")
-    p.add_argument("--views", type=int, default=0, metavar="K", help="train on K cached augmented views too")
-    _head_options(p)
+    p = command("fit-head", "train a classifier head on the cached codes of DATA")
+    p.add_argument("data", metavar="DATA", help="folder of class folders (or train/val/test)")
+    _extractor_options(p)
+    from featx.heads import HEADS
+
+    p.add_argument("--head", default="logistic", metavar="NAME", help="the classifier: " + ", ".join(HEADS))
+    _class_weight_option(p, "none")
+    p.add_argument("--l2", action=argparse.BooleanOptionalAction, default=None,
+                   help="L2-normalise each row of codes (default: the head's own choice)")
+    p.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None,
+                   help="standardise each column of codes (default: the head's own choice)")
+    p.add_argument("--pca", type=positive_int, default=None, metavar="K",
+                   help="reduce the codes to K dimensions first (default: no reduction)")
+    _out_option(p, "featx-out/<dataset>-<backbone>-<taps>-<head>")
+    p.add_argument("--views", type=count, default=0, metavar="K", help="train on K cached augmented views too")
+    _split_options(p)
     p.set_defaults(func=cmd_fit_head)
 
-    p = sub.add_parser("predict", help="classify images with a bundle; CSV of predictions",
-                       description="Exit status: 0 done, 2 error, 3 done but some images were skipped.")
+    p = command("predict", "classify images with a bundle; CSV of predictions",
+                description="Classify images with a bundle and print (or write) a CSV of predictions. A folder "
+                            "of class folders adds a true_label column and the accuracy with its 95% interval. "
+                            + EXIT_STATUS)
     p.add_argument("bundle", metavar="BUNDLE", help="model.featx from fit-head, or model.keras from finetune")
-    p.add_argument("images", nargs="+", metavar="IMAGES_OR_DIR")
-    p.add_argument("--out", default=None, help="CSV file (default: print to stdout)")
-    p.add_argument("--top", type=int, default=None, metavar="K", help="add the top-K classes")
-    p.add_argument("--cache", default=None)
-    p.add_argument("--weights", default=None, help="weights file, when the bundle's is elsewhere")
-    p.add_argument("--tta", action="store_true", help="average over cached augmented views of each image")
-    p.add_argument("--engine", default=None, choices=["auto", "keras", "litert"])
-    p.add_argument("--trust-bundle", action="store_true",
-                   help="load a bundle not signed on this machine (it is a pickle: only if you trust it)")
+    p.add_argument("images", nargs="+", metavar="IMAGES_OR_DIR", help="image files or folders")
+    _out_option(p, "print the CSV", metavar="FILE")
+    p.add_argument("--top", type=positive_int, default=None, metavar="K",
+                   help="add the 2nd..Kth classes and their probabilities (default: the predicted class only)")
+    _cache_option(p)
+    p.add_argument("--weights", default=None, metavar="FILE",
+                   help="the backbone's weights file, when not where the bundle says (default: the bundle's)")
+    p.add_argument("--tta", nargs="?", const="views", default="none", choices=["none", "views"],
+                   help="test-time augmentation: views averages over cached augmented views of each image "
+                        "(a bare --tta means views)")
+    _engine_option(p)
+    _batch_options(p)
+    _trust_option(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("sweep", help="a linear head on every tap: are earlier layers better for DATA?")
-    p.add_argument("data", metavar="DATA")
+    p = command("sweep", "a linear head on every tap: are earlier layers better for DATA?")
+    p.add_argument("data", metavar="DATA", help="folder of class folders (or train/val/test)")
     _extractor_options(p, taps_default=None)
-    p.add_argument("--out", default=None)
-    _head_options(p)
+    _out_option(p, "featx-out/<dataset>-<backbone>-sweep")
+    _split_options(p)
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("advise", help="which route fits DATA (CS231n's four cases)")
-    p.add_argument("data", metavar="DATA")
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE)
-    p.add_argument("--cache", default=None)
-    p.add_argument("--sample", type=int, default=300, help="images scored by the ImageNet classifier")
+    p = command("advise", "which route fits DATA (CS231n's four cases)")
+    p.add_argument("data", metavar="DATA", help="folder of class folders (or train/val/test)")
+    _backbone_option(p)
+    _cache_option(p)
+    p.add_argument("--sample", type=positive_int, default=300, metavar="N",
+                   help="images scored by the ImageNet classifier")
     p.add_argument("--sweep", action="store_true", help="also run a layer sweep as evidence")
-    p.add_argument("--large-per-class", type=int, default=500, help="images per class that count as large")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--large-per-class", type=positive_int, default=500, metavar="N",
+                   help="a dataset with at least N images per class (median) counts as large")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample and the split")
     p.set_defaults(func=cmd_advise)
 
-    p = sub.add_parser("finetune", help="fine-tune the backbone end to end, starting from a cached-route head")
-    p.add_argument("data", metavar="DATA")
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE)
-    p.add_argument("--tap", default="pre_logits", help="the tap the head reads (default pre_logits)")
-    p.add_argument("--unfreeze", default=None,
+    p = command("finetune", "fine-tune the backbone end to end, starting from a cached-route head")
+    p.add_argument("data", metavar="DATA", help="folder of class folders (or train/val/test)")
+    _backbone_option(p)
+    _taps_option(p)
+    p.add_argument("--unfreeze", default=None, metavar="POLICY",
                    help="all, from:<tap|layer|index>, top:<N stages> (default: all for VGG, from:94 for "
                         "Inception/Xception, top:2 otherwise)")
     p.add_argument("--init-head", default=None, metavar="BUNDLE",
                    help="a dense-head bundle from fit-head (default: train one on the cache first)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-4, help="SGD learning rate (default 1e-4)")
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--patience", type=int, default=3, help="early-stopping patience in epochs")
-    p.add_argument("--class-weight", choices=["balanced", "none"], default="balanced")
-    p.add_argument("--weights", default="imagenet")
-    p.add_argument("--cache", default=None)
-    p.add_argument("--out", default=None)
-    p.add_argument("--trust-bundle", action="store_true")
-    _head_options(p)
+    p.add_argument("--epochs", type=positive_int, default=10, metavar="N", help="training epochs at most")
+    p.add_argument("--batch-size", type=positive_int, default=16, metavar="N", help="images per training step")
+    p.add_argument("--lr", type=positive_float, default=1e-4, help="SGD learning rate")
+    p.add_argument("--momentum", type=nonnegative_float, default=0.9, help="SGD momentum")
+    p.add_argument("--patience", type=count, default=3, metavar="N",
+                   help="stop after N epochs without a better validation loss")
+    _class_weight_option(p, "balanced")
+    _weights_option(p)
+    _cache_option(p)
+    _out_option(p, "featx-out/<dataset>-<backbone>-finetune")
+    _trust_option(p)
+    _split_options(p)
     p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("baseline", help="the study's CNN trained from scratch (cnn1 or cnn6), same split")
-    p.add_argument("data", metavar="DATA")
-    p.add_argument("--arch", default="cnn1", choices=["cnn1", "cnn6"])
-    p.add_argument("--size", type=int, default=96, help="input side in pixels (default 96)")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--cache", default=None)
-    p.add_argument("--out", default=None)
-    _head_options(p)
+    p = command("baseline", "the study's CNN trained from scratch (cnn1 or cnn6), same split")
+    p.add_argument("data", metavar="DATA", help="folder of class folders (or train/val/test)")
+    p.add_argument("--arch", default="cnn1", choices=["cnn1", "cnn6"],
+                   help="cnn1: one conv layer and a 1024-unit dense layer (about 72M parameters at --size 96); "
+                        "cnn6: six conv layers, far fewer parameters")
+    p.add_argument("--size", type=positive_int, default=96, metavar="PIXELS", help="input side in pixels")
+    p.add_argument("--epochs", type=positive_int, default=20, metavar="N", help="training epochs at most")
+    p.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="images per training step")
+    _class_weight_option(p, "balanced")
+    _cache_option(p)
+    _out_option(p, "featx-out/<dataset>-<arch>")
+    _split_options(p)
     p.set_defaults(func=cmd_baseline)
 
-    p = sub.add_parser("report", help="the study's summary table from the runs log")
-    p.add_argument("--runs", default=None, help="runs CSV (default cache/runs.csv)")
-    p.add_argument("--cache", default=None)
-    p.add_argument("--out", default="featx-out/report")
+    p = command("report", "the study's summary table, chart and (--html) one-page write-up from the runs log")
+    p.add_argument("--runs", default=None, metavar="CSV", help="the runs log (default: runs.csv in the cache folder)")
+    _cache_option(p)
+    p.add_argument("--out", default="featx-out/report", metavar="DIR", help="where the outputs go")
+    p.add_argument("--html", action="store_true",
+                   help="also write report.html: one self-contained page with the table, chart, confusion "
+                        "matrices and learning curves")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("serve", help="a web page and JSON API that classify uploaded images with a bundle")
+    p = command("serve", "a web page and JSON API that classify uploaded images with a bundle")
     p.add_argument("bundle", metavar="BUNDLE", help="model.featx from fit-head, or model.keras from finetune")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--top", type=int, default=5, help="classes returned per image")
-    p.add_argument("--max-upload-mb", type=float, default=10.0)
-    p.add_argument("--engine", default="auto", choices=["auto", "keras", "litert"],
-                   help="auto: LiteRT on a CPU when installed (about 2x the requests/s; converts once)")
-    p.add_argument("--cache", default=None, help="where a LiteRT conversion is stored")
-    p.add_argument("--trust-bundle", action="store_true")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
+    p.add_argument("--port", type=port_number, default=8000, help="TCP port")
+    p.add_argument("--top", type=positive_int, default=5, metavar="K", help="classes returned per image")
+    p.add_argument("--max-upload-mb", type=positive_float, default=10.0, metavar="MB",
+                   help="largest accepted upload")
+    _engine_option(p, default="auto", extra="; auto gives about 2x the requests/s on a CPU (converts once)")
+    _cache_option(p)
+    _trust_option(p)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("demo", help="the main job end to end on scikit-learn's digits (offline)")
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE)
-    p.add_argument("--weights", default="imagenet")
-    p.add_argument("--cache", default=None)
-    p.add_argument("--out", default="featx-out/demo")
-    p.add_argument("--per-class", type=int, default=40)
+    p = command("demo", "the main job end to end on scikit-learn's digits (offline)")
+    _backbone_option(p)
+    _weights_option(p)
+    _cache_option(p)
+    p.add_argument("--out", default="featx-out/demo", metavar="DIR", help="where the outputs go")
+    p.add_argument("--per-class", type=positive_int, default=40, metavar="N", help="digit images per class")
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -393,7 +722,9 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except FeatxError as exc:
-        print(f"featx: error: {exc}", file=sys.stderr)
+        param = getattr(exc, "param", None)
+        text = f"{option_for(param)}: {exc.message}" if param else str(exc)
+        print(f"featx: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("featx: interrupted", file=sys.stderr)

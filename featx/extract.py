@@ -110,9 +110,9 @@ def extractor_config(backbone: str, pooling: str = "avg", dtype: str = "float32"
     """Everything that changes the numbers in a cache row (the cache file's key)."""
     spec = get_backbone(backbone)
     if pooling not in POOLINGS:
-        raise FeatxError(f"--pooling: expected one of {', '.join(POOLINGS)}, got {pooling!r}")
+        raise FeatxError(f"expected one of {', '.join(POOLINGS)}, got {pooling!r}", param="pooling")
     if dtype not in DTYPES:
-        raise FeatxError(f"--dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise FeatxError(f"expected one of {', '.join(DTYPES)}, got {dtype!r}", param="dtype")
     return {
         "backbone": spec.name,
         "weights": spec.weights_id(weights),
@@ -148,7 +148,7 @@ def _hash_files(paths, workers: int = 4):
 def _check_taps(spec, taps) -> list[str]:
     taps = [taps] if isinstance(taps, str) else list(taps)
     if not taps:
-        raise FeatxError("--taps: give at least one tap")
+        raise FeatxError("give at least one tap", param="taps")
     for t in taps:
         spec.tap(t)
     return list(dict.fromkeys(taps))
@@ -170,9 +170,9 @@ def extract(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), poolin
     Returns a report; read the codes with :func:`load_features`.
     """
     if batch_size < 1:
-        raise FeatxError(f"--batch-size: expected a positive number, got {batch_size}")
+        raise FeatxError(f"expected a positive number, got {batch_size}", param="batch_size")
     if views < 0:
-        raise FeatxError(f"--views: expected 0 or more, got {views}")
+        raise FeatxError(f"expected 0 or more, got {views}", param="views")
     spec = get_backbone(backbone)
     taps = _check_taps(spec, taps)
     config = extractor_config(backbone, pooling, dtype, weights, mixed_precision)

@@ -25,13 +25,21 @@ from featx.bundle import load_bundle
 from featx.cache import default_cache_dir
 from featx.errors import FeatxError
 from featx.extract import load_network_inputs
-from featx.fit import SPLITS, fit_head, labelled_codes, prediction_table
-from featx.runs import append_run, plot_curves, runs_log_path
+from featx.fit import SPLITS, fit_head, labelled_codes, prediction_dataset, prediction_table
+from featx.runs import append_run, history_logger, plot_curves, runs_log_path
 
 # The study: everything for VGG, from layer 94 for Inception/Xception.
 STUDY_POLICIES = {"vgg16": "all", "vgg19": "all", "inception_v3": "from:94", "xception": "from:94"}
 DEFAULT_POLICY = "top:2"
 META_FILE = "featx.json"
+
+
+def one_tap(taps) -> str:
+    """The single tap a fine-tuned model reads: ``'stage4'`` or ``['stage4']`` -> ``'stage4'``."""
+    taps = [taps] if isinstance(taps, str) else list(taps)
+    if len(taps) != 1:
+        raise FeatxError(f"fine-tuning reads one tap, got {', '.join(map(str, taps)) or 'none'}", param="taps")
+    return taps[0]
 
 
 def default_policy(backbone: str) -> str:
@@ -170,12 +178,22 @@ def batches(images, y, spec, batch_size: int, shuffle: bool = False, seed: int =
     return _batches_class()(images, y, spec, batch_size, shuffle, seed)
 
 
-def finetune(data, backbone: str = DEFAULT_BACKBONE, tap: str = "pre_logits", unfreeze: str | None = None,
+def finetune(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), unfreeze: str | None = None,
              init_head=None, epochs: int = 10, batch_size: int = 16, learning_rate: float = 1e-4,
              momentum: float = 0.9, class_weight="balanced", patience: int = 3, weights="imagenet",
              cache_dir=None, out_dir=None, val_fraction=0.2, test_fraction=0.2, seed: int = 0,
-             trust: bool = False, echo=print) -> dict:
-    """Fine-tune ``backbone`` end to end on ``data``; writes model.keras, history, curves, metrics."""
+             trust: bool = False, echo=print, tap=None) -> dict:
+    """Fine-tune ``backbone`` end to end on ``data``; writes model.keras, history, curves, metrics.
+
+    ``taps``: the one tap the head reads (a name or a one-name list, as elsewhere in featx);
+    ``tap=`` is its old spelling, accepted for one release.
+    """
+    if tap is not None:
+        import warnings
+
+        warnings.warn("finetune(tap=...) is now finetune(taps=...)", FutureWarning, stacklevel=2)
+        taps = tap
+    tap = one_tap(taps)
     keras = _tf.keras()
     from sklearn.utils.class_weight import compute_class_weight
 
@@ -209,7 +227,7 @@ def finetune(data, backbone: str = DEFAULT_BACKBONE, tap: str = "pre_logits", un
     best = out_dir / "model.keras"
     checkpoint = out_dir / "best.weights.h5"
     has_val = len(parts["val"][1]) > 0
-    callbacks = [keras.callbacks.CSVLogger(str(out_dir / "history.csv"))]
+    callbacks = [history_logger(out_dir / "history.csv")]
     if has_val:
         callbacks += [
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True),
@@ -279,8 +297,6 @@ def _read_history(path: Path) -> dict:
 
 def predict_finetuned(model_path, images, top=None, out=None, batch_size: int = 32):
     """Predictions of a fine-tuned ``model.keras`` (its featx.json says the backbone and classes)."""
-    from featx.datasets import from_paths
-
     keras = _tf.keras()
     model_path = Path(model_path)
     meta_path = model_path.with_name(META_FILE)
@@ -289,19 +305,22 @@ def predict_finetuned(model_path, images, top=None, out=None, batch_size: int = 
     meta = json.loads(meta_path.read_text())
     spec = get_backbone(meta["backbone"])
     model = keras.models.load_model(model_path)
-    dataset = from_paths(images)
+    dataset = prediction_dataset(images)
     from featx.extract import _load_for_network
     from featx.images import ImageError
 
-    paths, batches, failures = [], [], []
-    for p in dataset.paths:
+    paths, batches, failures, labels = [], [], [], []
+    for i, p in enumerate(dataset.paths):
         try:
             batches.append(_load_for_network(spec, p))
             paths.append(p)
+            labels.append(dataset.class_names[dataset.labels[i]] if dataset.labels is not None else None)
         except ImageError as exc:
             failures.append((p, str(exc)))
+    known = dataset.labels is not None and set(dataset.class_names) <= set(map(str, meta["class_names"]))
     proba = np.concatenate([model.predict(spec.normalize(np.stack(batches[i : i + batch_size])), verbose=0)
                             for i in range(0, len(batches), batch_size)]) if batches else np.zeros((0, 1))
-    table = prediction_table(paths, proba.astype(np.float64), meta["class_names"], top, out)
+    table = prediction_table(paths, proba.astype(np.float64), meta["class_names"], top, out,
+                             true_labels=labels if known else None)
     table.attrs["failures"] = failures
     return table

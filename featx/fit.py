@@ -159,7 +159,7 @@ def _report_text(m: dict) -> str:
         f"fit {m['fit_seconds']:.2f}s (codes ready in {m['extract_seconds']:.1f}s)",
     ]
     if m["per_class"]:
-        lines.append(f"per class ({m['evaluated_on']}):      precision  recall  support")
+        lines.append(f"  {'per class (' + m['evaluated_on'] + ')':<24} {'precision':>9} {'recall':>7} {'support':>8}")
         for c, r in m["per_class"].items():
             lines.append(f"  {c[:24]:<24} {r['precision']:9.3f} {r['recall']:7.3f} {r['support']:8d}")
     return "\n".join(lines)
@@ -185,16 +185,40 @@ def extractor_weights(bundle: Bundle, weights=None):
 
 
 def predict(bundle, images, top: int | None = None, out=None, cache_dir=None, trust: bool = False,
-            weights=None, tta: bool = False, **extract_options):
-    """Class probabilities for ``images`` (files or folders) as a DataFrame; CSV at ``out``.
+            weights=None, tta="none", **extract_options):
+    """Class probabilities for ``images`` as a DataFrame, one row per image read; CSV at ``out``.
 
-    ``bundle``: a ``model.featx`` from fit-head, or a ``model.keras`` from finetune.
-    Columns: ``file``, ``id`` (file name without suffix, the study's file id),
-    ``predicted``, ``probability``, then ``top1..topK`` with their
-    probabilities when ``top`` is given, then one ``p_<class>`` per class.
-    ``tta``: average over the image and its cached augmented views (as many
-    as the head was trained with, else 4).
+    Parameters
+    ----------
+    bundle : str, Path or Bundle
+        A ``model.featx`` from ``fit_head``, or a ``model.keras`` from ``finetune``.
+    images : list of str or Path, or Dataset
+        Image files and folders.  One folder of class folders (a labelled dataset) adds the
+        ``true_label`` column when its class names are all classes of the model.
+    top : int, optional
+        Also give the 2nd..``top``-th classes and their probabilities (``1 <= top <= n_classes``).
+    out : str or Path, optional
+        Write the table there as CSV (probabilities with :data:`PROBABILITY_FORMAT`).
+    tta : {"none", "views"}
+        ``"views"``: average over the image and its cached augmented views (as many as the head was
+        trained with, else 4).  ``True``/``False`` are read as ``"views"``/``"none"``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``file``, ``id`` (file name without suffix, the study's file id), ``predicted``,
+        ``probability`` (float64 in [0, 1]), ``true_label`` (labelled folder only), ``top2``,
+        ``top2_prob`` .. (when ``top`` is given), then one ``p_<class>`` per class.
+        ``attrs["failures"]`` lists ``(path, reason)`` for images that could not be read.
+
+    Raises
+    ------
+    FeatxError
+        A bundle that cannot be loaded, ``top`` or ``tta`` out of range, missing weights.
     """
+    tta = {True: "views", False: "none", None: "none"}.get(tta, tta)
+    if tta not in ("none", "views"):
+        raise FeatxError(f"expected 'none' or 'views', got {tta!r}", param="tta")
     if not isinstance(bundle, Bundle) and str(bundle).endswith(".keras"):
         from featx.finetune import predict_finetuned
 
@@ -203,9 +227,9 @@ def predict(bundle, images, top: int | None = None, out=None, cache_dir=None, tr
         bundle = load_bundle(bundle, trust=trust)
     ext = bundle.extractor
     if top is not None and not 1 <= top <= len(bundle.class_names):
-        raise FeatxError(f"--top: expected 1..{len(bundle.class_names)}, got {top}")
-    dataset = from_paths(images) if not isinstance(images, Dataset) else images
-    views = (bundle.metrics.get("views") or 4) if tta else 0
+        raise FeatxError(f"expected 1..{len(bundle.class_names)}, got {top}", param="top")
+    dataset = prediction_dataset(images)
+    views = (bundle.metrics.get("views") or 4) if tta == "views" else 0
     feats = load_features(dataset, ext["backbone"], ext["taps"], ext["pooling"], cache_dir, ext["dtype"],
                           extractor_weights(bundle, weights), views=views, **extract_options)
     classes = np.asarray(bundle.head.classes_)
@@ -214,13 +238,66 @@ def predict(bundle, images, top: int | None = None, out=None, cache_dir=None, tr
         V = feats.X_views(ext["taps"])
         per_view = bundle.predict_proba(V.reshape(-1, V.shape[-1])).reshape(len(proba), views, -1)
         proba = (proba + per_view.sum(axis=1)) / (views + 1)
-    table = prediction_table(feats.paths, proba, classes, top, out)
+    table = prediction_table(feats.paths, proba, classes, top, out, true_labels=true_labels(feats, classes))
     table.attrs["failures"] = feats.failures
     return table
 
 
-def prediction_table(paths, proba, classes, top=None, out=None):
-    """The study's predictions CSV, one row per image."""
+#: One format for probabilities, in the CSV file and on the screen.
+PROBABILITY_FORMAT = "%.6f"
+
+
+def prediction_dataset(images) -> Dataset:
+    """The images to predict: one folder is discovered (its class folders become labels); anything else
+    is a list of files and folders, unlabelled.
+
+    Parameters
+    ----------
+    images : str, Path, list of them, or Dataset
+
+    Returns
+    -------
+    Dataset
+        ``labels`` set only when ``images`` is one folder of class folders.
+    """
+    if isinstance(images, Dataset):
+        return images
+    if isinstance(images, (str, Path)):
+        images = [images]
+    images = list(images)
+    if len(images) == 1 and Path(images[0]).is_dir():
+        return discover(images[0])
+    return from_paths(images)
+
+
+def true_labels(features, classes):
+    """Class name per row of ``features`` when its dataset is labelled with classes the model knows,
+    else ``None`` (folder names that are not the model's classes are not labels)."""
+    if features.labels is None or not set(features.class_names) <= {str(c) for c in classes}:
+        return None
+    return np.asarray(features.class_names, dtype=object)[features.labels].astype(str)
+
+
+def prediction_table(paths, proba, classes, top=None, out=None, true_labels=None):
+    """The study's predictions table, one row per image.
+
+    Parameters
+    ----------
+    paths : list of str or Path, length n
+    proba : ndarray, shape (n, n_classes), float
+        Class probabilities, rows summing to 1, columns in the order of ``classes``.
+    classes : sequence of str, length n_classes
+    top : int, optional
+        Add ``top2``/``top2_prob`` .. ``topK``/``topK_prob`` (``top1`` is ``predicted``).
+    out : str or Path, optional
+        Also write the table as CSV there (probabilities with :data:`PROBABILITY_FORMAT`).
+    true_labels : sequence of str, length n, optional
+        Adds the ``true_label`` column, right after ``probability``.
+
+    Returns
+    -------
+    pandas.DataFrame
+    """
     import pandas as pd
 
     classes = np.asarray(classes)
@@ -232,14 +309,16 @@ def prediction_table(paths, proba, classes, top=None, out=None):
         "predicted": classes[order[:, 0]] if len(proba) else [],
         "probability": proba[rows, order[:, 0]] if len(proba) else [],
     })
-    for k in range(top or 0):
+    if true_labels is not None:
+        table["true_label"] = list(true_labels)
+    for k in range(1, min(top or 0, len(classes))):
         table[f"top{k + 1}"] = classes[order[:, k]]
         table[f"top{k + 1}_prob"] = proba[rows, order[:, k]]
     for j, c in enumerate(classes):
         table[f"p_{c}"] = proba[:, j]
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(out, index=False, float_format="%.6f")
+        table.to_csv(out, index=False, float_format=PROBABILITY_FORMAT)
     return table
 
 

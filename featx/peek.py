@@ -39,10 +39,10 @@ def peek(paths, backbone: str = DEFAULT_BACKBONE, top: int = 5, weights="imagene
     from featx.inference import make_engine
 
     if top < 1:
-        raise FeatxError(f"--top: expected a positive number, got {top}")
+        raise FeatxError(f"expected a positive number, got {top}", param="top")
     spec = get_backbone(backbone)
     if "logits" not in spec.tap_names:
-        raise FeatxError(f"--backbone: {backbone} has no ImageNet classifier to peek with")
+        raise FeatxError(f"{backbone} has no ImageNet classifier to peek with", param="backbone")
     images = [load_image(p, min_side=spec.input_size) for p in paths]
     runner = make_engine(spec, ["logits"], lambda: spec.feature_model(["logits"], weights=weights),
                          extractor_config(backbone, weights=weights), PEEK_BATCH, engine,

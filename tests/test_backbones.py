@@ -77,7 +77,7 @@ def test_unknown_backbone_and_tap_are_clear_errors():
 
 
 def test_missing_weights_file_is_a_clear_error(tmp_path):
-    with pytest.raises(FeatxError, match="--weights"):
+    with pytest.raises(FeatxError, match="^weights: .*nope.h5 is not a file"):
         get_backbone("vgg16").build(weights=tmp_path / "nope.h5")
 
 
@@ -99,5 +99,5 @@ def test_download_failure_suggests_alternatives(monkeypatch):
         raise Exception("URL fetch failure on https://example.invalid/vgg16.h5: None -- no network")
 
     monkeypatch.setattr(keras.applications, "VGG16", offline)
-    with pytest.raises(FeatxError, match="--weights FILE.*offline backbone"):
+    with pytest.raises(FeatxError, match="^weights: .*local weights file.*offline backbone"):
         get_backbone("vgg16").build("imagenet")

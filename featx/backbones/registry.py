@@ -56,7 +56,8 @@ class Backbone:
         for t in self.taps:
             if t.name == name:
                 return t
-        raise FeatxError(f"--taps: backbone {self.name} has no tap {name!r}; choose from {', '.join(self.tap_names)}")
+        raise FeatxError(f"backbone {self.name} has no tap {name!r}; choose from {', '.join(self.tap_names)}",
+                         param="taps")
 
     @property
     def code_dim(self) -> int:
@@ -83,7 +84,7 @@ class Backbone:
         if weights != "imagenet":
             path = Path(weights)
             if not path.is_file():
-                raise FeatxError(f"--weights: {path} is not a file; give a weights file, 'imagenet' or 'none'")
+                raise FeatxError(f"{path} is not a file; give a weights file, 'imagenet' or None", param="weights")
             return path
         if self.weights_package is None:
             return None  # keras downloads it
@@ -117,20 +118,20 @@ class Backbone:
             return self.builder(path if path is not None else weights)
         except keras_apps.WeightsUnavailableError:
             raise FeatxError(
-                f"cannot download ImageNet weights for {self.name} (no internet?); pass --weights FILE "
-                "with a local weights file, or use an offline backbone such as mobilenet_v2"
+                f"cannot download ImageNet weights for {self.name} (no internet?); give a local weights file, "
+                "or use an offline backbone such as mobilenet_v2", param="weights"
             ) from None
         except (offline.WeightsMismatchError, ValueError) as exc:
             if path is None:
                 raise
-            raise FeatxError(f"--weights: {path} does not fit {self.name}: {exc}") from None
+            raise FeatxError(f"{path} does not fit {self.name}: {exc}", param="weights") from None
 
     def feature_model(self, taps, pooling: str = "avg", weights="imagenet", model=None):
         """A Keras model from network input to ``{tap: pooled codes}``."""
         keras = _tf.keras()
 
         if pooling not in POOLINGS:
-            raise FeatxError(f"--pooling: expected one of {', '.join(POOLINGS)}, got {pooling!r}")
+            raise FeatxError(f"expected one of {', '.join(POOLINGS)}, got {pooling!r}", param="pooling")
         chosen = [self.tap(t) for t in taps]
         model = model if model is not None else self.build(weights)
         outputs = {tap.name: pool(tap_output(model, tap), pooling, tap.name) for tap in chosen}
@@ -235,7 +236,7 @@ def get_backbone(name: str) -> Backbone:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise FeatxError(f"--backbone: unknown backbone {name!r}; choose from {', '.join(_REGISTRY)}") from None
+        raise FeatxError(f"unknown backbone {name!r}; choose from {', '.join(_REGISTRY)}", param="backbone") from None
 
 
 def list_backbones() -> list[Backbone]:

@@ -1,0 +1,347 @@
+"""The study's write-up from the runs log: a summary table (Markdown and tidy CSV), a chart, learning
+curves, and (``html=True``) one self-contained HTML page with all of it.
+
+Each cell of the summary is the run with the best *validation* accuracy for its dataset, split, backbone and
+route (model selection never looks at test), reported by its *test* accuracy with a 95% Wilson interval
+(:mod:`featx.stats`).  Runs of one dataset on different splits are separate rows, never compared side by
+side silently.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from featx.runs import RUN_COLUMNS, plot_curves, pyplot
+from featx.stats import SMALL_TEST_IMAGES, format_accuracy, wilson_interval
+
+ROUTE_ORDER = {"cached": 0, "finetune": 1, "baseline": 2}
+
+#: Columns of ``summary.csv``: one header row, one row per summary cell.
+SUMMARY_COLUMNS = ["dataset", "split_id", "backbone", "route", "head", "taps", "n_train", "n_val", "n_test",
+                   "val_acc", "test_acc", "test_low", "test_high", "seconds", "output"]
+
+
+def _count(value) -> int | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else int(value)
+
+
+def _interval(acc, n) -> tuple[float, float] | tuple[None, None]:
+    n = _count(n)
+    if acc is None or (isinstance(acc, float) and math.isnan(acc)) or not n:
+        return None, None
+    return wilson_interval(int(round(acc * n)), n)
+
+
+def read_runs(runs_csv):
+    """The runs log as a DataFrame with every column of :data:`featx.runs.RUN_COLUMNS` (missing ones empty).
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        The log has no runs.
+    """
+    import pandas as pd
+
+    runs_csv = Path(runs_csv)
+    if not runs_csv.exists():
+        raise FileNotFoundError(runs_csv)
+    runs = pd.read_csv(runs_csv)
+    if runs.empty:
+        raise ValueError(f"{runs_csv} has no runs")
+    for column in RUN_COLUMNS:
+        if column not in runs:
+            runs[column] = np.nan
+    runs["split_id"] = runs["split_id"].astype(str)
+    return runs
+
+
+def summary_table(runs):
+    """One row per (dataset, split, backbone, route): the run with the best validation accuracy.
+
+    Parameters
+    ----------
+    runs : pandas.DataFrame
+        The runs log (:func:`read_runs`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`SUMMARY_COLUMNS`; ``seconds`` is extraction plus fitting, ``test_low``/``test_high``
+        the 95% Wilson interval of ``test_acc`` (empty when ``n_test`` is unknown).  Sorted by dataset,
+        split, route, backbone.
+    """
+    import pandas as pd
+
+    runs = runs.copy()
+    runs["seconds"] = runs["extract_s"].fillna(0) + runs["fit_s"].fillna(0)
+    runs["_val"] = runs["val_acc"].fillna(-1)
+    runs["_order"] = runs["route"].map(ROUTE_ORDER).fillna(9)
+    best = (runs.reset_index().sort_values(["_val", "index"])
+            .groupby(["dataset", "split_id", "backbone", "route"], sort=False).tail(1))
+    best = best.sort_values(["dataset", "split_id", "_order", "backbone"])
+    low, high = zip(*[_interval(a, n) for a, n in zip(best["test_acc"], best["n_test"])]) if len(best) else ((), ())
+    best = best.assign(test_low=list(low), test_high=list(high))
+    return pd.DataFrame(best[SUMMARY_COLUMNS]).reset_index(drop=True)
+
+
+def _row_label(dataset: str, split: str, splits_of: dict) -> str:
+    return dataset if splits_of[dataset] == 1 else f"{dataset} [split {split}]"
+
+
+def _duration(seconds) -> str:
+    if seconds is None or seconds != seconds:
+        return "-"
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _cell(row) -> str:
+    if row.test_acc != row.test_acc:
+        return f"- ({_duration(row.seconds)}, {row.head})"
+    interval = "" if row.test_low is None or row.test_low != row.test_low else \
+        f" [{row.test_low:.3f}, {row.test_high:.3f}]"
+    return f"{row.test_acc:.3f}{interval} ({_duration(row.seconds)}, {row.head})"
+
+
+def _sizes(row) -> str:
+    n = [_count(getattr(row, f"n_{s}")) for s in ("train", "val", "test")]
+    return "" if all(v is None for v in n) else "/".join("-" if v is None else str(v) for v in n)
+
+
+def pivot(summary):
+    """The Markdown/HTML layout of a summary: rows dataset (and split), columns ``<backbone> <route>``.
+
+    Returns
+    -------
+    rows : list of (label, split_id, sizes, {column: cell text})
+    columns : list of str
+    """
+    splits_of = summary.groupby("dataset")["split_id"].nunique().to_dict()
+    ordered = summary.assign(_o=summary["route"].map(ROUTE_ORDER).fillna(9)).sort_values(["_o", "backbone"])
+    columns = list(dict.fromkeys(f"{b} {r}" for b, r in zip(ordered["backbone"], ordered["route"])))
+    rows = {}
+    for row in summary.itertuples(index=False):
+        label = _row_label(row.dataset, row.split_id, splits_of)
+        entry = rows.setdefault(label, [label, row.split_id, _sizes(row), {}])
+        entry[3][f"{row.backbone} {row.route}"] = _cell(row)
+        entry[2] = entry[2] or _sizes(row)
+    return [tuple(r) for r in rows.values()], columns
+
+
+NOTE = ("Cells: test accuracy [95% Wilson interval] (training time incl. any extraction done by that run, head). "
+        "Each cell is the run with the best validation accuracy. Sizes: train/val/test images.")
+
+
+def write_report(runs_csv, out_dir, html: bool = False) -> dict:
+    """Write the study's summary of a runs log.
+
+    Parameters
+    ----------
+    runs_csv : str or Path
+        The runs log (``runs.csv`` in a cache folder).
+    out_dir : str or Path
+        Folder for ``summary.md``, ``summary.csv``, ``summary.png``, ``curves-*.png`` and, with ``html``,
+        ``report.html`` (created).
+    html : bool
+        Also write ``report.html``: one self-contained page (images embedded, no external URLs).
+
+    Returns
+    -------
+    dict
+        ``markdown``, ``csv``, ``chart``, ``html`` (a Path, or None), ``curves`` (list of Path) and
+        ``table`` (the summary DataFrame).
+
+    Raises
+    ------
+    FileNotFoundError
+        ``runs_csv`` does not exist.
+    ValueError
+        The runs log has no runs.
+    """
+    runs_csv, out_dir = Path(runs_csv), Path(out_dir)
+    runs = read_runs(runs_csv)
+    summary = summary_table(runs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows, columns = pivot(summary)
+    lines = ["| " + " | ".join(["dataset", "split", "sizes", *columns]) + " |",
+             "|" + "---|" * (len(columns) + 3)]
+    for label, split, sizes, cells in rows:
+        lines.append("| " + " | ".join([label, split, sizes or "-", *(cells.get(c, "") for c in columns)]) + " |")
+    (out_dir / "summary.md").write_text("\n".join(lines) + "\n\n" + NOTE + "\n")
+    summary.to_csv(out_dir / "summary.csv", index=False, float_format="%.4f")
+    chart = plot_summary(summary, out_dir / "summary.png")
+    curves = _learning_curves(runs, out_dir)
+    page = None
+    if html:
+        page = out_dir / "report.html"
+        page.write_text(render_html(runs_csv, runs, summary, chart, curves), encoding="utf-8")
+    return {"markdown": out_dir / "summary.md", "csv": out_dir / "summary.csv", "chart": chart, "html": page,
+            "curves": sorted(set(curves.values())), "table": summary}
+
+
+def _run_name(run) -> str:
+    return f"{run['dataset']}-{run['backbone']}-{run['route']}-{run['head']}".replace("/", "_").replace(" ", "_")
+
+
+def _learning_curves(runs, out_dir: Path) -> dict:
+    """Run index -> curves PNG, for every run whose output folder has a ``history.csv``."""
+    import pandas as pd
+
+    curves = {}
+    for i, run in runs.iterrows():
+        if not isinstance(run["output"], str) or not run["output"]:
+            continue
+        history = Path(run["output"]).parent / "history.csv"
+        if not history.is_file() or not history.stat().st_size:
+            continue
+        frame = pd.read_csv(history)
+        if len(frame) and "loss" in frame:
+            path = out_dir / f"curves-{_run_name(run)}.png"
+            plot_curves({c: frame[c].tolist() for c in frame.columns if c != "epoch"}, path,
+                        f"{run['dataset']}: {run['backbone']} {run['route']}")
+            curves[i] = path
+    return curves
+
+
+def plot_summary(summary, path) -> Path:
+    """Test accuracy with its 95% interval, one horizontal bar per summary row, grouped by dataset.
+
+    The figure grows in height with the number of bars (width fixed), so it stays legible at any number
+    of datasets; values are labelled with 3 decimals.
+
+    Parameters
+    ----------
+    summary : pandas.DataFrame
+        From :func:`summary_table`.
+    path : str or Path
+        The PNG to write.
+
+    Returns
+    -------
+    Path
+    """
+    plt = pyplot()
+    splits_of = summary.groupby("dataset")["split_id"].nunique().to_dict()
+    groups = list(dict.fromkeys(_row_label(d, s, splits_of) for d, s in zip(summary["dataset"], summary["split_id"])))
+    methods = list(dict.fromkeys(f"{b} {r}" for b, r in zip(summary["backbone"], summary["route"])))
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    ys, labels, y = [], [], 0.0
+    fig_rows = len(summary) + len(groups)
+    fig, ax = plt.subplots(figsize=(8.5, max(3.2, 0.32 * fig_rows + 1.6)), layout="constrained")
+    group_ticks = []
+    for g in groups:
+        part = [r for r in summary.itertuples(index=False) if _row_label(r.dataset, r.split_id, splits_of) == g]
+        start = y
+        for r in part:
+            value = 0.0 if r.test_acc != r.test_acc else float(r.test_acc)
+            method = f"{r.backbone} {r.route}"
+            err = None
+            if r.test_low is not None and r.test_low == r.test_low:
+                err = [[value - r.test_low], [r.test_high - value]]
+            ax.barh(y, value, height=0.8, color=colours[method], xerr=err, capsize=2,
+                    error_kw={"elinewidth": 0.8, "ecolor": "0.25"},
+                    label=method if method not in labels else None)
+            labels.append(method)
+            ax.text((r.test_high if err else value) + 0.01, y, "-" if r.test_acc != r.test_acc else f"{value:.3f}",
+                    va="center", ha="left", fontsize=8)
+            ys.append(y)
+            y += 1
+        group_ticks.append(((start + y - 1) / 2, g))
+        y += 1  # a gap between datasets
+    ax.set_yticks([t for t, _ in group_ticks], [g for _, g in group_ticks])
+    ax.set_ylim(y - 1.4, -0.6)  # top to bottom, no empty band after the last dataset
+    ax.set_xlim(0, 1.12)
+    ax.set_xticks(np.linspace(0, 1, 6))
+    ax.set_xlabel("test accuracy (bars: 95% Wilson interval)")
+    ax.set_title("test accuracy by dataset, backbone and route")
+    ax.grid(axis="x", alpha=0.3)
+    handles, names = ax.get_legend_handles_labels()
+    fig.legend(handles, names, fontsize=8, loc="outside lower center", ncol=min(4, len(names)), frameon=False)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+# ---- the HTML page ----------------------------------------------------------------------------
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def _img(path: Path, alt: str) -> str:
+    return f'<img src="{_data_uri(path)}" alt="{html.escape(alt)}">'
+
+
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:2rem auto;max-width:1100px;
+padding:0 1rem;color:#222}
+h1{font-size:1.5rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}h3{font-size:1rem}
+table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;
+vertical-align:top}th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
+img{max-width:100%;height:auto;border:1px solid #eee}.run{margin:1.5rem 0}.note{color:#555;font-size:.9em}
+.warn{color:#a40}
+"""
+
+
+def render_html(runs_csv, runs, summary, chart: Path, curves: dict) -> str:
+    """The report as one HTML document: table, chart, and per run its sizes, accuracies with intervals,
+    confusion matrix and learning curves (images embedded as data URIs; no external URLs)."""
+    e = html.escape
+    rows, columns = pivot(summary)
+    out = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
+           '<meta name="viewport" content="width=device-width, initial-scale=1">',
+           "<title>featx report</title>", f"<style>{_CSS}</style></head><body>",
+           "<h1>featx report</h1>",
+           f'<p class="note">From {e(str(runs_csv))}: {len(runs)} runs, written {e(time.strftime("%Y-%m-%d %H:%M"))}.'
+           "</p>",
+           '<h2 id="summary">Summary</h2>', '<table id="summary-table"><thead><tr>',
+           "".join(f"<th>{e(h)}</th>" for h in ["dataset", "split", "train/val/test", *columns]),
+           "</tr></thead><tbody>"]
+    for label, split, sizes, cells in rows:
+        out.append("<tr>" + "".join(f"<td>{e(v)}</td>" for v in [label, split, sizes or "-"])
+                   + "".join(f'<td class="num">{e(cells.get(c, ""))}</td>' for c in columns) + "</tr>")
+    out += ["</tbody></table>", f'<p class="note">{e(NOTE)}</p>',
+            '<h2 id="chart">Chart</h2>', _img(chart, "test accuracy by dataset, backbone and route"),
+            '<h2 id="runs">Runs</h2>']
+    for i, run in runs.iterrows():
+        output = run["output"] if isinstance(run["output"], str) else ""
+        folder = Path(output).parent if output else None
+        confusion = folder / "confusion.png" if folder is not None else None
+        title = f"{run['dataset']}: {run['backbone']} {run['route']}, {run['head']}"
+        out.append(f'<section class="run" id="run-{i + 1}"><h3>{e(title)}</h3>')
+        facts = [("split", str(run["split_id"])), ("taps", "" if run["taps"] != run["taps"] else str(run["taps"]))]
+        for s in ("train", "val", "test"):
+            n = _count(run[f"n_{s}"])
+            acc = run[f"{s}_acc"]
+            if acc != acc:
+                text = "-" if n is None else f"- (n={n})"
+            elif n:
+                text = format_accuracy(int(round(acc * n)), n)
+            else:
+                text = f"{acc:.3f}"
+            facts.append((f"{s} accuracy [95% interval]", text))
+        facts.append(("time", _duration((run["extract_s"] if run["extract_s"] == run["extract_s"] else 0)
+                                        + (run["fit_s"] if run["fit_s"] == run["fit_s"] else 0))))
+        facts.append(("output", output or "-"))
+        out.append('<table class="facts">' + "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in facts)
+                   + "</table>")
+        n_test = _count(run["n_test"])
+        if n_test is not None and n_test < SMALL_TEST_IMAGES:
+            out.append(f'<p class="warn">The test set is small ({n_test} images): its interval is wide; do not '
+                       "rank models by it.</p>")
+        if confusion is not None and confusion.is_file():
+            out.append(f'<figure class="confusion">{_img(confusion, "confusion matrix: " + title)}'
+                       "<figcaption>confusion matrix</figcaption></figure>")
+        if i in curves:
+            out.append(f'<figure class="curves">{_img(curves[i], "learning curves: " + title)}'
+                       "<figcaption>learning curves</figcaption></figure>")
+        out.append("</section>")
+    out.append("</body></html>")
+    return "\n".join(out)
