@@ -214,6 +214,9 @@ def extract(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), poolin
                                        gpus_per_worker, crash_marker=_ray_crash_marker)
                 runner = _RayName()
             else:
+                if progress_enabled(progress):  # building the network takes seconds before the bar moves
+                    print(f"featx: extracting {len(todo)} images with {spec.name}; loading the network",
+                          file=sys.stderr, flush=True)
                 failures = _run(spec, get_runner(), taps, list(todo.items()), cache, batch_size, workers,
                                 progress, flush_rows, dtype)
             bad = {str(p) for p, _ in failures}
@@ -241,6 +244,13 @@ def extract(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), poolin
     report.seconds = time.perf_counter() - start
     report.engine = runner.name if runner is not None else None
     return report
+
+
+def progress_enabled(progress: bool | None) -> bool:
+    """Whether to show progress: ``progress`` when given, else only when stderr is a terminal."""
+    if progress is not None:
+        return bool(progress)
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())
 
 
 class _RayName:

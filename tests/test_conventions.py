@@ -197,6 +197,23 @@ def test_feature_extractor_gives_one_row_per_input_and_refuses_folders(data, tmp
         fx.transform([paths[0], str(data / "red")])
 
 
+def test_fit_head_shows_progress_of_implicit_extraction_on_a_terminal_only(data, tmp_path, capsys, monkeypatch):
+    import sys
+
+    small = tmp_path / "small"
+    for name in ("red", "green"):
+        (small / name).mkdir(parents=True)
+        for path in sorted((data / name).glob("*.jpg"))[:5]:
+            shutil.copy(path, small / name / path.name)
+    argv = ["fit-head", str(small), "--taps", "stage3", "--out", str(tmp_path / "out")]
+    assert main([*argv, "--cache", str(tmp_path / "c1")]) == 0
+    assert "img" not in capsys.readouterr().err  # not a terminal: quiet
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main([*argv, "--cache", str(tmp_path / "c2")]) == 0
+    err = capsys.readouterr().err
+    assert "extracting 10 images with mobilenet_v2" in err and "10/10" in err  # the line, then the bar
+
+
 # ---- outputs: predict against labels, the per-class table, history from epoch 1 --------------------------
 
 

@@ -12,7 +12,7 @@ from featx.errors import FeatxError
 from featx.extract import extract, load_features
 from featx.finetune import apply_unfreeze, build_model, first_trainable_index
 from featx.fit import fit_head, predict
-from featx.runs import write_report
+from featx.report import write_report
 from test_fit import tinted
 
 
@@ -167,13 +167,13 @@ def test_report_renders_from_a_hand_made_runs_csv(tmp_path):
     runs.to_csv(csv, index=False)
     result = write_report(csv, tmp_path / "report")
     md = result["markdown"].read_text()
-    assert "| dataset | split | vgg16 cached | vgg16 finetune | cnn1 baseline |" in md
+    assert "| dataset | split | sizes | vgg16 cached | vgg16 finetune | cnn1 baseline |" in md
     assert "0.380 (9.1 s, dense)" in md  # best validation picks dense, shows its test accuracy
     assert "0.630 (60.0 min, dense/all)" in md
     assert "birds [split s2]" in md and "birds [split s3]" in md  # different splits never side by side
     assert result["chart"].stat().st_size > 1000
-    table = pd.read_csv(result["csv"], header=[0, 1], index_col=0)
-    assert table.loc["dogs", ("test_acc", "vgg16 finetune")] == pytest.approx(0.63)
+    table = pd.read_csv(result["csv"]).set_index(["dataset", "backbone", "route"])  # tidy: one header row
+    assert table.loc[("dogs", "vgg16", "finetune"), "test_acc"] == pytest.approx(0.63)
 
 
 def test_finetune_cli_end_to_end_and_predict_keras_model(data, cache, tmp_path, capsys):

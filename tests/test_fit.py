@@ -126,11 +126,11 @@ def test_predict_csv_format(fitted, data, cache, tmp_path):
     out = tmp_path / "pred.csv"
     table = predict(fitted.bundle, images, top=2, out=out, cache_dir=cache)
     csv = pd.read_csv(out)
-    assert list(csv.columns) == ["file", "id", "predicted", "probability", "top1", "top1_prob", "top2", "top2_prob",
-                                 "p_blue", "p_green", "p_red"]
+    assert list(csv.columns) == ["file", "id", "predicted", "probability", "top2", "top2_prob",
+                                 "p_blue", "p_green", "p_red"]  # top1 is `predicted`: no duplicate column
     assert len(csv) == 9 and csv.loc[0, "id"] == "red0"
     np.testing.assert_allclose(csv[["p_blue", "p_green", "p_red"]].sum(axis=1), 1.0, atol=1e-5)
-    assert (csv["predicted"] == csv["top1"]).all() and (csv["probability"] >= csv["top2_prob"]).all()
+    assert (csv["probability"] >= csv["top2_prob"]).all() and (csv["predicted"] != csv["top2"]).all()
     assert (table["predicted"] == csv["predicted"]).all()
 
 
@@ -156,7 +156,7 @@ def test_bundle_for_other_weights_is_refused(fitted, data, cache, tmp_path):
 # ---- CLI errors ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("argv, message", [
-    (["--tap", "stage9"], "no tap 'stage9'"),
+    (["--taps", "stage9"], "no tap 'stage9'"),
     (["--head", "forest"], "unknown head 'forest'"),
 ])
 def test_fit_head_cli_errors(data, cache, argv, message, capsys):
