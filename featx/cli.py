@@ -168,6 +168,7 @@ def _class_weight(value: str):
 # ---- checks on paths and names, before the first expensive or writing step ------------------------
 
 def check_folder(path, option: str) -> Path:
+    """``path`` as a Path; FeatxError naming ``option`` when it does not exist."""
     path = Path(path)
     if not path.exists():
         raise FeatxError(f"{option}: {path}: no such folder")
@@ -175,6 +176,7 @@ def check_folder(path, option: str) -> Path:
 
 
 def check_file(path, option: str) -> Path:
+    """``path`` as a Path; FeatxError naming ``option`` when it is not a file."""
     path = Path(path)
     if not path.is_file():
         raise FeatxError(f"{option}: {path}: no such file")
@@ -182,11 +184,13 @@ def check_file(path, option: str) -> Path:
 
 
 def check_out_folder(path, option: str = "--out") -> None:
+    """FeatxError when an output folder would have to replace an existing file."""
     if path is not None and Path(path).is_file():
         raise FeatxError(f"{option}: {path} is a file; give a folder for the outputs")
 
 
 def check_out_file(path, option: str = "--out") -> None:
+    """FeatxError when an output file would have to replace an existing folder."""
     if path is not None and Path(path).is_dir():
         raise FeatxError(f"{option}: {path} is a folder; give a file name, e.g. {Path(path) / 'predictions.csv'}")
 
@@ -541,6 +545,7 @@ EXIT_STATUS = "Exit status: 0 done, 2 error, 3 done but some images were skipped
 
 
 def build_parser() -> FeatxParser:
+    """The ``featx`` parser; ``parser.commands`` maps each subcommand's name to its own parser."""
     from featx import __version__
 
     parser = FeatxParser(
@@ -578,7 +583,8 @@ def build_parser() -> FeatxParser:
                    help="also cache K augmented views of each image (the study's augmentation, seeded)")
     p.add_argument("--address", default=None,
                    help="with --engine ray: a Ray cluster's address (default: start one on this machine)")
-    p.add_argument("--num-workers", type=positive_int, default=1, metavar="N", help="with --engine ray: backbone actors")
+    p.add_argument("--num-workers", type=positive_int, default=1, metavar="N",
+                   help="with --engine ray: backbone actors")
     p.add_argument("--gpus-per-worker", type=nonnegative_float, default=0, metavar="G",
                    help="with --engine ray: GPUs per actor")
     p.set_defaults(func=cmd_extract)
@@ -717,6 +723,15 @@ def build_parser() -> FeatxParser:
 
 
 def main(argv=None) -> int:
+    """Run ``featx`` with ``argv`` (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit status: 0 done, 2 bad input (one line on stderr: ``featx: error: <option or file>: ...``),
+        3 done but some images were skipped, 1 ``cache verify`` found a problem, 130 interrupted.
+        Argument errors exit 2 from argparse (``SystemExit``) with the subcommand's usage.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -292,7 +292,26 @@ img{max-width:100%;height:auto;border:1px solid #eee}.run{margin:1.5rem 0}.note{
 
 def render_html(runs_csv, runs, summary, chart: Path, curves: dict) -> str:
     """The report as one HTML document: table, chart, and per run its sizes, accuracies with intervals,
-    confusion matrix and learning curves (images embedded as data URIs; no external URLs)."""
+    confusion matrix and learning curves (images embedded as data URIs; no external URLs, no scripts).
+
+    Parameters
+    ----------
+    runs_csv : Path
+        Named in the page.
+    runs : pandas.DataFrame
+        The runs log (:func:`read_runs`); one section per row, in order.
+    summary : pandas.DataFrame
+        From :func:`summary_table`.
+    chart : Path
+        ``summary.png``.
+    curves : dict
+        Row index of ``runs`` -> learning-curves PNG.
+
+    Returns
+    -------
+    str
+        The page, UTF-8 text.
+    """
     e = html.escape
     rows, columns = pivot(summary)
     out = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
