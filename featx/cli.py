@@ -242,6 +242,8 @@ def cmd_extract(args) -> int:
 
     check_folder(args.data, "DATA")
     check_extractor(args, args.taps)
+    if args.views and args.engine == "ray":
+        raise FeatxError("--views: augmented views run on the local engine; extract them without --engine ray")
     report = extract(
         args.data, backbone=args.backbone, taps=args.taps, pooling=args.pooling,
         batch_size=args.batch_size, cache_dir=args.cache, dtype=args.dtype, weights=_weights(args.weights),
@@ -682,7 +684,8 @@ def build_parser() -> FeatxParser:
     p.add_argument("--arch", default="cnn1", choices=["cnn1", "cnn6"],
                    help="cnn1: one conv layer and a 1024-unit dense layer (about 72M parameters at --size 96); "
                         "cnn6: six conv layers, far fewer parameters")
-    p.add_argument("--size", type=positive_int, default=96, metavar="PIXELS", help="input side in pixels")
+    p.add_argument("--size", type=_number(int, 16, what="a whole number of 16 or more"), default=96, metavar="PIXELS",
+                   help="input side in pixels")
     p.add_argument("--epochs", type=positive_int, default=20, metavar="N", help="training epochs at most")
     p.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="images per training step")
     _class_weight_option(p, "balanced")

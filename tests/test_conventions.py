@@ -104,6 +104,7 @@ def test_cache_ls_takes_cache_like_every_command(tmp_path, capsys):
     (["extract", "DATA", "--batch-size", "0"], "argument --batch-size: expected a whole number of 1 or more"),
     (["fit-head", "DATA", "--val-fraction", "1.5"], "expected a fraction in [0, 1)"),
     (["serve", "B", "--port", "99999"], "expected a port number"),
+    (["baseline", "DATA", "--size", "4"], "expected a whole number of 16 or more"),
     (["fit-head", "DATA", "--class-weight", "balance"], "did you mean 'balanced'?"),
     (["fit-head", "DATA", "--val-frac", "0.1"], "did you mean --val-fraction?"),  # no silent abbreviations
 ])
@@ -149,6 +150,7 @@ def data(tmp_path_factory):
     (["predict", "{tmp}/none.featx", "{data}"], "BUNDLE:"),
     (["sweep", "{data}", "--backbone", "resnet51"], "--backbone: unknown backbone 'resnet51'"),
     (["report", "--runs", "{tmp}/runs.csv"], "--runs:"),
+    (["extract", "{data}", "--views", "2", "--engine", "ray"], "--views: augmented views run on the local engine"),
     (["baseline", "{data}", "--out", "{tmp}/file.txt"], "--out: {tmp}/file.txt is a file"),
 ])
 def test_bad_options_fail_before_any_work_or_writing(argv, message, data, tmp_path, capsys):
