@@ -157,6 +157,11 @@ def taps_list(value: str) -> list[str]:
     return taps
 
 
+def _taps(value) -> list[str]:
+    """``--taps`` as a list, whether argparse has split it already or not."""
+    return list(value) if isinstance(value, (list, tuple)) else taps_list(value)
+
+
 def _weights(value: str):
     return None if value.lower() == "none" else value
 
@@ -265,9 +270,9 @@ def cmd_cache(args) -> int:
     from featx.cache import FeatureCache, default_cache_dir, list_caches
 
     if args.action == "ls":
-        folder = args.cache or args.file or default_cache_dir()
-        if args.file and not args.cache:
-            print(f"featx: warning: 'featx cache ls {args.file}' is now 'featx cache ls --cache {args.file}'; "
+        folder = args.cache or args.target or default_cache_dir()
+        if args.target and not args.cache:
+            print(f"featx: warning: 'featx cache ls {args.target}' is now 'featx cache ls --cache {args.target}'; "
                   "the old form goes in the next release", file=sys.stderr)
         files = list_caches(folder)
         if not files:
@@ -277,19 +282,19 @@ def cmd_cache(args) -> int:
             taps = ", ".join(f"{t} {v['rows']}x{v['dim']}" for t, v in info["taps"].items())
             print(f"{path}  {info['size_bytes'] / 1e6:.1f} MB  {taps}")
         return 0
-    if not args.file:
+    if not args.target:
         raise FeatxError(f"FILE: featx cache {args.action} needs a cache file; list them with 'featx cache ls'")
-    if not Path(args.file).is_file():
-        raise FeatxError(f"{args.file}: no such cache file; list them with 'featx cache ls'")
-    cache = FeatureCache(args.file)
+    if not Path(args.target).is_file():
+        raise FeatxError(f"{args.target}: no such cache file; list them with 'featx cache ls'")
+    cache = FeatureCache(args.target)
     if args.action == "info":
         print(json.dumps(cache.info(), indent=2, default=str))
         return 0
     problems = cache.verify()
     for p in problems:
-        print(f"{args.file}: {p}")
+        print(f"{args.target}: {p}")
     if not problems:
-        print(f"{args.file}: ok")
+        print(f"{args.target}: ok")
     return 1 if problems else 0
 
 
@@ -595,7 +600,7 @@ def build_parser() -> FeatxParser:
                 description="featx cache ls [--cache DIR] | featx cache info FILE | featx cache verify FILE "
                             "(exit status 1 when a problem is found).")
     p.add_argument("action", choices=["ls", "info", "verify"], help="what to do")
-    p.add_argument("file", nargs="?", metavar="FILE", help="the cache file, for info and verify (default: none)")
+    p.add_argument("target", nargs="?", metavar="FILE", help="the cache file, for info and verify (default: none)")
     _cache_option(p)
     p.set_defaults(func=cmd_cache)
 

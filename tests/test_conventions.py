@@ -398,5 +398,6 @@ def test_a_clean_extraction_leaves_no_journal_folder(data, tmp_path):
 
     report = extract(data, taps=["stage4"], cache_dir=tmp_path / "cache")
     assert report.computed == 18
-    assert not list((tmp_path / "cache").rglob("*.journal"))
-    assert list((tmp_path / "cache").glob("*.lock"))  # the lock file stays: it is what the flock holds
+    left = [p for p in (tmp_path / "cache").rglob("*") if p.is_dir() and "journal" in p.name]
+    assert left == []  # whatever the cache layout names its journal folder
+    assert list((tmp_path / "cache").rglob("*.lock"))  # the lock file stays: it is what the flock holds
