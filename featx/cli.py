@@ -31,7 +31,7 @@ def option_for(param: str) -> str:
     return PARAM_OPTIONS.get(param, "--" + param.replace("_", "-"))
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+class HelpFormatter(argparse.HelpFormatter):
     """Every option's help states its default: the help text's own words when it says ``default``,
     else ``(default: VALUE)`` appended (``off`` for a flag)."""
 

@@ -182,7 +182,8 @@ def test_finetune_cli_end_to_end_and_predict_keras_model(data, cache, tmp_path, 
                  "--unfreeze", "top:1", "--out", str(out)])
     assert code == 0
     text = capsys.readouterr().out
-    assert "fine-tuned mobilenet_v2 (top:1)" in text
+    assert "fine-tuned mobilenet_v2 (top:1), 1 epoch in " in text  # not "1 epochs"
+    assert pd.read_csv(out / "history.csv")["epoch"].tolist() == [1]  # counted from 1, as curves.png counts
     for name in ("model.keras", "history.csv", "metrics.json", "curves.png", "featx.json"):
         assert (out / name).exists(), name
     runs = pd.read_csv(cache / "runs.csv")
