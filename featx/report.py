@@ -191,11 +191,12 @@ def _run_name(run) -> str:
 
 
 def _learning_curves(runs, out_dir: Path) -> dict:
-    """Run index -> curves PNG, for every run whose output folder has a ``history.csv``."""
+    """Run index -> curves PNG, for every run whose output folder has a ``history.csv`` (the last run
+    that wrote to that folder)."""
     import pandas as pd
 
     curves = {}
-    for i, run in runs.iterrows():
+    for i, run in runs.drop_duplicates("output", keep="last").iterrows():
         if not isinstance(run["output"], str) or not run["output"]:
             continue
         history = Path(run["output"]).parent / "history.csv"
@@ -299,7 +300,8 @@ def render_html(runs_csv, runs, summary, chart: Path, curves: dict) -> str:
     runs_csv : Path
         Named in the page.
     runs : pandas.DataFrame
-        The runs log (:func:`read_runs`); one section per row, in order.
+        The runs log (:func:`read_runs`); one section per row, in order, except rows whose output a
+        later row reused (its confusion matrix and curves are the later run's).
     summary : pandas.DataFrame
         From :func:`summary_table`.
     chart : Path
@@ -329,7 +331,12 @@ def render_html(runs_csv, runs, summary, chart: Path, curves: dict) -> str:
     out += ["</tbody></table>", f'<p class="note">{e(NOTE)}</p>',
             '<h2 id="chart">Chart</h2>', _img(chart, "test accuracy by dataset, backbone and route"),
             '<h2 id="runs">Runs</h2>']
-    for i, run in runs.iterrows():
+    outputs = runs["output"].where(runs["output"].apply(lambda v: isinstance(v, str) and bool(v)))
+    superseded = outputs.notna() & outputs.duplicated(keep="last")  # its files now hold a later run's results
+    if superseded.any():
+        out.append(f'<p class="note">{int(superseded.sum())} earlier run(s) whose output folder a later run '
+                   "reused are left out here (they still count in the summary).</p>")
+    for i, run in runs[~superseded].iterrows():
         output = run["output"] if isinstance(run["output"], str) else ""
         folder = Path(output).parent if output else None
         confusion = folder / "confusion.png" if folder is not None else None

@@ -356,7 +356,9 @@ def test_report_html_is_one_self_contained_page_that_chromium_renders(fitted, tm
     runs = pd.read_csv(cache / "runs.csv")
     extra = runs.iloc[0].copy()
     extra["route"], extra["head"], extra["output"] = "finetune", "dense/top:2", str(ft / "model.keras")
-    pd.concat([runs, extra.to_frame().T]).to_csv(tmp_path / "runs.csv", index=False)
+    stale = runs.iloc[0].copy()  # an earlier run into the same output folder: its files are gone
+    stale["test_acc"] = 0.1
+    pd.concat([stale.to_frame().T, runs, extra.to_frame().T]).to_csv(tmp_path / "runs.csv", index=False)
     assert main(["report", "--runs", str(tmp_path / "runs.csv"), "--out", str(tmp_path / "rep"), "--html"]) == 0
     assert "report.html" in capsys.readouterr().out
     page = tmp_path / "rep" / "report.html"
@@ -379,7 +381,8 @@ def test_report_html_is_one_self_contained_page_that_chromium_renders(fitted, tm
         cells = pg.locator("#summary-table tbody tr").first.locator("td").all_inner_texts()
         assert cells[0] == "colours" and re.fullmatch(r"\d+/\d+/\d+", cells[2])
         assert re.match(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", cells[3])
-        assert pg.locator("section.run").count() == 2
+        assert pg.locator("section.run").count() == 2  # the stale run is left out, and said so
+        assert "1 earlier run(s) whose output folder a later run reused" in pg.inner_text("body")
         assert pg.locator("figure.confusion img").count() >= 1 and pg.locator("figure.curves img").count() == 1
         widths = pg.eval_on_selector_all("img", "els => els.map(e => e.complete && e.naturalWidth)")
         assert widths and all(w > 100 for w in widths)  # every image decodes
