@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import logging
 import re
 import sys
 from pathlib import Path
@@ -254,11 +255,9 @@ def cmd_extract(args) -> int:
         batch_size=args.batch_size, cache_dir=args.cache, dtype=args.dtype, weights=_weights(args.weights),
         workers=args.workers, mixed_precision=args.mixed_precision, views=args.views, engine=args.engine,
         ray_address=args.address, num_workers=args.num_workers, gpus_per_worker=args.gpus_per_worker,
+        retry_failed=args.retry_failed,
     )
     print(report.summary())
-    skipped = report.dataset.skipped
-    if sum(skipped.values()):
-        print("not images: " + ", ".join(f"{n} {why}" for why, n in sorted(skipped.items()) if n))
     for path, reason in report.failures:
         print(f"skipped {path}: {reason}")
     return 3 if report.failures else 0
@@ -548,6 +547,11 @@ def _trust_option(p) -> None:
                    help="load a bundle not signed on this machine (it is a pickle: only if you trust it)")
 
 
+def _verbose_option(p) -> None:
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="name every file the folder scan leaves out (default: only count them)")
+
+
 EXIT_STATUS = "Exit status: 0 done, 2 error, 3 done but some images were skipped."
 
 
@@ -594,6 +598,9 @@ def build_parser() -> FeatxParser:
                    help="with --engine ray: backbone actors")
     p.add_argument("--gpus-per-worker", type=nonnegative_float, default=0, metavar="G",
                    help="with --engine ray: GPUs per actor")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="try again files whose exact bytes failed to decode before (default: skip them)")
+    _verbose_option(p)
     p.set_defaults(func=cmd_extract)
 
     p = command("cache", "list, describe or verify cache files",
@@ -620,6 +627,7 @@ def build_parser() -> FeatxParser:
     _out_option(p, "featx-out/<dataset>-<backbone>-<taps>-<head>")
     p.add_argument("--views", type=count, default=0, metavar="K", help="train on K cached augmented views too")
     _split_options(p)
+    _verbose_option(p)
     p.set_defaults(func=cmd_fit_head)
 
     p = command("predict", "classify images with a bundle; CSV of predictions",
@@ -640,6 +648,7 @@ def build_parser() -> FeatxParser:
     _engine_option(p)
     _batch_options(p)
     _trust_option(p)
+    _verbose_option(p)
     p.set_defaults(func=cmd_predict)
 
     p = command("sweep", "a linear head on every tap: are earlier layers better for DATA?")
@@ -647,6 +656,7 @@ def build_parser() -> FeatxParser:
     _extractor_options(p, taps_default=None)
     _out_option(p, "featx-out/<dataset>-<backbone>-sweep")
     _split_options(p)
+    _verbose_option(p)
     p.set_defaults(func=cmd_sweep)
 
     p = command("advise", "which route fits DATA (CS231n's four cases)")
@@ -659,6 +669,7 @@ def build_parser() -> FeatxParser:
     p.add_argument("--large-per-class", type=positive_int, default=500, metavar="N",
                    help="a dataset with at least N images per class (median) counts as large")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample and the split")
+    _verbose_option(p)
     p.set_defaults(func=cmd_advise)
 
     p = command("finetune", "fine-tune the backbone end to end, starting from a cached-route head")
@@ -682,6 +693,7 @@ def build_parser() -> FeatxParser:
     _out_option(p, "featx-out/<dataset>-<backbone>-finetune")
     _trust_option(p)
     _split_options(p)
+    _verbose_option(p)
     p.set_defaults(func=cmd_finetune)
 
     p = command("baseline", "the study's CNN trained from scratch (cnn1 or cnn6), same split")
@@ -697,6 +709,7 @@ def build_parser() -> FeatxParser:
     _cache_option(p)
     _out_option(p, "featx-out/<dataset>-<arch>")
     _split_options(p)
+    _verbose_option(p)
     p.set_defaults(func=cmd_baseline)
 
     p = command("report", "the study's summary table, chart and (--html) one-page write-up from the runs log")
@@ -730,6 +743,19 @@ def build_parser() -> FeatxParser:
     return parser
 
 
+def _log_to_stderr(verbose: bool) -> None:
+    """featx's notes (what a folder scan left out) go to stderr; each file by name with --verbose."""
+    log = logging.getLogger("featx")
+    for handler in [h for h in log.handlers if getattr(h, "_featx_cli", False)]:
+        log.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("featx: %(message)s"))
+    handler._featx_cli = True
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
+
+
 def main(argv=None) -> int:
     """Run ``featx`` with ``argv`` (default ``sys.argv[1:]``).
 
@@ -742,6 +768,7 @@ def main(argv=None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    _log_to_stderr(getattr(args, "verbose", False))
     try:
         return args.func(args)
     except FeatxError as exc:

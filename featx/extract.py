@@ -2,10 +2,16 @@
 
 The pipeline: hash every file (the cache key) -> look up what the cache
 lacks -> decode and resize those images in a small thread pool while the
-network runs on the previous batch -> write finished rows to the cache's
-journal every few hundred images -> fold them into the HDF5 file at the end.
-Nothing is held in memory beyond a few batches, so memory stays flat in the
-number of images; bad images are reported, never fatal.
+network runs on the previous batch -> write each finished batch to the cache's
+journal (a killed run loses at most one batch) -> fold them into the HDF5
+file at the end.  Nothing is held in memory beyond a few batches, so memory
+stays flat in the number of images; bad images are reported, never fatal.
+
+The key of a row is computed from exactly the bytes that were decoded for it:
+the decode worker reads the file once and hashes what it read; a file whose
+bytes differ from the pre-pass's is skipped as "changed during the run", never
+stored under its old key.  A file whose exact bytes failed to decode is
+remembered (:mod:`featx.failed`) and not retried unless asked (``retry_failed``).
 """
 
 from __future__ import annotations
@@ -26,13 +32,22 @@ from featx import _tf
 from featx import __version__
 from featx.backbones.registry import DEFAULT_BACKBONE, POOLINGS, get_backbone
 from featx.cache import DTYPES, FeatureCache, TapRows, cache_path, content_key, default_cache_dir
-from featx.datasets import Dataset, discover, from_paths
+from featx.datasets import Dataset, Split, discover, from_paths, make_split
 from featx.errors import FeatxError
+from featx.failed import DecodeFailures
 from featx.images import ImageError, decode, read_bytes
 from featx.inference import make_engine
 
 MIN_IMAGE_SIDE = 8  # smaller images carry no usable signal after resizing
 LARGE_FLAT_DIM = 100_000  # warn when pooling='none' stores more numbers than this per image
+
+#: Test hook: called with each file's path in the decode worker, after the pre-pass hashed it and
+#: before the worker reads it (a test swaps the file here).  None in normal use.
+BEFORE_DECODE_HOOK = None
+
+
+class FileChangedError(ImageError):
+    """A file's bytes changed (or it vanished) between the pre-pass and its decoding."""
 
 
 @dataclass
@@ -70,11 +85,19 @@ class Features:
     keys: list
     labels: np.ndarray | None
     class_names: list
-    splits: np.ndarray | None
+    split: np.ndarray | None  # 'train' / 'val' / 'test' per row: fit-head's stored split (labelled data)
     cache_file: Path
     config: dict
     failures: list
     views: dict | None = None  # tap -> (n, K, d): codes of K augmented views per image
+    split_id: str | None = None
+    split_report: Split | None = None  # leakage and label conflicts found while splitting
+    given_splits: np.ndarray | None = None  # the split FOLDER of each row, when the dataset has them
+
+    @property
+    def splits(self) -> np.ndarray | None:
+        """Alias of :attr:`split` (the assigned split, not the folders: see :attr:`given_splits`)."""
+        return self.split
 
     def X(self, taps=None) -> np.ndarray:
         taps = list(taps or self.codes)
@@ -134,7 +157,8 @@ def _as_dataset(data) -> Dataset:
     return from_paths(data)
 
 
-def _hash_files(paths, workers: int = 4):
+def hash_files(paths, workers: int = 4):
+    """(content key, None) or (None, reason) for each file, hashed in a thread pool."""
     def one(path):
         try:
             return content_key(read_bytes(path)), None
@@ -143,6 +167,9 @@ def _hash_files(paths, workers: int = 4):
 
     with cf.ThreadPoolExecutor(workers) as pool:
         return list(pool.map(one, paths))
+
+
+_hash_files = hash_files  # the old private name, for modules not yet moved to the public one
 
 
 def _check_taps(spec, taps) -> list[str]:
@@ -157,8 +184,9 @@ def _check_taps(spec, taps) -> list[str]:
 def extract(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), pooling: str = "avg",
             batch_size: int = 32, cache_dir=None, dtype: str = "float32", weights="imagenet",
             workers: int = 2, mixed_precision: bool = False, progress: bool | None = None,
-            flush_rows: int = 256, views: int = 0, engine: str | None = None, ray_address=None,
-            num_workers: int = 1, gpus_per_worker: float = 0, _ray_crash_marker=None) -> ExtractReport:
+            flush_rows: int = 1, views: int = 0, engine: str | None = None, ray_address=None,
+            num_workers: int = 1, gpus_per_worker: float = 0, _ray_crash_marker=None,
+            retry_failed: bool = False) -> ExtractReport:
     """Compute and cache the codes that ``cache_dir`` lacks for ``data``.
 
     ``data``: a dataset folder, a list of image paths, or a :class:`Dataset`.
@@ -167,19 +195,26 @@ def extract(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), poolin
     ``num_workers`` actors, ``gpus_per_worker``).
     ``views``: also cache that many augmented views of every image (the
     study's augmentation, seeded per image and view) in a cache of their own.
+    ``flush_rows``: journal finished rows once at least this many are pending, checked after
+    every batch; the default 1 journals every batch, so a killed run loses at most one batch.
+    ``retry_failed``: also try files whose exact bytes failed to decode in an earlier run
+    (by default they are reported as skipped again without loading the network).
     Returns a report; read the codes with :func:`load_features`.
     """
     if batch_size < 1:
         raise FeatxError(f"expected a positive number, got {batch_size}", param="batch_size")
     if views < 0:
         raise FeatxError(f"expected 0 or more, got {views}", param="views")
+    if flush_rows < 1:
+        raise FeatxError(f"expected a positive number, got {flush_rows}", param="flush_rows")
     spec = get_backbone(backbone)
     taps = _check_taps(spec, taps)
     config = extractor_config(backbone, pooling, dtype, weights, mixed_precision)
     dataset = _as_dataset(data)
     cache = FeatureCache(cache_path(cache_dir or default_cache_dir(), config), config)
+    memory = DecodeFailures(cache_dir or default_cache_dir())
     start = time.perf_counter()
-    hashed = _hash_files(dataset.paths)
+    hashed = hash_files(dataset.paths)
     report = ExtractReport(cache.path, dataset, [k for k, _ in hashed])
     report.failures = [(p, err) for p, (k, err) in zip(dataset.paths, hashed) if k is None]
 
@@ -201,8 +236,15 @@ def extract(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), poolin
         todo: dict[str, tuple] = {}
         for path, key in zip(dataset.paths, report.keys):
             if key is not None and key not in todo and any(key not in present[t] for t in taps):
-                todo[key] = (path, None)
+                todo[key] = (path, None, key)
         report.cached = sum(1 for k in report.keys if k is not None and k not in todo)
+        known_bad = {} if retry_failed else {k: r for k, r in memory.remembered().items() if k in todo}
+        for key in known_bad:
+            del todo[key]
+        if known_bad:
+            report.failures += [(p, f"{known_bad[k]} (failed the same way before; --retry-failed tries again)")
+                                for p, k in zip(dataset.paths, report.keys) if k in known_bad]
+            report.keys = [None if k in known_bad else k for k in report.keys]
         if todo:
             if pooling == "none":
                 _warn_if_large(spec, taps)
@@ -210,8 +252,9 @@ def extract(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), poolin
                 from featx.engines.ray import extract_ray
 
                 failures = extract_ray(dataset, spec, taps, pooling, dtype, weights, cache,
-                                       [(k, p) for k, (p, _) in todo.items()], batch_size, ray_address, num_workers,
-                                       gpus_per_worker, crash_marker=_ray_crash_marker)
+                                       [(k, p) for k, (p, _, _) in todo.items()], batch_size, ray_address,
+                                       num_workers, gpus_per_worker, crash_marker=_ray_crash_marker)
+                failures = [(p, r, None) for p, r in failures]
                 runner = _RayName()
             else:
                 if progress_enabled(progress):  # building the network takes seconds before the bar moves
@@ -219,12 +262,22 @@ def extract(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), poolin
                           file=sys.stderr, flush=True)
                 failures = _run(spec, get_runner(), taps, list(todo.items()), cache, batch_size, workers,
                                 progress, flush_rows, dtype)
-            bad = {str(p) for p, _ in failures}
-            report.failures += failures
-            report.computed = len(todo) - len(failures)
-            report.keys = [None if str(p) in bad else k for p, k in zip(dataset.paths, report.keys)]
+            failed_keys = {todo_key for todo_key, (p, _, _) in todo.items()
+                           if str(p) in {str(fp) for fp, _, _ in failures}}
+            reason = {str(p): r for p, r, _ in failures}
+            first = {str(p) for p, _, _ in todo.values()}
+            report.failures += [(p, r) for p, r, _ in failures]
+            # copies of a failed file fail with it (their rows do not exist either)
+            report.failures += [(p, reason[str(todo[k][0])]) for p, k in zip(dataset.paths, report.keys)
+                                if k in failed_keys and str(p) not in first]
+            report.computed = len(todo) - len(failed_keys)
+            report.keys = [None if k in failed_keys else k for k in report.keys]
+            memory.update({k: r for p, r, k in failures if k is not None},
+                          succeeded=[k for k in todo if k not in failed_keys] if retry_failed else ())
             provenance = {"featx": __version__, "engine": runner.name, **_versions()}
             cache.commit(provenance=provenance, failures=[[str(p), r] for p, r in report.failures])
+        elif known_bad:
+            cache.commit(failures=[[str(p), r] for p, r in report.failures])
     if views:
         vcache = FeatureCache(cache_path(cache.path.parent, views_config(config)), views_config(config))
         with vcache:
@@ -235,7 +288,7 @@ def extract(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), poolin
                 for v in range(1, views + 1) if key is not None else ():
                     vk = view_key(key, v)
                     if vk not in todo and any(vk not in present[t] for t in taps):
-                        todo[vk] = (path, view_seed(key, v))
+                        todo[vk] = (path, view_seed(key, v), key)
             if todo:
                 _run(spec, get_runner(), taps, list(todo.items()), vcache, batch_size, workers, progress,
                      flush_rows, dtype)
@@ -285,9 +338,26 @@ def _feature_model(spec, taps, pooling, weights, mixed_precision):
             keras.mixed_precision.set_global_policy("float32")
 
 
-def _load_for_network(spec, path: Path, seed: int | None = None, augment_layers=None) -> np.ndarray:
-    """Decoded and resized to the network input; an augmented view when ``seed`` is given."""
-    image = decode(read_bytes(path), str(path), min_side=spec.input_size)
+def _load_for_network(spec, path: Path, seed: int | None = None, augment_layers=None,
+                      expected_key: str | None = None) -> np.ndarray:
+    """Decoded and resized to the network input; an augmented view when ``seed`` is given.
+
+    ``expected_key``: the content key the pre-pass computed; the file is read once here and
+    those very bytes are hashed and decoded, so a file that changed in between raises
+    :class:`FileChangedError` instead of giving its new pixels to the old key.
+    """
+    if expected_key is not None and BEFORE_DECODE_HOOK is not None:
+        BEFORE_DECODE_HOOK(path)
+    try:
+        data = read_bytes(path)
+    except ImageError as exc:
+        if expected_key is None:
+            raise
+        raise FileChangedError(f"{exc} (it was there when the run began)") from None
+    if expected_key is not None and content_key(data) != expected_key:
+        raise FileChangedError(f"{path}: changed during the run (its bytes differ from when it was hashed); "
+                               "run again to extract its new content")
+    image = decode(data, str(path), min_side=spec.input_size)
     if min(image.shape[:2]) < MIN_IMAGE_SIDE:
         raise ImageError(f"{path}: {image.shape[1]}x{image.shape[0]} pixels is too small to classify")
     image = spec.resize(image)
@@ -305,19 +375,22 @@ def load_network_inputs(spec, paths, workers: int = 2) -> np.ndarray:
 
 
 def _run(spec, runner, taps, items, cache, batch_size, workers, progress, flush_rows, dtype):
-    """Decode in threads, infer in fixed-shape batches, journal rows as they finish."""
+    """Decode in threads, infer in fixed-shape batches, journal every finished batch.
+
+    ``items``: (row key, (path, view seed or None, content key)).  Returns the failures as
+    (path, reason, content key to remember as undecodable, or None).
+    """
     from tqdm import tqdm
 
     failures = []
     pending = {t: ([], []) for t in taps}
     pending_rows = 0
-    last_flush = time.monotonic()
     size = spec.input_size
     batch = np.zeros((batch_size, size, size, 3), dtype=np.uint8)
     batch_keys: list[str] = []
 
     def flush():
-        nonlocal pending_rows, last_flush
+        nonlocal pending_rows
         if pending_rows:
             cache.append({t: TapRows(np.asarray(k, dtype="S32"), np.concatenate(c).astype(dtype))
                           for t, (k, c) in pending.items()})
@@ -325,7 +398,6 @@ def _run(spec, runner, taps, items, cache, batch_size, workers, progress, flush_
                 k.clear()
                 c.clear()
             pending_rows = 0
-        last_flush = time.monotonic()
 
     def infer():
         nonlocal pending_rows
@@ -336,11 +408,11 @@ def _run(spec, runner, taps, items, cache, batch_size, workers, progress, flush_
             pending[t][1].append(np.asarray(out[t][:n], dtype=np.float32))
         pending_rows += n
         batch_keys.clear()
-        if pending_rows >= flush_rows or time.monotonic() - last_flush > 30:
+        if pending_rows >= flush_rows:
             flush()
 
     augment_layers = None
-    if any(seed is not None for _, (_, seed) in items):
+    if any(seed is not None for _, (_, seed, _) in items):
         from featx.augment import augmentation_layers
 
         augment_layers = augmentation_layers()
@@ -353,21 +425,24 @@ def _run(spec, runner, taps, items, cache, batch_size, workers, progress, flush_
         def submit_next():
             item = next(it, None)
             if item is not None:
-                key, (path, seed) = item
-                window.append(((key, path), pool.submit(_load_for_network, spec, path, seed, augment_layers)))
+                key, (path, seed, ckey) = item
+                window.append(((key, path, seed is None and ckey),
+                               pool.submit(_load_for_network, spec, path, seed, augment_layers, ckey)))
 
         for _ in range(2 * batch_size):
             submit_next()
         while window:
-            (key, path), fut = window.popleft()
+            (key, path, remember), fut = window.popleft()
             submit_next()
             try:
                 batch[len(batch_keys)] = fut.result()
                 batch_keys.append(key)
-            except ImageError as exc:
-                failures.append((path, str(exc).removeprefix(f"{path}: ")))
+            except FileChangedError as exc:
+                failures.append((path, str(exc).removeprefix(f"{path}: "), None))
+            except ImageError as exc:  # these very bytes do not decode: remembered
+                failures.append((path, str(exc).removeprefix(f"{path}: "), remember or None))
             except Exception as exc:  # noqa: BLE001 - one odd file must not stop a long run
-                failures.append((path, f"{type(exc).__name__}: {exc}"))
+                failures.append((path, f"{type(exc).__name__}: {exc}", None))
             bar.update(1)
             if len(batch_keys) == batch_size:
                 infer()
@@ -381,8 +456,35 @@ def _run(spec, runner, taps, items, cache, batch_size, workers, progress, flush_
 
 def load_features(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), pooling: str = "avg",
                   cache_dir=None, dtype: str = "float32", weights="imagenet", extract_missing: bool = True,
-                  views: int = 0, **extract_options) -> Features:
-    """The cached codes of ``data`` (extracting what is missing first, by default)."""
+                  views: int = 0, val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0,
+                  **extract_options) -> Features:
+    """The cached codes of ``data`` (extracting what is missing first, by default), with fit-head's split.
+
+    Parameters
+    ----------
+    data : folder, list of paths, or Dataset
+    backbone, taps, pooling, dtype, weights : the extractor (see :func:`extract`)
+    cache_dir : path, optional
+        The cache folder (default ``$FEATX_CACHE`` or ``./cache``); the split is stored there too.
+    extract_missing : bool
+        Run the backbone on images the cache lacks (else they are reported as failures).
+    views : int
+        Also load that many cached augmented views per image.
+    val_fraction, test_fraction, seed :
+        The split, exactly as ``featx fit-head`` makes it (:func:`featx.datasets.make_split`):
+        for labelled data ``Features.split`` holds 'train' / 'val' / 'test' per row and
+        ``Features.split_id`` its id, the same stored assignment the CLI uses.
+
+    Returns
+    -------
+    Features
+        Rows in the dataset's order; images that failed are left out and listed in ``failures``.
+
+    Raises
+    ------
+    FeatxError
+        Bad options, or a labelled dataset too small to split with these fractions.
+    """
     spec = get_backbone(backbone)
     taps = _check_taps(spec, taps)
     dataset = _as_dataset(data)
@@ -394,7 +496,7 @@ def load_features(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), 
     else:
         config = extractor_config(backbone, pooling, dtype, weights)
         path = cache_path(cache_dir or default_cache_dir(), config)
-        hashed = _hash_files(dataset.paths)
+        hashed = hash_files(dataset.paths)
         present = FeatureCache(path)
         have = set.intersection(*(present.keys(t) for t in taps))
         failures = [(p, e) for p, (k, e) in zip(dataset.paths, hashed) if k is None]
@@ -410,15 +512,25 @@ def load_features(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), 
         vcache = FeatureCache(cache_path(path.parent, views_config(config)))
         vkeys = [view_key(k, v) for k in ok_keys for v in range(1, views + 1)]
         view_codes = {t: vcache.read(t, vkeys).reshape(len(ok_keys), views, -1) for t in taps}
+    labels = dataset.labels[ok] if dataset.labels is not None else None
+    given = dataset.splits[ok] if dataset.splits is not None else None
+    paths = [dataset.paths[i] for i in ok]
+    split = None
+    if labels is not None and ok:
+        split = make_split(ok_keys, labels, given, val_fraction, test_fraction, seed,
+                           store=cache_dir or default_cache_dir(), class_names=dataset.class_names, paths=paths)
     return Features(
         codes=codes,
-        paths=[dataset.paths[i] for i in ok],
+        paths=paths,
         keys=ok_keys,
-        labels=dataset.labels[ok] if dataset.labels is not None else None,
+        labels=labels,
         class_names=list(dataset.class_names),
-        splits=dataset.splits[ok] if dataset.splits is not None else None,
+        split=split.assignment if split is not None else None,
         cache_file=path,
         config=config,
         failures=failures,
         views=view_codes,
+        split_id=split.id if split is not None else None,
+        split_report=split,
+        given_splits=given,
     )

@@ -7,8 +7,10 @@ cheaper and matters because decoding competes with the network for the CPU.
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -17,7 +19,40 @@ from PIL import Image
 
 from featx.errors import FeatxError
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+
+
+@dataclass(frozen=True)
+class ImageFormat:
+    """One accepted file format: its name, file suffixes and leading-byte signatures."""
+
+    name: str
+    suffixes: tuple[str, ...]
+    signatures: tuple[bytes, ...]
+    exif: bool  # whether the format can carry an EXIF orientation tag
+
+    def matches(self, data: bytes) -> bool:
+        if self.name == "WebP":
+            return data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+        return data.startswith(self.signatures)
+
+
+#: The one list of accepted formats, shared by the folder scanner (suffixes), ``predict``,
+#: ``serve`` and the decoder (signatures).  GIF is read as its first frame, like animated
+#: WebP and APNG.
+FORMATS: tuple[ImageFormat, ...] = (
+    ImageFormat("JPEG", (".jpg", ".jpeg", ".jpe", ".jfif"), (b"\xff\xd8\xff",), True),
+    ImageFormat("PNG", (".png",), (b"\x89PNG\r\n\x1a\n",), True),
+    ImageFormat("BMP", (".bmp",), (b"BM",), False),
+    ImageFormat("WebP", (".webp",), (b"RIFF",), True),
+    ImageFormat("TIFF", (".tif", ".tiff"), (b"II*\x00", b"MM\x00*"), True),
+    ImageFormat("GIF", (".gif",), (b"GIF87a", b"GIF89a"), False),
+)
+IMAGE_SUFFIXES = frozenset(s for f in FORMATS for s in f.suffixes)
+FORMAT_NAMES = ", ".join(f.name for f in FORMATS)
+
+#: Bump when a change to decoding can turn a file that failed into one that decodes (or back):
+#: remembered decode failures are keyed by it.
+LOADER_VERSION = "2"
 
 #: Images with more pixels than this are refused (decompression bombs).
 MAX_PIXELS = 120_000_000
@@ -30,7 +65,18 @@ class ImageError(FeatxError):
 
 
 def is_image_path(path: str | Path) -> bool:
+    """Whether the scanner takes ``path``: its suffix is one of :data:`FORMATS`' (case-insensitive)."""
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def sniff_format(data: bytes) -> ImageFormat | None:
+    """The accepted format ``data`` is in, judged by its first bytes; None when it is none of them."""
+    return next((f for f in FORMATS if f.matches(data)), None)
+
+
+def looks_like_image(data: bytes) -> bool:
+    """By its first bytes: one of the formats featx decodes (not a client's content type)."""
+    return sniff_format(data) is not None
 
 
 def read_bytes(path: str | Path) -> bytes:
@@ -90,6 +136,10 @@ def decode(data: bytes, source: str = "<bytes>", min_side: int | None = None) ->
             f"{source}: {width}x{height} pixels exceeds the limit of {MAX_PIXELS:,}; "
             "downscale the image first"
         )
+    if sniff_format(data) is None:
+        raise ImageError(f"{source}: not a readable image (its first bytes are none of {FORMAT_NAMES})")
+    if fmt == "GIF":
+        return _decode_first_frame(data, source)
     buf = np.frombuffer(data, dtype=np.uint8)
     img = None
     if fmt in ("JPEG", "MPO") and min_side:
@@ -103,11 +153,41 @@ def decode(data: bytes, source: str = "<bytes>", min_side: int | None = None) ->
     if img is None:
         # PNG/TIFF/WebP may carry alpha or 16 bits: keep them, convert below
         img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-        if img is not None:
+        if img is not None and not _opencv_orients(fmt):
             img = _apply_exif_orientation(img, data)
     if img is None or img.size == 0:
         raise ImageError(f"{source}: not a readable image (corrupt, truncated or unsupported format)")
     return _to_rgb8(img)
+
+
+def _decode_first_frame(data: bytes, source: str) -> np.ndarray:
+    """A GIF's first frame, transparency composited over white like every other format."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.seek(0)
+            rgba = np.asarray(im.convert("RGBA"))
+    except Exception:  # noqa: BLE001 - Pillow raises many types for junk
+        raise ImageError(f"{source}: not a readable image (corrupt, truncated or unsupported format)") from None
+    return _to_rgb8(cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+
+
+@functools.lru_cache(maxsize=None)
+def _opencv_orients(fmt: str) -> bool:
+    """Whether OpenCV's ``IMREAD_UNCHANGED`` already applies the EXIF orientation for ``fmt``.
+
+    It does for TIFF (libtiff) but not for PNG or WebP, and that has changed between OpenCV
+    releases; asked once per format with a 2x3 probe, so that a photo is turned upright exactly once.
+    """
+    probe = Image.fromarray(np.zeros((2, 3, 3), np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    try:
+        probe.save(buf, {"WEBP": "WEBP"}.get(fmt, fmt), exif=exif.tobytes(), **({"lossless": True} if fmt == "WEBP" else {}))
+        img = cv2.imdecode(np.frombuffer(buf.getvalue(), np.uint8), cv2.IMREAD_UNCHANGED)
+    except Exception:  # noqa: BLE001 - a format Pillow cannot write: featx applies the tag itself
+        return False
+    return img is not None and img.shape[:2] == (3, 2)
 
 
 def _apply_exif_orientation(img: np.ndarray, data: bytes) -> np.ndarray:

@@ -85,7 +85,7 @@ def create_app(predictor: Predictor, top: int = 5, max_bytes: int = MAX_UPLOAD_B
     from starlette.responses import HTMLResponse, JSONResponse
     from starlette.routing import Route
 
-    from featx.images import ImageError, decode
+    from featx.images import FORMAT_NAMES, ImageError, decode, looks_like_image
 
     top = max(1, min(top, len(predictor.classes)))
 
@@ -133,8 +133,8 @@ def create_app(predictor: Predictor, top: int = 5, max_bytes: int = MAX_UPLOAD_B
         for upload in uploads:
             name = Path(upload.filename or "upload").name[:200]  # echoed only, never a path
             data = await upload.read()
-            if not _looks_like_image(data):
-                return error(415, f"{name}: not an image (JPEG, PNG, BMP, WebP or TIFF expected)", name)
+            if not looks_like_image(data):
+                return error(415, f"{name}: not an image ({FORMAT_NAMES} expected)", name)
             try:
                 images.append(await run_in_threadpool(decode, data, name, predictor.spec.input_size))
             except ImageError as exc:
@@ -155,14 +155,6 @@ def create_app(predictor: Predictor, top: int = 5, max_bytes: int = MAX_UPLOAD_B
         })
 
     return Starlette(routes=[Route("/", page), Route("/health", health), Route("/predict", predict, methods=["POST"])])
-
-
-_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*")
-
-
-def _looks_like_image(data: bytes) -> bool:
-    """By its first bytes: one of the formats featx decodes (not the client's content type)."""
-    return data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
 
 
 def serve(bundle, host: str = "127.0.0.1", port: int = 8000, top: int = 5, max_bytes: int = MAX_UPLOAD_BYTES,

@@ -98,9 +98,9 @@ def test_bad_files_are_reported_and_skipped(reference, tmp_path, capsys):
     write_image(trunc, make_photo(6, (300, 400)))
     trunc.write_bytes(trunc.read_bytes()[:300])
     code = main(["extract", str(data), "--cache", str(tmp_path / "c"), "--taps", ",".join(TAPS)])
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert code == 3
-    assert "8 extracted" in out and "4 skipped" in out and "1 not an image" in out
+    assert "8 extracted" in out and "4 skipped" in out and "1 not an image" in err  # the scan's count: stderr
     for name in ("empty.png", "corrupt.jpg", "tiny.png", "truncated.jpg"):
         assert any(line.startswith("skipped") and name in line for line in out.splitlines()), name
     feats = load_features(data, taps=TAPS, cache_dir=tmp_path / "c")

@@ -33,7 +33,9 @@ def _decode_batch(batch: dict, backbone: str) -> dict:
     errors = []
     for i, path in enumerate(batch["path"]):
         try:
-            images[i] = _load_for_network(spec, Path(str(path)))
+            key = batch["key"][i]
+            key = key.decode() if isinstance(key, bytes) else str(key)  # the bytes decoded must be this content
+            images[i] = _load_for_network(spec, Path(str(path)), expected_key=key)
             errors.append("")
         except Exception as exc:  # noqa: BLE001 - reported per image, like the local engine
             errors.append(str(exc).removeprefix(f"{path}: ") or type(exc).__name__)
