@@ -50,6 +50,10 @@ class FileChangedError(ImageError):
     """A file's bytes changed (or it vanished) between the pre-pass and its decoding."""
 
 
+CHANGED = "changed during the run"
+VANISHED = "(it was there when the run began)"
+
+
 @dataclass
 class ExtractReport:
     cache_file: Path
@@ -254,7 +258,9 @@ def extract(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), poolin
                 failures = extract_ray(dataset, spec, taps, pooling, dtype, weights, cache,
                                        [(k, p) for k, (p, _, _) in todo.items()], batch_size, ray_address,
                                        num_workers, gpus_per_worker, crash_marker=_ray_crash_marker)
-                failures = [(p, r, None) for p, r in failures]
+                key_of = {str(p): k for k, (p, _, _) in todo.items()}
+                failures = [(p, r, None if r.startswith(CHANGED) or r.endswith(VANISHED) else key_of.get(str(p)))
+                            for p, r in failures]
                 runner = _RayName()
             else:
                 if progress_enabled(progress):  # building the network takes seconds before the bar moves
@@ -262,8 +268,8 @@ def extract(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), poolin
                           file=sys.stderr, flush=True)
                 failures = _run(spec, get_runner(), taps, list(todo.items()), cache, batch_size, workers,
                                 progress, flush_rows, dtype)
-            failed_keys = {todo_key for todo_key, (p, _, _) in todo.items()
-                           if str(p) in {str(fp) for fp, _, _ in failures}}
+            failed_paths = {str(fp) for fp, _, _ in failures}
+            failed_keys = {todo_key for todo_key, (p, _, _) in todo.items() if str(p) in failed_paths}
             reason = {str(p): r for p, r, _ in failures}
             first = {str(p) for p, _, _ in todo.values()}
             report.failures += [(p, r) for p, r, _ in failures]
@@ -276,8 +282,6 @@ def extract(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), poolin
                           succeeded=[k for k in todo if k not in failed_keys] if retry_failed else ())
             provenance = {"featx": __version__, "engine": runner.name, **_versions()}
             cache.commit(provenance=provenance, failures=[[str(p), r] for p, r in report.failures])
-        elif known_bad:
-            cache.commit(failures=[[str(p), r] for p, r in report.failures])
     if views:
         vcache = FeatureCache(cache_path(cache.path.parent, views_config(config)), views_config(config))
         with vcache:
@@ -353,9 +357,9 @@ def _load_for_network(spec, path: Path, seed: int | None = None, augment_layers=
     except ImageError as exc:
         if expected_key is None:
             raise
-        raise FileChangedError(f"{exc} (it was there when the run began)") from None
+        raise FileChangedError(f"{exc} {VANISHED}") from None
     if expected_key is not None and content_key(data) != expected_key:
-        raise FileChangedError(f"{path}: changed during the run (its bytes differ from when it was hashed); "
+        raise FileChangedError(f"{path}: {CHANGED} (its bytes differ from when it was hashed); "
                                "run again to extract its new content")
     image = decode(data, str(path), min_side=spec.input_size)
     if min(image.shape[:2]) < MIN_IMAGE_SIDE:

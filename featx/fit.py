@@ -69,6 +69,9 @@ def labelled_codes(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), poolin
     feats = load_features(dataset, backbone, taps, pooling, cache_dir, dtype, weights, views=views,
                           val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, **extract_options)
     seconds = time.perf_counter() - start
+    if feats.split is None:
+        first = f" (first: {feats.failures[0][0]}: {feats.failures[0][1]})" if feats.failures else ""
+        raise FeatxError(f"{dataset.root}: none of its {len(dataset)} images could be decoded{first}")
     for line in feats.split_report.warnings():
         print(f"featx: warning: {line}", file=sys.stderr)
     y = np.asarray(feats.class_names, dtype=object)[feats.labels].astype(str)

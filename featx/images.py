@@ -183,7 +183,7 @@ def _opencv_orients(fmt: str) -> bool:
     exif[0x0112] = 6
     buf = io.BytesIO()
     try:
-        probe.save(buf, {"WEBP": "WEBP"}.get(fmt, fmt), exif=exif.tobytes(), **({"lossless": True} if fmt == "WEBP" else {}))
+        probe.save(buf, fmt, exif=exif.tobytes(), **({"lossless": True} if fmt == "WEBP" else {}))
         img = cv2.imdecode(np.frombuffer(buf.getvalue(), np.uint8), cv2.IMREAD_UNCHANGED)
     except Exception:  # noqa: BLE001 - a format Pillow cannot write: featx applies the tag itself
         return False

@@ -69,7 +69,8 @@ def test_recipe_1_copies_across_split_folders_stay_put_and_are_reported_once(tmp
     # four copies, each reported once as a pair (train-side file first)
     assert len(first.leakage) == 4
     for a, sa, b, sb in first.leakage:
-        assert "/train/" in a and "/val/" in b and Path(b).name.startswith("copy") and sb == "test" and sa in ("train", "val")
+        assert "/train/" in a and "/val/" in b and Path(b).name.startswith("copy")
+        assert sa in ("train", "val") and sb == "test"
         assert Path(a).read_bytes() == Path(b).read_bytes()
     assert first.label_conflicts == []
     assert "leakage: 4 pair(s)" in first.warnings()[0]
