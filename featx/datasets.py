@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from featx.errors import FeatxError
-from featx.images import FORMAT_NAMES, is_image_path
+from featx.images import FORMAT_NAMES, IMAGE_SUFFIXES, is_image_path
 
 SPLIT_FOLDERS = {"train": "train", "val": "val", "validate": "val", "validation": "val", "test": "test"}
 
@@ -210,7 +210,7 @@ def discover(root: str | Path) -> Dataset:
         dataset = Dataset(root, paths, None, [], None, walk.skipped, walk.left_out)
     if not dataset.paths:
         raise FeatxError(f"{root}: no images found (looked for {FORMAT_NAMES}: "
-                         f"{', '.join(sorted(_suffixes()))})")
+                         f"{', '.join(sorted(IMAGE_SUFFIXES))})")
     _log_left_out(dataset)
     return dataset
 
@@ -226,12 +226,6 @@ def _leave_loose(path: Path, walk: _Walk, image_reason: str | None) -> bool:
     else:
         return True
     return False
-
-
-def _suffixes():
-    from featx.images import IMAGE_SUFFIXES
-
-    return IMAGE_SUFFIXES
 
 
 def _log_left_out(dataset: Dataset) -> None:
