@@ -743,14 +743,25 @@ def build_parser() -> FeatxParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each message (it may be replaced later)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def _log_to_stderr(verbose: bool) -> None:
     """featx's notes (what a folder scan left out) go to stderr; each file by name with --verbose."""
     log = logging.getLogger("featx")
-    for handler in [h for h in log.handlers if getattr(h, "_featx_cli", False)]:
+    for handler in [h for h in log.handlers if isinstance(h, _StderrHandler)]:
         log.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("featx: %(message)s"))
-    handler._featx_cli = True
     log.addHandler(handler)
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     log.propagate = False

@@ -393,9 +393,9 @@ def make_split(keys, labels, given=None, val_fraction: float = 0.2, test_fractio
     keys = [str(k) for k in keys]
     labels = np.asarray(labels)
     given = np.asarray(given).astype(str) if given is not None else None
-    for name, f in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
+    for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0 <= f < 1:
-            raise FeatxError(f"{name}: expected a fraction in [0, 1), got {f}")
+            raise FeatxError(f"expected a fraction in [0, 1), got {f}", param=name)
     source = _source(given)
     if source == "stratified":
         given = None
@@ -480,7 +480,7 @@ def _split(labels, given, source, val_fraction, test_fraction, seed, class_names
         small = class_names[small] if class_names is not None else small
         raise FeatxError(
             f"class {small!r} has {counts.min()} training image(s); a split needs at least {need} per class "
-            "(add images, or lower --val-fraction / --test-fraction to 0)"
+            "(add images, or lower the validation and test fractions to 0)"
         )
     out[pool] = "train"
     if given is None and test_fraction > 0:
