@@ -265,8 +265,9 @@ def cmd_extract(args) -> int:
 
 def cmd_cache(args) -> int:
     import json
+    from pathlib import Path
 
-    from featx.cache import FeatureCache, default_cache_dir, list_caches
+    from featx.cache import FeatureCache, default_cache_dir, export, list_caches
 
     if args.action == "ls":
         folder = args.cache or args.target or default_cache_dir()
@@ -279,15 +280,37 @@ def cmd_cache(args) -> int:
         for path in files:
             info = FeatureCache(path).info()
             taps = ", ".join(f"{t} {v['rows']}x{v['dim']}" for t, v in info["taps"].items())
-            print(f"{path}  {info['size_bytes'] / 1e6:.1f} MB  {taps}")
+            print(f"{path}  {info['size_bytes'] / 1e6:.1f} MB  {info['segments']} segment(s)  {taps}")
         return 0
     if not args.target:
-        raise FeatxError(f"FILE: featx cache {args.action} needs a cache file; list them with 'featx cache ls'")
-    if not Path(args.target).is_file():
-        raise FeatxError(f"{args.target}: no such cache file; list them with 'featx cache ls'")
+        raise FeatxError(f"CACHE: featx cache {args.action} needs a cache folder; list them with 'featx cache ls'")
     cache = FeatureCache(args.target)
+    if not cache.exists():
+        raise FeatxError(f"{args.target}: no cache here; list them with 'featx cache ls'")
     if args.action == "info":
         print(json.dumps(cache.info(), indent=2, default=str))
+        return 0
+    if args.action == "compact":
+        done = cache.compact()
+        print(f"{cache.path}: {done['before']} segment(s) -> {done['after']}; rows "
+              + ", ".join(f"{t} {n}" for t, n in done["rows"].items()))
+        return 0
+    if args.action == "export":
+        keys = meta = None
+        if args.data:
+            from featx.extract import image_keys
+
+            dataset, keys = image_keys(args.data)
+            meta = {"path": [str(p) for p in dataset.paths]}
+            if dataset.labels is not None:
+                meta["label"] = [dataset.class_names[i] for i in dataset.labels]
+        out = Path(args.out) if args.out else Path(f"{cache.path.name}-export")
+        done = export(cache, out, args.format, taps=args.taps.split(",") if args.taps else None, keys=keys,
+                      meta=meta)
+        for tap, n in done["rows"].items():
+            missing = f" ({done['missing'][tap]} of DATA's images have no row)" if done["missing"][tap] else ""
+            print(f"{tap}: {n} rows{missing}")
+        print(f"wrote {len(done['files'])} file(s) under {out}")
         return 0
     problems = cache.verify()
     for p in problems:
@@ -603,12 +626,22 @@ def build_parser() -> FeatxParser:
     _verbose_option(p)
     p.set_defaults(func=cmd_extract)
 
-    p = command("cache", "list, describe or verify cache files",
-                description="featx cache ls [--cache DIR] | featx cache info FILE | featx cache verify FILE "
-                            "(exit status 1 when a problem is found).")
-    p.add_argument("action", choices=["ls", "info", "verify"], help="what to do")
-    p.add_argument("target", nargs="?", metavar="FILE", help="the cache file, for info and verify (default: none)")
+    p = command("cache", "list, describe, verify, compact or export caches",
+                description="featx cache ls [--cache DIR] | featx cache info|verify|compact CACHE | "
+                            "featx cache export CACHE [--format npy|parquet] [--data DATA] [--out DIR] "
+                            "(verify: exit status 1 when a problem is found).")
+    p.add_argument("action", choices=["ls", "info", "verify", "compact", "export"], help="what to do")
+    p.add_argument("target", nargs="?", metavar="CACHE",
+                   help="one cache folder, for info, verify, compact and export; a legacy .h5 cache file is "
+                        "accepted (default: none)")
     _cache_option(p)
+    p.add_argument("--format", choices=["npy", "parquet"], default="npy",
+                   help="export: .npy files plus metadata (embedding-reader's layout) or one Parquet table per tap "
+                        "(default: npy)")
+    p.add_argument("--data", default=None, metavar="DATA",
+                   help="export: only DATA's images, in its order, with path and label columns (default: every row)")
+    p.add_argument("--taps", default=None, metavar="A[,B]", help="export: the taps to write (default: all)")
+    _out_option(p, "./<cache name>-export")
     p.set_defaults(func=cmd_cache)
 
     p = command("fit-head", "train a classifier head on the cached codes of DATA")

@@ -176,6 +176,12 @@ def hash_files(paths, workers: int = 4):
 _hash_files = hash_files  # the old private name, for modules not yet moved to the public one
 
 
+def image_keys(data) -> tuple[Dataset, list]:
+    """The dataset of ``data`` and each image's cache key (None where the file cannot be read)."""
+    dataset = _as_dataset(data)
+    return dataset, [k for k, _ in hash_files(dataset.paths)]
+
+
 def _check_taps(spec, taps) -> list[str]:
     taps = [taps] if isinstance(taps, str) else list(taps)
     if not taps:
@@ -236,7 +242,7 @@ def extract(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), poolin
 
     with cache:
         cache.commit()  # fold in rows a killed run left in the journal
-        present = {t: cache.keys(t) for t in taps}
+        present = {t: cache.keys(t, among=report.keys) for t in taps}  # cost ~ this dataset, not the cache
         todo: dict[str, tuple] = {}
         for path, key in zip(dataset.paths, report.keys):
             if key is not None and key not in todo and any(key not in present[t] for t in taps):
@@ -286,7 +292,8 @@ def extract(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), poolin
         vcache = FeatureCache(cache_path(cache.path.parent, views_config(config)), views_config(config))
         with vcache:
             vcache.commit()
-            present = {t: vcache.keys(t) for t in taps}
+            wanted = [view_key(k, v) for k in report.keys if k is not None for v in range(1, views + 1)]
+            present = {t: vcache.keys(t, among=wanted) for t in taps}
             todo = {}
             for path, key in zip(dataset.paths, report.keys):
                 for v in range(1, views + 1) if key is not None else ():
@@ -502,7 +509,7 @@ def load_features(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), 
         path = cache_path(cache_dir or default_cache_dir(), config)
         hashed = hash_files(dataset.paths)
         present = FeatureCache(path)
-        have = set.intersection(*(present.keys(t) for t in taps))
+        have = set.intersection(*(present.keys(t, among=[k for k, _ in hashed]) for t in taps))
         failures = [(p, e) for p, (k, e) in zip(dataset.paths, hashed) if k is None]
         failures += [(p, "no cached codes (not extracted yet, or unreadable when it was)")
                      for p, (k, _) in zip(dataset.paths, hashed) if k is not None and k not in have]

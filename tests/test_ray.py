@@ -71,13 +71,13 @@ def test_an_interrupted_run_resumes_without_recomputing_finished_shards(tmp_path
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
-        if len(list(cache_dir.glob("*.journal/part-*.npz"))) >= 2:
+        if len(list(cache_dir.glob("*/incoming/inc-*.h5"))) >= 2:
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be interrupted"
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
     proc.wait()
-    cache = FeatureCache(next(cache_dir.glob("*.h5.journal")).with_suffix(""))
+    cache = FeatureCache(next(cache_dir.glob("*/incoming")).parent)
     done = cache.keys("pre_logits")
     assert 0 < len(done) < 40
     report = extract(data, cache_dir=cache_dir, batch_size=2, engine="ray")
@@ -90,4 +90,4 @@ def test_views_with_ray_are_refused_before_any_work(data, tmp_path):
 
     with pytest.raises(FeatxError, match="--views: augmented views run on the local engine"):
         extract(data, cache_dir=tmp_path, engine="ray", views=2)
-    assert not list(tmp_path.glob("*.h5"))
+    assert not list(tmp_path.iterdir())
