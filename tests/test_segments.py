@@ -327,3 +327,55 @@ def test_cache_cli_on_a_folder(tmp_path, capsys):
     assert main(["cache", "info", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("featx: error: ") and "no cache here" in err and len(err.strip().splitlines()) == 1
+
+
+RAY_DRIVER = textwrap.dedent("""
+    import sys
+    from featx.extract import extract
+    extract(sys.argv[1], cache_dir=sys.argv[2], batch_size=2, engine="ray", ray_address=sys.argv[3], num_workers=2)
+""")
+
+
+@pytest.mark.slow
+def test_ray_workers_on_a_two_node_cluster_write_segments_and_resume(tmp_path):
+    """Workers on two nodes write their own segments; a killed driver and a killed worker lose nothing finished."""
+    pytest.importorskip("ray", reason="the Ray engine needs its extra: pip install 'featx[ray]'")
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from featx.extract import extract, load_features
+    from test_extract import make_dataset
+
+    data = make_dataset(tmp_path / "data", per_class=10, seed=700)
+    local = load_features(data, cache_dir=tmp_path / "local", batch_size=2)
+    cache_dir = tmp_path / "c"
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    try:
+        cluster.wait_for_nodes()
+        proc = subprocess.Popen([sys.executable, "-c", RAY_DRIVER, str(data), str(cache_dir), cluster.address],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if len(list(cache_dir.glob("*/incoming/inc-*.h5"))) >= 2:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run finished before it could be interrupted"
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver dies: whole segments stay in incoming/
+        proc.wait()
+        folder = next(cache_dir.glob("*/incoming")).parent
+        done = FeatureCache(folder).keys("pre_logits")
+        assert 0 < len(done) < 20
+        marker = tmp_path / "worker-died"
+        report = extract(data, cache_dir=cache_dir, batch_size=2, engine="ray", ray_address=cluster.address,
+                         num_workers=2, _ray_crash_marker=str(marker))
+        assert marker.exists()  # a worker died mid-run and its batch was retried
+        assert report.cached == len(done) and report.computed == 20 - len(done)
+        assert not list((folder / "incoming").glob("*")) and FeatureCache(folder).verify() == []
+        feats = load_features(data, cache_dir=cache_dir, extract_missing=False)
+        assert feats.keys == local.keys
+        np.testing.assert_allclose(feats.codes["pre_logits"], local.codes["pre_logits"], atol=1e-4)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

@@ -3,14 +3,18 @@
 The driver hashes the files and works out what the cache lacks, exactly as the local engine
 does.  Ray Data then streams those images through CPU decode tasks (the local loader and the
 backbone's own resize) into ``map_batches`` over an actor pool in which each actor builds the
-feature model once (LiteRT or Keras, as locally).  Every batch that comes back is written by the
-driver as one journal part of the cache -- the shard, and the unit of resumption: a rerun after
-a killed driver finds those rows already present and skips them; a killed worker is restarted by
-Ray and its batch retried.  Folding the journal into the HDF5 file is the local engine's commit,
-so nothing downstream can tell which engine computed a row.
+feature model once (LiteRT or Keras, as locally).  Each actor writes every batch it computes as
+one whole segment into the cache folder's ``incoming/`` (temporary name, fsync, rename) and sends
+back only keys and errors, never codes.  The driver's one job at the end is the commit: it adopts
+those segments into the manifest by renaming them, without copying a row.  A segment is the shard
+and the unit of resumption: a killed worker loses at most the batch it was computing (Ray
+restarts it and retries the batch); a killed driver leaves whole segments in ``incoming/``, which
+the next run's first commit adopts, so the rerun computes only what is missing.  The rows are
+the local engine's (same loader, same engine, same dtype), so nothing downstream can tell which
+engine computed a row.
 
-Images and the cache folder must be on storage every node can read (the driver writes the
-cache).  ``address=None`` starts a local Ray with this machine's CPUs.
+Images and the cache folder must be on storage every node can read and write (the workers write
+the segments).  ``address=None`` starts a local Ray with this machine's CPUs.
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ def _decode_batch(batch: dict, backbone: str) -> dict:
 class _Embedder:
     """One per actor: builds the backbone once, then embeds batch after batch."""
 
-    def __init__(self, backbone, taps, pooling, weights, batch_size, engine, cache_dir, crash_marker=None):
+    def __init__(self, backbone, taps, pooling, weights, batch_size, engine, cache_dir, cache_folder, cache_config,
+                 crash_marker=None):
         from featx.backbones.registry import get_backbone
         from featx.extract import extractor_config
         from featx.inference import make_engine
@@ -54,6 +59,7 @@ class _Embedder:
         self.taps = list(taps)
         self.batch_size = batch_size
         self.crash_marker = crash_marker
+        self.cache_folder, self.cache_config = cache_folder, cache_config
         self.runner = make_engine(self.spec, self.taps, lambda: self.spec.feature_model(self.taps, pooling, weights),
                                   extractor_config(backbone, pooling, "float32", weights), batch_size, engine,
                                   cache_dir)
@@ -74,10 +80,14 @@ class _Embedder:
             codes = self.runner.run(self.spec.normalize(padded))
             for t in self.taps:
                 out[t].append(np.asarray(codes[t][: len(chunk)], np.float32))
-        result = {"key": batch["key"], "path": batch["path"], "error": batch["error"], "ok": ok}
-        for t in self.taps:
-            result[f"codes__{t}"] = np.concatenate(out[t])
-        return result
+        if ok.any():  # the batch's rows: one whole segment, written here, adopted by the driver's commit
+            from featx.cache import FeatureCache, TapRows
+
+            dtype = self.cache_config["dtype"]
+            FeatureCache(self.cache_folder, self.cache_config).add_segment(
+                {t: TapRows(np.asarray(batch["key"][ok], dtype="S32"), np.concatenate(out[t])[ok].astype(dtype))
+                 for t in self.taps})
+        return {"key": batch["key"], "path": batch["path"], "error": batch["error"], "ok": ok}
 
 
 def extract_ray(dataset, spec, taps, pooling, dtype, weights, cache, todo: list, batch_size: int,
@@ -88,8 +98,6 @@ def extract_ray(dataset, spec, taps, pooling, dtype, weights, cache, todo: list,
         import ray
     except ImportError:
         raise FeatxError("--engine ray needs its extra: pip install 'featx[ray]'") from None
-    from featx.cache import TapRows
-
     if num_workers < 1:
         raise FeatxError(f"--num-workers: expected 1 or more, got {num_workers}")
     import logging
@@ -113,17 +121,15 @@ def extract_ray(dataset, spec, taps, pooling, dtype, weights, cache, todo: list,
             num_gpus=gpus_per_worker or None,
             fn_constructor_kwargs=dict(backbone=spec.name, taps=taps, pooling=pooling, weights=weights,
                                        batch_size=batch_size, engine=inner, cache_dir=str(cache.path.parent),
+                                       cache_folder=str(cache.path), cache_config=cache.config,
                                        crash_marker=crash_marker),
             max_restarts=3, max_task_retries=3,
         )
         failures = []
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):  # keys and errors only
             ok = batch["ok"].astype(bool)
             for path, err in zip(batch["path"][~ok], batch["error"][~ok]):
                 failures.append((Path(str(path)), str(err)))
-            if ok.any():  # one journal part per batch: the shard that a rerun skips
-                cache.append({t: TapRows(np.asarray(batch["key"][ok], dtype="S32"),
-                                         batch[f"codes__{t}"][ok].astype(dtype)) for t in taps})
         return failures
     finally:
         if started_here:
