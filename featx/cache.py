@@ -229,6 +229,7 @@ class _Block:
         self.sorted_keys, self.sorted_rows = sorted_keys, sorted_rows
         self.keep = keep  # an open h5py.File to close with the snapshot
         self.pending = False  # journal part or incoming segment: may repeat a committed key
+        self.codes_file = None  # (path, byte offset) of contiguous codes, read with pread
 
     @property
     def rows(self) -> int:
@@ -249,8 +250,10 @@ class _Block:
         def mm(name, dtype, shape):
             return np.memmap(path, dtype=dtype, mode="r", offset=off[name], shape=shape)
 
-        return cls(mm("keys", KEY_DTYPE, (n,)), mm("codes", info["dtype"], (n, d)),
-                   mm("sorted_keys", KEY_DTYPE, (n,)), mm("sorted_rows", np.int64, (n,)))
+        block = cls(mm("keys", KEY_DTYPE, (n,)), mm("codes", info["dtype"], (n, d)),
+                    mm("sorted_keys", KEY_DTYPE, (n,)), mm("sorted_rows", np.int64, (n,)))
+        block.codes_file = (path, off["codes"])
+        return block
 
     def locate(self, wanted: np.ndarray) -> np.ndarray:
         """Row of each wanted key in this block, -1 where absent."""
@@ -265,11 +268,38 @@ class _Block:
 
     def gather(self, rows: np.ndarray) -> np.ndarray:
         uniq, inverse = np.unique(rows, return_inverse=True)
+        if self.codes_file is not None:  # pread runs of rows: no mapping, so RSS stays what is returned
+            return _pread_rows(*self.codes_file, self.codes.dtype, self.codes.shape[1], uniq).astype(
+                np.float32, copy=False)[inverse]
         if isinstance(self.codes, h5py.Dataset):
             data = self.codes[uniq] if uniq.size < self.codes.shape[0] // 4 else self.codes[:][uniq]
         else:
             data = self.codes[uniq]
         return np.asarray(data, dtype=np.float32)[inverse]
+
+
+def _pread_rows(path: Path, offset: int, dtype, dim: int, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` (sorted, unique) of a contiguous (N, dim) dataset; one pread per run of rows."""
+    dtype = np.dtype(dtype)
+    row_bytes = dtype.itemsize * dim
+    out = np.empty((rows.size, dim), dtype)
+    if rows.size == 0:
+        return out
+    buf = memoryview(out.reshape(-1).view(np.uint8))
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts = np.concatenate([[0], breaks]).tolist()
+    ends = np.concatenate([breaks, [rows.size]]).tolist()
+    first = rows[starts].tolist()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for a, b, r in zip(starts, ends, first):
+            want = (b - a) * row_bytes
+            got = os.preadv(fd, [buf[a * row_bytes : b * row_bytes]], offset + r * row_bytes)
+            if got != want:
+                raise OSError(errno.EIO, f"{path}: short read ({got} of {want} bytes)")
+    finally:
+        os.close(fd)
+    return out
 
 
 def _read_range(path: Path, offset: int, dtype, start: int, count: int, row_shape=()) -> np.ndarray:
