@@ -14,10 +14,12 @@ Layout of ``<cache dir>/<backbone>-<pooling>-<dtype>-<hash>/``::
 
 A segment holds, per tap, ``keys`` (N,) S32 and ``codes`` (N, D) in row order, plus a persisted
 index ``sorted_keys`` (N,) S32 and ``sorted_rows`` (N,) int64 (``keys[sorted_rows] ==
-sorted_keys``).  Every dataset is contiguous and uncompressed, so a reader maps it with
-``np.memmap`` at the offset the manifest records: a lookup is a binary search in each segment's
-``sorted_keys`` and a read gathers only the rows asked for -- cost proportional to the keys asked
-for, not to the cache size, and memory bounded by what is returned.
+sorted_keys``).  Every dataset is contiguous and uncompressed, so a reader maps the segment
+(``mmap``; a process keeps the last 256 segments mapped, as they never change) and views each
+index at the byte offset the manifest records: a lookup is a binary search in each segment's
+``sorted_keys``, and a read gathers only the rows asked for with ``pread`` (runs of adjacent rows
+in one call) -- cost proportional to the keys asked for, not to the cache size, and memory
+bounded by what is returned.
 
 Writes: :meth:`FeatureCache.append` writes a journal part (temporary name, fsync, rename: whole or
 absent).  :meth:`FeatureCache.commit` turns all parts into ONE new segment (cost proportional to
@@ -44,13 +46,16 @@ after the new manifest is in place).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import fcntl
 import hashlib
 import json
+import mmap
 import os
 import shutil
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -243,15 +248,16 @@ class _Block:
         return cls(keys, codes, keys[order], order)
 
     @classmethod
-    def mapped(cls, path: Path, info: dict):
+    def mapped(cls, path: Path, info: dict, keep_mapped: bool = True):
         off = info["offsets"]
         n, d = info["rows"], info["dim"]
+        buf = _map(path, keep_mapped)
 
-        def mm(name, dtype, shape):
-            return np.memmap(path, dtype=dtype, mode="r", offset=off[name], shape=shape)
+        def view(name, dtype, shape):
+            return np.frombuffer(buf, dtype=dtype, count=int(np.prod(shape)), offset=off[name]).reshape(shape)
 
-        block = cls(mm("keys", KEY_DTYPE, (n,)), mm("codes", info["dtype"], (n, d)),
-                    mm("sorted_keys", KEY_DTYPE, (n,)), mm("sorted_rows", np.int64, (n,)))
+        block = cls(view("keys", KEY_DTYPE, (n,)), view("codes", info["dtype"], (n, d)),
+                    view("sorted_keys", KEY_DTYPE, (n,)), view("sorted_rows", np.int64, (n,)))
         block.codes_file = (path, off["codes"])
         return block
 
@@ -276,6 +282,41 @@ class _Block:
         else:
             data = self.codes[uniq]
         return np.asarray(data, dtype=np.float32)[inverse]
+
+
+_MAPS: collections.OrderedDict = collections.OrderedDict()  # (path, inode, size) -> mmap of a segment
+_MAPS_MAX = 256
+_MAPS_LOCK = threading.Lock()
+
+
+def _map(path: Path, keep: bool = True) -> mmap.mmap:
+    """The whole segment file mapped read-only.  Committed segments never change, so a process
+    keeps the last few hundred mapped: a lookup then touches only pages already mapped.  Mapping
+    costs address space, not memory; pages are the kernel's page cache."""
+    st = os.stat(path)
+    key = (str(path), st.st_ino, st.st_size)
+    with _MAPS_LOCK:
+        m = _MAPS.get(key)
+        if m is not None:
+            _MAPS.move_to_end(key)
+            return m
+    with open(path, "rb") as fh:
+        m = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    if keep:
+        with _MAPS_LOCK:
+            _MAPS[key] = m
+            while len(_MAPS) > _MAPS_MAX:
+                _MAPS.popitem(last=False)  # unmapped once no array views it
+    return m
+
+
+def _forget_maps(folder: Path, live: set) -> None:
+    """Drop mappings of segments in ``folder`` that the manifest no longer names (their disk space
+    is freed only when no process maps them)."""
+    prefix = str(folder) + os.sep
+    with _MAPS_LOCK:
+        for key in [k for k in _MAPS if k[0].startswith(prefix) and Path(k[0]).name not in live]:
+            del _MAPS[key]
 
 
 def _pread_rows(path: Path, offset: int, dtype, dim: int, rows: np.ndarray) -> np.ndarray:
@@ -446,6 +487,7 @@ class FeatureCache:
                 with self._reader_lock():
                     m = self.manifest()
                     if m is not None:
+                        _forget_maps(self.segments_dir, {seg["name"] for seg in m["segments"]})
                         for seg in m["segments"]:
                             info = seg["taps"].get(tap)
                             if info and info["rows"]:
@@ -462,7 +504,7 @@ class FeatureCache:
                     for inc in self._incoming():
                         entry = _segment_entry(inc)
                         if tap in entry["taps"]:
-                            blocks.append(_Block.mapped(inc, entry["taps"][tap]))
+                            blocks.append(_Block.mapped(inc, entry["taps"][tap], keep_mapped=False))
                             blocks[-1].pending = True
                     for part in self._parts():
                         with np.load(part) as z:
@@ -530,7 +572,9 @@ class FeatureCache:
 
     def contains(self, tap: str, keys) -> np.ndarray:
         """(n,) bool: whether each key of ``keys`` has a row for ``tap``."""
-        wanted = _as_keys(keys)
+        asked = _as_keys(keys)
+        order = np.argsort(asked, kind="stable")
+        wanted = asked[order]
         found = np.zeros(wanted.size, bool)
         with self._snapshot(tap) as blocks:
             for b in blocks:
@@ -538,7 +582,9 @@ class FeatureCache:
                 if todo.size == 0:
                     break
                 found[todo[b.locate(wanted[todo]) >= 0]] = True
-        return found
+        out = np.empty_like(found)
+        out[order] = found
+        return out
 
     def read(self, tap: str, keys) -> np.ndarray:
         """Rows of ``tap`` for ``keys``, in that order.
@@ -558,7 +604,9 @@ class FeatureCache:
         FeatxError
             When a key has no row for ``tap`` (run ``featx extract``).
         """
-        wanted = _as_keys(keys)
+        asked = _as_keys(keys)
+        order = np.argsort(asked, kind="stable")  # searched in key order: each search walks forward
+        wanted = asked[order]
         where = np.full(wanted.size, -1, np.int64)
         rows = np.full(wanted.size, -1, np.int64)
         with self._snapshot(tap) as blocks:
@@ -578,7 +626,7 @@ class FeatureCache:
             for i, b in enumerate(blocks):
                 dest = np.flatnonzero(where == i)
                 if dest.size:
-                    out[dest] = b.gather(rows[dest])
+                    out[order[dest]] = b.gather(rows[dest])
             return out
 
     # ---- writing --------------------------------------------------------------------------------
@@ -673,7 +721,7 @@ class FeatureCache:
                     entry = _segment_entry(inc)
                     kept, whole = {}, True
                     for tap, info in entry["taps"].items():
-                        blk = _Block.mapped(inc, info)
+                        blk = _Block.mapped(inc, info, keep_mapped=False)
                         keys = np.asarray(blk.keys)
                         keep = new_rows(tap, keys)
                         whole &= bool(keep.all())

@@ -58,7 +58,9 @@ def test_a_killed_worker_is_retried_and_the_result_is_complete(data, local, tmp_
 
 DRIVER = textwrap.dedent("""
     import sys
+    import featx.engines.ray
     from featx.extract import extract
+    featx.engines.ray.SEGMENT_ROWS = 2  # a segment per batch of 2: several shards to interrupt
     extract(sys.argv[1], cache_dir=sys.argv[2], batch_size=2, engine="ray")
 """)
 

@@ -331,13 +331,15 @@ def test_cache_cli_on_a_folder(tmp_path, capsys):
 
 RAY_DRIVER = textwrap.dedent("""
     import sys
+    import featx.engines.ray
     from featx.extract import extract
+    featx.engines.ray.SEGMENT_ROWS = 2  # a segment per batch of 2: several shards to interrupt
     extract(sys.argv[1], cache_dir=sys.argv[2], batch_size=2, engine="ray", ray_address=sys.argv[3], num_workers=2)
 """)
 
 
 @pytest.mark.slow
-def test_ray_workers_on_a_two_node_cluster_write_segments_and_resume(tmp_path):
+def test_ray_workers_on_a_two_node_cluster_write_segments_and_resume(tmp_path, monkeypatch):
     """Workers on two nodes write their own segments; a killed driver and a killed worker lose nothing finished."""
     pytest.importorskip("ray", reason="the Ray engine needs its extra: pip install 'featx[ray]'")
     import ray
@@ -367,6 +369,9 @@ def test_ray_workers_on_a_two_node_cluster_write_segments_and_resume(tmp_path):
         folder = next(cache_dir.glob("*/incoming")).parent
         done = FeatureCache(folder).keys("pre_logits")
         assert 0 < len(done) < 20
+        import featx.engines.ray
+
+        monkeypatch.setattr(featx.engines.ray, "SEGMENT_ROWS", 2)
         marker = tmp_path / "worker-died"
         report = extract(data, cache_dir=cache_dir, batch_size=2, engine="ray", ray_address=cluster.address,
                          num_workers=2, _ray_crash_marker=str(marker))

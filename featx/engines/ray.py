@@ -4,7 +4,8 @@ The driver hashes the files and works out what the cache lacks, exactly as the l
 does.  Ray Data then streams those images through CPU decode tasks (the local loader and the
 backbone's own resize) into ``map_batches`` over an actor pool in which each actor builds the
 feature model once (LiteRT or Keras, as locally).  Each actor writes every batch it computes as
-one whole segment into the cache folder's ``incoming/`` (temporary name, fsync, rename) and sends
+one whole segment (``SEGMENT_ROWS`` images, in network batches of ``batch_size``) into the cache
+folder's ``incoming/`` (temporary name, fsync, rename) and sends
 back only keys and errors, never codes.  The driver's one job at the end is the commit: it adopts
 those segments into the manifest by renaming them, without copying a row.  A segment is the shard
 and the unit of resumption: a killed worker loses at most the batch it was computing (Ray
@@ -24,6 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from featx.errors import FeatxError
+
+
+SEGMENT_ROWS = 256  # images per segment a worker writes: the unit of loss and of resumption
 
 
 def _decode_batch(batch: dict, backbone: str) -> dict:
@@ -116,8 +120,8 @@ def extract_ray(dataset, spec, taps, pooling, dtype, weights, cache, todo: list,
         ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // batch_size))
         ds = ds.map_batches(_decode_batch, batch_size=batch_size, batch_format="numpy",
                             fn_kwargs={"backbone": spec.name})
-        ds = ds.map_batches(
-            _Embedder, batch_size=batch_size, batch_format="numpy", concurrency=num_workers,
+        ds = ds.map_batches(  # an actor batch is one segment: SEGMENT_ROWS images, in network batches
+            _Embedder, batch_size=max(batch_size, SEGMENT_ROWS), batch_format="numpy", concurrency=num_workers,
             num_gpus=gpus_per_worker or None,
             fn_constructor_kwargs=dict(backbone=spec.name, taps=taps, pooling=pooling, weights=weights,
                                        batch_size=batch_size, engine=inner, cache_dir=str(cache.path.parent),
