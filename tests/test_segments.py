@@ -351,14 +351,14 @@ def test_ray_workers_on_a_two_node_cluster_write_segments_and_resume(tmp_path, m
     data = make_dataset(tmp_path / "data", per_class=10, seed=700)
     local = load_features(data, cache_dir=tmp_path / "local", batch_size=2)
     cache_dir = tmp_path / "c"
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})  # an actor and decode tasks per node
+    cluster.add_node(num_cpus=2)
     try:
         cluster.wait_for_nodes()
         proc = subprocess.Popen([sys.executable, "-c", RAY_DRIVER, str(data), str(cache_dir), cluster.address],
                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
-        deadline = time.time() + 240
+        deadline = time.time() + 600
         while time.time() < deadline and proc.poll() is None:
             if len(list(cache_dir.glob("*/incoming/inc-*.h5"))) >= 2:
                 break
