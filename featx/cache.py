@@ -168,6 +168,23 @@ def _first_unique(keys: np.ndarray) -> np.ndarray:
     return np.sort(first)
 
 
+def _virtual(group, name: str, shape: tuple, dtype, sources: list, source_name: str, fill=None) -> None:
+    """A virtual dataset concatenating ``source_name`` of each (file, rows) in ``sources`` along
+    axis 0 (h5py's low-level API: a few microseconds per source, not a millisecond)."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    if fill is not None:
+        dcpl.set_fill_value(np.array(fill, dtype=dtype))
+    vspace = h5py.h5s.create_simple(shape)
+    at = 0
+    for file, rows in sources:
+        src_shape = (rows, *shape[1:])
+        vspace.select_hyperslab((at,) + (0,) * (len(shape) - 1), src_shape)
+        dcpl.set_virtual(vspace, file.encode(), source_name.encode(), h5py.h5s.create_simple(src_shape))
+        at += rows
+    vspace.select_all()
+    h5py.h5d.create(group.id, name.encode(), h5py.h5t.py_create(np.dtype(dtype)), vspace, dcpl=dcpl).close()
+
+
 # ---- segments --------------------------------------------------------------------------------
 def write_segment(folder: str | Path, rows: dict, config: dict, name: str | None = None) -> dict:
     """Write ``rows`` {tap: TapRows} as one immutable segment file in ``folder``.
@@ -963,19 +980,13 @@ class FeatureCache:
                                        f"{m['generation']}; featx reads MANIFEST.json, not this file")
                     f.attrs["config"] = json.dumps(m["config"], sort_keys=True)
                     for tap, total in self._rows(m).items():
-                        segs = [(s["name"], s["taps"][tap]) for s in m["segments"] if s["taps"].get(tap)]
-                        dim, dtype = segs[0][1]["dim"], segs[0][1]["dtype"]
-                        lk = h5py.VirtualLayout((total,), KEY_DTYPE)
-                        lc = h5py.VirtualLayout((total, dim), dtype)
-                        at = 0
-                        for name, info in segs:
-                            n = info["rows"]
-                            src = f"segments/{name}"
-                            lk[at : at + n] = h5py.VirtualSource(src, f"taps/{tap}/keys", shape=(n,))
-                            lc[at : at + n] = h5py.VirtualSource(src, f"taps/{tap}/codes", shape=(n, dim))
-                            at += n
-                        f.create_virtual_dataset(f"taps/{tap}/keys", lk)
-                        f.create_virtual_dataset(f"taps/{tap}/codes", lc, fillvalue=np.nan)
+                        segs = [(f"segments/{s['name']}", s["taps"][tap]["rows"]) for s in m["segments"]
+                                if s["taps"].get(tap)]
+                        info = next(s["taps"][tap] for s in m["segments"] if s["taps"].get(tap))
+                        g = f.require_group(f"taps/{tap}")
+                        _virtual(g, "keys", (total,), KEY_DTYPE, segs, f"taps/{tap}/keys")
+                        _virtual(g, "codes", (total, info["dim"]), info["dtype"], segs, f"taps/{tap}/codes",
+                                 fill=np.nan)
                 os.replace(tmp, self.path / "view.h5")
         except OSError:
             pass  # a convenience only: the manifest is the cache
