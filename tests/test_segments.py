@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -384,3 +385,47 @@ def test_ray_workers_on_a_two_node_cluster_write_segments_and_resume(tmp_path, m
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_a_segment_is_deleted_only_when_no_reader_is_taking_a_snapshot(tmp_path):
+    import fcntl
+
+    cache = new_cache(tmp_path)
+    with cache:
+        for s in (0, 10, 20):
+            cache.append({"a": rows(keys_for(s, 10))})
+            cache.commit()
+    old = {p.name for p in cache.segments_dir.glob("seg-*.h5")}
+    fd = os.open(cache.path / "readers.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # a reader between reading the manifest and mapping its segments
+    try:
+        cache.compact()
+        left = {p.name for p in cache.segments_dir.glob("seg-*.h5")}
+        assert old <= left and len(left) == 4  # the old segments stay while the reader may need them
+        np.testing.assert_array_equal(cache.read("a", keys_for(0, 30)), codes_for(keys_for(0, 30)))
+    finally:
+        os.close(fd)
+    cache.commit()  # the next writer finds no reader and deletes them
+    assert {p.name for p in cache.segments_dir.glob("seg-*.h5")} == {s["name"] for s in cache.manifest()["segments"]}
+    assert len(cache.manifest()["segments"]) == 1
+
+
+def test_cli_export_with_a_dataset_gives_paths_and_labels_in_its_order(tmp_path, capsys):
+    pq = pytest.importorskip("pyarrow.parquet", reason="the metadata is Parquet with the parquet extra")
+    from conftest import make_photo, write_image
+    from featx.cache import content_key
+    from featx.cli import main
+
+    paths = [write_image(tmp_path / "data" / cls / f"{cls}{i}.png", make_photo(900 + 10 * c + i))
+             for c, cls in enumerate(("ant", "bee")) for i in range(3)]
+    keys = [content_key(p.read_bytes()) for p in paths]
+    cache = new_cache(tmp_path / "c")
+    with cache:
+        cache.append({"a": rows(keys[1:])})  # the first image has no row
+        cache.commit()
+    assert main(["cache", "export", str(cache.path), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "e")]) == 0
+    assert "a: 5 rows (1 of DATA's images have no row)" in capsys.readouterr().out
+    meta = pq.read_table(tmp_path / "e" / "a" / "metadata" / "metadata_00000.parquet").to_pydict()
+    assert meta["key"] == keys[1:] and meta["label"] == ["ant", "ant", "bee", "bee", "bee"]
+    assert [Path(p).name for p in meta["path"]] == [p.name for p in paths[1:]]
+    np.testing.assert_array_equal(np.load(tmp_path / "e" / "a" / "emb" / "emb_00000.npy"), codes_for(keys[1:]))
