@@ -74,6 +74,7 @@ MANIFEST = "MANIFEST.json"
 _DATASETS = ("keys", "codes", "sorted_keys", "sorted_rows")
 _COPY_BYTES = 32 << 20  # compaction / migration / export move at most this much of codes at once
 _MERGE_KEY_BYTES = 16 << 20  # budget for the k-way merge's key buffers, all segments together
+MERGE_ADOPTED_OVER = 64  # a commit adopting more worker segments than this merges them into one
 
 
 def content_key(data: bytes) -> str:
@@ -251,7 +252,7 @@ class _Block:
         self.sorted_keys, self.sorted_rows = sorted_keys, sorted_rows
         self.keep = keep  # an open h5py.File to close with the snapshot
         self.pending = False  # journal part or incoming segment: may repeat a committed key
-        self.codes_file = None  # (path, byte offset) of contiguous codes, read with pread
+        self.codes_file = None  # (open file, byte offset) of contiguous codes, read with pread
 
     @property
     def rows(self) -> int:
@@ -268,14 +269,14 @@ class _Block:
     def mapped(cls, path: Path, info: dict, keep_mapped: bool = True):
         off = info["offsets"]
         n, d = info["rows"], info["dim"]
-        buf = _map(path, keep_mapped)
+        buf, fh = _map(path, keep_mapped)
 
         def view(name, dtype, shape):
             return np.frombuffer(buf, dtype=dtype, count=int(np.prod(shape)), offset=off[name]).reshape(shape)
 
         block = cls(view("keys", KEY_DTYPE, (n,)), view("codes", info["dtype"], (n, d)),
                     view("sorted_keys", KEY_DTYPE, (n,)), view("sorted_rows", np.int64, (n,)))
-        block.codes_file = (path, off["codes"])
+        block.codes_file = (fh, off["codes"])  # the file as opened: valid even once unlinked
         return block
 
     def locate(self, wanted: np.ndarray) -> np.ndarray:
@@ -306,10 +307,14 @@ _MAPS_MAX = 256
 _MAPS_LOCK = threading.Lock()
 
 
-def _map(path: Path, keep: bool = True) -> mmap.mmap:
-    """The whole segment file mapped read-only.  Committed segments never change, so a process
-    keeps the last few hundred mapped: a lookup then touches only pages already mapped.  Mapping
-    costs address space, not memory; pages are the kernel's page cache."""
+def _map(path: Path, keep: bool = True):
+    """The whole segment file mapped read-only, and the file left open for ``pread``.
+
+    Committed segments never change, so a process keeps the last few hundred: a lookup then
+    touches only pages already mapped.  Mapping costs address space, not memory; pages are the
+    kernel's page cache.  Both stay valid after the file is unlinked; an evicted entry is closed
+    when the last block using it is gone (reference counting), never under a reader.
+    """
     st = os.stat(path)
     key = (str(path), st.st_ino, st.st_size)
     with _MAPS_LOCK:
@@ -317,8 +322,8 @@ def _map(path: Path, keep: bool = True) -> mmap.mmap:
         if m is not None:
             _MAPS.move_to_end(key)
             return m
-    with open(path, "rb") as fh:
-        m = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    fh = open(path, "rb", buffering=0)
+    m = (mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ), fh)
     if keep:
         with _MAPS_LOCK:
             _MAPS[key] = m
@@ -336,8 +341,9 @@ def _forget_maps(folder: Path, live: set) -> None:
             del _MAPS[key]
 
 
-def _pread_rows(path: Path, offset: int, dtype, dim: int, rows: np.ndarray) -> np.ndarray:
-    """Rows ``rows`` (sorted, unique) of a contiguous (N, dim) dataset; one pread per run of rows."""
+def _pread_rows(source, offset: int, dtype, dim: int, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` (sorted, unique) of a contiguous (N, dim) dataset in ``source`` (a path or an
+    open file); one pread per run of adjacent rows."""
     dtype = np.dtype(dtype)
     row_bytes = dtype.itemsize * dim
     out = np.empty((rows.size, dim), dtype)
@@ -348,15 +354,17 @@ def _pread_rows(path: Path, offset: int, dtype, dim: int, rows: np.ndarray) -> n
     starts = np.concatenate([[0], breaks]).tolist()
     ends = np.concatenate([breaks, [rows.size]]).tolist()
     first = rows[starts].tolist()
-    fd = os.open(path, os.O_RDONLY)
+    owned = not hasattr(source, "fileno")
+    fd = os.open(source, os.O_RDONLY) if owned else source.fileno()
     try:
         for a, b, r in zip(starts, ends, first):
             want = (b - a) * row_bytes
             got = os.preadv(fd, [buf[a * row_bytes : b * row_bytes]], offset + r * row_bytes)
             if got != want:
-                raise OSError(errno.EIO, f"{path}: short read ({got} of {want} bytes)")
+                raise OSError(errno.EIO, f"{getattr(source, 'name', source)}: short read ({got} of {want} bytes)")
     finally:
-        os.close(fd)
+        if owned:
+            os.close(fd)
     return out
 
 
@@ -717,7 +725,7 @@ class FeatureCache:
                     m["migrated_from"] = self.legacy.name
                     segments.append(self._migrate_legacy())
                     created.append(self.segments_dir / segments[-1]["name"])
-                blocks = {}  # tap -> blocks of what is already in ``segments``
+                blocks = {}  # tap -> blocks of the segments committed before this commit
 
                 def existing(tap):
                     if tap not in blocks:
@@ -725,58 +733,67 @@ class FeatureCache:
                                        for s in segments if s["taps"].get(tap, {}).get("rows")]
                     return blocks[tap]
 
-                def new_rows(tap, keys):
-                    """Mask of keys that are not cached yet (first occurrence only)."""
-                    keep = np.zeros(keys.size, bool)
-                    keep[_first_unique(keys)] = True
-                    for b in existing(tap):
-                        idx = np.flatnonzero(keep)
-                        keep[idx[b.locate(keys[idx]) >= 0]] = False
-                    return keep
-
-                for inc in incoming:  # Ray workers' segments: adopted by a rename when all rows are new
+                # every new key at once (memory ~ the new rows): first occurrence, not cached yet
+                sources = []  # (incoming path or None for the journal, entry, {tap: keys})
+                for inc in incoming:
                     entry = _segment_entry(inc)
-                    kept, whole = {}, True
-                    for tap, info in entry["taps"].items():
-                        blk = _Block.mapped(inc, info, keep_mapped=False)
-                        keys = np.asarray(blk.keys)
-                        keep = new_rows(tap, keys)
-                        whole &= bool(keep.all())
-                        kept[tap] = TapRows(keys[keep], np.asarray(blk.codes[np.flatnonzero(keep)]))
+                    sources.append((inc, entry, {t: _read_range(inc, i["offsets"]["keys"], KEY_DTYPE, 0, i["rows"])
+                                                 for t, i in entry["taps"].items()}))
+                journal: dict[str, list] = {}
+                for p in parts:
+                    with np.load(p) as z:
+                        for k in z.files:
+                            if k.startswith("keys__"):
+                                tap = k[len("keys__"):]
+                                journal.setdefault(tap, []).append((_as_keys(z[k]), z[f"codes__{tap}"]))
+                journal = {t: (np.concatenate([k for k, _ in v]), np.concatenate([c for _, c in v]))
+                           for t, v in journal.items()}
+                sources.append((None, None, {t: k for t, (k, _) in journal.items()}))
+                keep: dict[tuple, np.ndarray] = {}
+                for tap in sorted({t for _, _, ks in sources for t in ks}):
+                    pieces = [(n, ks[tap]) for n, (_, _, ks) in enumerate(sources) if tap in ks]
+                    every = np.concatenate([k for _, k in pieces])
+                    mask = np.zeros(every.size, bool)
+                    mask[_first_unique(every)] = True
+                    for b in existing(tap):
+                        idx = np.flatnonzero(mask)
+                        mask[idx[b.locate(every[idx]) >= 0]] = False
+                    at = 0
+                    for n, k in pieces:
+                        keep[n, tap] = mask[at : at + k.size]
+                        at += k.size
+
+                adopted = []
+                for n, (inc, entry, ks) in enumerate(sources[:-1]):  # Ray workers' segments
                     name = f"seg-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.h5"
-                    if whole:  # a second name for the same file: incoming/ keeps it until the swap
-                        self.segments_dir.mkdir(parents=True, exist_ok=True)
-                        try:
+                    self.segments_dir.mkdir(parents=True, exist_ok=True)
+                    if all(keep[n, t].all() for t in ks):  # a second name for the same file, no copy:
+                        try:  # incoming/ keeps the first until the manifest is swapped
                             os.link(inc, self.segments_dir / name)
                         except OSError:
                             shutil.copyfile(inc, self.segments_dir / name)
                         entry["name"] = name
-                    else:
-                        kept = {t: r for t, r in kept.items() if r.keys.size}
+                    else:  # rows another segment already holds (a retried batch): the rest only
+                        kept = {}
+                        for t, info in entry["taps"].items():
+                            rows_ = np.flatnonzero(keep[n, t])
+                            if rows_.size:
+                                codes = _pread_rows(inc, info["offsets"]["codes"], info["dtype"], info["dim"], rows_)
+                                kept[t] = TapRows(ks[t][rows_], codes)
                         entry = write_segment(self.segments_dir, kept, m["config"], name=name) if kept else None
                     if entry is not None:
                         created.append(self.segments_dir / name)
-                        segments.append(entry)
-                        for t in entry["taps"]:
-                            blocks.pop(t, None)
-                if parts:  # journal parts: one new segment with the rows not cached yet
-                    gathered: dict[str, list] = {}
-                    for p in parts:
-                        with np.load(p) as z:
-                            for k in z.files:
-                                if k.startswith("keys__"):
-                                    tap = k[len("keys__"):]
-                                    gathered.setdefault(tap, []).append((z[k], z[f"codes__{tap}"]))
-                    rows = {}
-                    for tap, pieces in gathered.items():
-                        keys = np.concatenate([_as_keys(k) for k, _ in pieces])
-                        codes = np.concatenate([c for _, c in pieces])
-                        keep = new_rows(tap, keys)
-                        if keep.any():
-                            rows[tap] = TapRows(keys[keep], codes[keep])
-                    if rows:
-                        segments.append(write_segment(self.segments_dir, rows, m["config"]))
-                        created.append(self.segments_dir / segments[-1]["name"])
+                        adopted.append(entry)
+                if len(adopted) > MERGE_ADOPTED_OVER:  # many small worker segments: one, streaming
+                    merged = self._merge_files([(self.segments_dir / e["name"], e) for e in adopted], m["config"])
+                    created.append(self.segments_dir / merged["name"])
+                    adopted = [merged]  # the linked files are named by no manifest: garbage
+                segments += adopted
+                rows = {t: TapRows(k[keep[len(sources) - 1, t]], c[keep[len(sources) - 1, t]])
+                        for t, (k, c) in journal.items() if keep[len(sources) - 1, t].any()}
+                if rows:  # journal parts: one new segment with the rows not cached yet
+                    segments.append(write_segment(self.segments_dir, rows, m["config"]))
+                    created.append(self.segments_dir / segments[-1]["name"])
                 prov = dict(m.get("provenance") or {})
                 prov.update(provenance or {})
                 prov.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -865,38 +882,47 @@ class FeatureCache:
             before = len(m["segments"])
             if before <= 1:
                 return {"before": before, "after": before, "rows": self._rows(m)}
-            taps = sorted({t for s in m["segments"] for t in s["taps"]})
-            name = f"seg-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.h5"
-            entry = {"name": name, "taps": {}}
-            with _temporary(self.segments_dir, "seg", ".h5") as tmp:
-                with h5py.File(tmp, "w") as f:
-                    f.attrs["format"] = FORMAT_VERSION
-                    f.attrs["config"] = json.dumps(m["config"], sort_keys=True)
-                    ds = {}
-                    for tap in taps:
-                        srcs = [(self.segments_dir / s["name"], s["taps"][tap]) for s in m["segments"]
-                                if s["taps"].get(tap, {}).get("rows")]
-                        if srcs:
-                            ds[tap] = self._merge_tap(f, tap, srcs)
-                            entry["taps"][tap] = {"rows": int(ds[tap]["keys"].shape[0]),
-                                                  "dim": int(ds[tap]["codes"].shape[1]),
-                                                  "dtype": str(ds[tap]["codes"].dtype)}
-                    f.flush()
-                    for tap, d in ds.items():
-                        entry["taps"][tap]["offsets"] = {k: v.id.get_offset() for k, v in d.items()}
-                _fsync_file(tmp)
-                os.replace(tmp, self.segments_dir / name)
+            entry = self._merge_files([(self.segments_dir / s["name"], s) for s in m["segments"]], m["config"])
             try:
-                _fsync_dir(self.segments_dir)
-                entry["bytes"] = (self.segments_dir / name).stat().st_size
                 new = {**m, "generation": int(m.get("generation", 0)) + 1, "segments": [entry]}
                 _write_json_atomic(self.manifest_path, new)
             except BaseException:
-                (self.segments_dir / name).unlink(missing_ok=True)
+                (self.segments_dir / entry["name"]).unlink(missing_ok=True)
                 raise
             self._write_view(new)
             self._collect_garbage(new)
             return {"before": before, "after": 1, "rows": self._rows(new)}
+
+    def _merge_files(self, srcs: list, config: dict) -> dict:
+        """One new segment holding the rows of ``srcs`` [(path, entry)], in order, streaming."""
+        self.segments_dir.mkdir(parents=True, exist_ok=True)
+        taps = sorted({t for _, e in srcs for t in e["taps"]})
+        name = f"seg-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.h5"
+        entry = {"name": name, "taps": {}}
+        with _temporary(self.segments_dir, "seg", ".h5") as tmp:
+            with h5py.File(tmp, "w") as f:
+                f.attrs["format"] = FORMAT_VERSION
+                f.attrs["config"] = json.dumps(config, sort_keys=True)
+                ds = {}
+                for tap in taps:
+                    tap_srcs = [(path, e["taps"][tap]) for path, e in srcs if e["taps"].get(tap, {}).get("rows")]
+                    if tap_srcs:
+                        ds[tap] = self._merge_tap(f, tap, tap_srcs)
+                        entry["taps"][tap] = {"rows": int(ds[tap]["keys"].shape[0]),
+                                              "dim": int(ds[tap]["codes"].shape[1]),
+                                              "dtype": str(ds[tap]["codes"].dtype)}
+                f.flush()
+                for tap, d in ds.items():
+                    entry["taps"][tap]["offsets"] = {k: v.id.get_offset() for k, v in d.items()}
+            _fsync_file(tmp)
+            os.replace(tmp, self.segments_dir / name)
+        try:
+            _fsync_dir(self.segments_dir)
+            entry["bytes"] = (self.segments_dir / name).stat().st_size
+        except BaseException:
+            (self.segments_dir / name).unlink(missing_ok=True)
+            raise
+        return entry
 
     @staticmethod
     def _rows(m: dict) -> dict:

@@ -217,7 +217,8 @@ def bench_extract_rerun(args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="10000,200000,1000000", help="rows (default 10000,200000,1000000)")
+    ap.add_argument("--sizes", default="10000,200000,1000000",
+                    help="rows, comma-separated; empty for none (default 10000,200000,1000000)")
     ap.add_argument("--baseline-sizes", default="10000,200000", help="rows for the baseline (default 10000,200000)")
     ap.add_argument("--baseline-ref", default="main", help="git ref of the baseline cache.py (default main)")
     ap.add_argument("--dim", type=int, default=1280, help="code width (default 1280)")
@@ -237,7 +238,7 @@ def main() -> None:
           "noisy; ratios are measured in the same run)", flush=True)
     results = []
     base = {int(n) for n in args.baseline_sizes.split(",") if n}
-    for n in [int(n) for n in args.sizes.split(",")]:
+    for n in [int(n) for n in args.sizes.split(",") if n]:
         if n in base:
             results.append(run_child(args, "old", n))
             print(json.dumps(results[-1]), flush=True)

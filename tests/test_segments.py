@@ -429,3 +429,23 @@ def test_cli_export_with_a_dataset_gives_paths_and_labels_in_its_order(tmp_path,
     assert meta["key"] == keys[1:] and meta["label"] == ["ant", "ant", "bee", "bee", "bee"]
     assert [Path(p).name for p in meta["path"]] == [p.name for p in paths[1:]]
     np.testing.assert_array_equal(np.load(tmp_path / "e" / "a" / "emb" / "emb_00000.npy"), codes_for(keys[1:]))
+
+
+def test_a_commit_adopting_many_worker_segments_merges_them_into_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_mod, "MERGE_ADOPTED_OVER", 2)
+    cache = new_cache(tmp_path)
+    with cache:
+        cache.append({"a": rows(keys_for(0, 10))})
+        cache.commit()
+    for s in (5, 20, 30, 30):  # overlaps the committed rows, and a retried batch
+        cache.add_segment({"a": rows(keys_for(s, 10)), "b": rows(keys_for(s, 3), 2)})
+    cache.commit()
+    segs = cache.manifest()["segments"]
+    assert [s["taps"]["a"]["rows"] for s in segs] == [10, 25]
+    assert cache.info()["taps"]["b"]["rows"] == 9
+    present = keys_for(0, 15) + keys_for(20, 20)
+    np.testing.assert_array_equal(cache.read("a", present), codes_for(present))
+    assert cache.keys("a") == set(present)
+    np.testing.assert_array_equal(cache.read("b", keys_for(30, 3)), codes_for(keys_for(30, 3), 2))
+    assert cache.verify() == []
+    assert {p.name for p in cache.segments_dir.glob("seg-*.h5")} == {s["name"] for s in segs}
