@@ -14,8 +14,9 @@ git, ``--baseline-ref``, default ``main``) on a single-file cache of the same ro
 ``--baseline-sizes`` (default 10k and 200k: at 1M each of its commits rewrites 2.6 GB).
 
 ``--extract-images N`` also times ``featx extract`` re-run over an unchanged folder of N generated
-images with both versions (interleaved repeats, medians), the cache built once by the baseline
-and migrated by the new version first.
+images with both versions (interleaved repeats, medians; each a fresh process, timing the
+``extract()`` call, not the interpreter start and imports, which dominate and vary most on a
+shared machine), the cache built once by the baseline and migrated by the new version first.
 
 Run: ``PYTHONPATH=$PWD python scripts/bench_cache.py`` (about 5 minutes; ~6 GB of disk in --workdir).
 """
@@ -184,8 +185,8 @@ def bench_extract_rerun(args) -> dict:
         tar = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline_ref, "featx"], capture_output=True,
                              check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(base_src)], input=tar, check=True)
-        code = ("import sys, time; t = time.perf_counter(); from featx.extract import extract; "
-                "r = extract(sys.argv[1], cache_dir=sys.argv[2], progress=False); "
+        code = ("import sys, time; from featx.extract import extract; t = time.perf_counter(); "  # the call, not
+                "r = extract(sys.argv[1], cache_dir=sys.argv[2], progress=False); "  # interpreter start and imports
                 "print(time.perf_counter() - t, r.computed, r.cached)")
 
         def run(src, cache):
