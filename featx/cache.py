@@ -51,6 +51,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import itertools
 import json
 import mmap
 import os
@@ -155,10 +156,12 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 
 
 def _as_keys(keys) -> np.ndarray:
-    arr = np.asarray(keys)
-    if arr.dtype.kind == "U" or arr.dtype == object:
-        arr = np.asarray([k.encode() if isinstance(k, str) else k for k in arr.tolist()], dtype=KEY_DTYPE)
-    return arr.astype(KEY_DTYPE, copy=False).reshape(-1)
+    if isinstance(keys, np.ndarray) and keys.dtype.kind == "S":
+        return keys.astype(KEY_DTYPE, copy=False).reshape(-1)
+    try:
+        return np.asarray(keys, dtype=KEY_DTYPE).reshape(-1)  # str keys are ASCII hex
+    except (UnicodeEncodeError, TypeError, ValueError):
+        return np.asarray([k.encode() if isinstance(k, str) else k for k in keys], dtype=KEY_DTYPE).reshape(-1)
 
 
 def _first_unique(keys: np.ndarray) -> np.ndarray:
@@ -279,10 +282,34 @@ class _Block:
         block.codes_file = (fh, off["codes"])  # the file as opened: valid even once unlinked
         return block
 
-    def locate(self, wanted: np.ndarray) -> np.ndarray:
-        """Row of each wanted key in this block, -1 where absent."""
+    def matches(self, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(positions in ``wanted`` (sorted, unique), rows here) of the keys both hold: one binary
+        search per key of this block among the keys asked -- for when more keys are asked than
+        the block holds."""
+        sk = np.asarray(self.sorted_keys)
+        pos = np.minimum(np.searchsorted(wanted, sk), wanted.size - 1)
+        hit = wanted[pos] == sk
+        return pos[hit], np.asarray(self.sorted_rows)[hit]
+
+    def locate(self, wanted: np.ndarray, is_sorted: bool = False) -> np.ndarray:
+        """Row of each wanted key (unique keys) in this block, -1 where absent.
+
+        Few keys asked: a binary search per key in this block's index.  More keys asked than the
+        block holds: a binary search per block key among the (sorted) keys asked instead, so a
+        lookup of N keys in S segments costs about N log(N) + sum of segment sizes, not S * N.
+        """
         if self.rows == 0 or wanted.size == 0:
             return np.full(wanted.size, -1, np.int64)
+        if wanted.size > self.rows:
+            order = None if is_sorted else np.argsort(wanted, kind="stable")
+            ws = wanted if order is None else wanted[order]
+            sk = np.asarray(self.sorted_keys)
+            pos = np.minimum(np.searchsorted(ws, sk), ws.size - 1)
+            hit = ws[pos] == sk
+            out = np.full(wanted.size, -1, np.int64)
+            where = pos[hit] if order is None else order[pos[hit]]
+            out[where] = np.asarray(self.sorted_rows)[hit]
+            return out
         pos = np.searchsorted(self.sorted_keys, wanted)
         pos = np.minimum(pos, self.rows - 1)
         hit = np.asarray(self.sorted_keys[pos]) == wanted
@@ -587,8 +614,7 @@ class FeatureCache:
         """
         if among is not None:
             among = [k for k in among if k is not None]
-            mask = self.contains(tap, among)
-            return {k for k, m in zip(among, mask.tolist()) if m}
+            return set(itertools.compress(among, self.contains(tap, among).tolist()))
         found: set[str] = set()
         with self._snapshot(tap) as blocks:
             for b in blocks:
@@ -597,19 +623,31 @@ class FeatureCache:
 
     def contains(self, tap: str, keys) -> np.ndarray:
         """(n,) bool: whether each key of ``keys`` has a row for ``tap``."""
-        asked = _as_keys(keys)
-        order = np.argsort(asked, kind="stable")
-        wanted = asked[order]
-        found = np.zeros(wanted.size, bool)
-        with self._snapshot(tap) as blocks:
-            for b in blocks:
-                todo = np.flatnonzero(~found)
-                if todo.size == 0:
+        wanted, inverse = np.unique(_as_keys(keys), return_inverse=True)  # sorted: searches walk forward
+        where, _ = self._lookup(tap, wanted)
+        return (where >= 0)[inverse.reshape(-1)]
+
+    def _lookup(self, tap: str, wanted: np.ndarray, blocks=None):
+        """(block index, row) of each of ``wanted`` (sorted, unique keys); -1 where absent."""
+        where = np.full(wanted.size, -1, np.int64)
+        rows = np.full(wanted.size, -1, np.int64)
+        with contextlib.nullcontext(blocks) if blocks is not None else self._snapshot(tap) as blocks:
+            missing = wanted.size
+            for i, b in enumerate(blocks):
+                if missing == 0:
                     break
-                found[todo[b.locate(wanted[todo]) >= 0]] = True
-        out = np.empty_like(found)
-        out[order] = found
-        return out
+                if b.rows < missing:  # this block's keys searched among the asked: no copies
+                    pos, r = b.matches(wanted)
+                    new = where[pos] < 0  # an earlier block wins
+                    where[pos[new]], rows[pos[new]] = i, r[new]
+                    missing -= int(new.sum())
+                else:
+                    todo = np.flatnonzero(where < 0)
+                    r = b.locate(wanted[todo], is_sorted=True)
+                    hit = r >= 0
+                    where[todo[hit]], rows[todo[hit]] = i, r[hit]
+                    missing -= int(hit.sum())
+        return where, rows
 
     def read(self, tap: str, keys) -> np.ndarray:
         """Rows of ``tap`` for ``keys``, in that order.
@@ -629,20 +667,10 @@ class FeatureCache:
         FeatxError
             When a key has no row for ``tap`` (run ``featx extract``).
         """
-        asked = _as_keys(keys)
-        order = np.argsort(asked, kind="stable")  # searched in key order: each search walks forward
-        wanted = asked[order]
-        where = np.full(wanted.size, -1, np.int64)
-        rows = np.full(wanted.size, -1, np.int64)
+        wanted, inverse = np.unique(_as_keys(keys), return_inverse=True)  # sorted: searches walk forward
+        inverse = inverse.reshape(-1)
         with self._snapshot(tap) as blocks:
-            for i, b in enumerate(blocks):
-                todo = np.flatnonzero(where < 0)
-                if todo.size == 0:
-                    break
-                r = b.locate(wanted[todo])
-                hit = r >= 0
-                where[todo[hit]] = i
-                rows[todo[hit]] = r[hit]
+            where, rows = self._lookup(tap, wanted, blocks)
             if (where < 0).any():
                 missing = wanted[np.flatnonzero(where < 0)[0]].decode()
                 raise FeatxError(f"{self.path}: no {tap} codes for image {missing!r}; run featx extract")
@@ -651,8 +679,8 @@ class FeatureCache:
             for i, b in enumerate(blocks):
                 dest = np.flatnonzero(where == i)
                 if dest.size:
-                    out[order[dest]] = b.gather(rows[dest])
-            return out
+                    out[dest] = b.gather(rows[dest])
+            return out[inverse]
 
     # ---- writing --------------------------------------------------------------------------------
     def append(self, rows: dict[str, TapRows]) -> Path:
