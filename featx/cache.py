@@ -17,14 +17,16 @@ index ``sorted_keys`` (N,) S32 and ``sorted_rows`` (N,) int64 (``keys[sorted_row
 sorted_keys``).  Every dataset is contiguous and uncompressed, so a reader maps the segment
 (``mmap``; a process keeps the last 256 segments mapped, as they never change) and views each
 index at the byte offset the manifest records: a lookup is a binary search in each segment's
-``sorted_keys``, and a read gathers only the rows asked for with ``pread`` (runs of adjacent rows
-in one call) -- cost proportional to the keys asked for, not to the cache size, and memory
-bounded by what is returned.
+``sorted_keys`` (or, when more keys are asked than a segment holds, a search of that segment's
+keys among the asked ones), and a read gathers only the rows asked for with ``pread`` (runs of
+adjacent rows in one call) -- cost proportional to the keys asked for, not to the cache size,
+and memory bounded by what is returned.
 
 Writes: :meth:`FeatureCache.append` writes a journal part (temporary name, fsync, rename: whole or
 absent).  :meth:`FeatureCache.commit` turns all parts into ONE new segment (cost proportional to
 the new rows; keys already present are dropped, so a key has one row), adopts complete Ray
-segments from ``incoming/`` by renaming them, and swaps the manifest (temporary file, fsync,
+segments from ``incoming/`` by hard-linking them (more than ``MERGE_ADOPTED_OVER`` = 64 of them
+are merged into one, streaming), and swaps the manifest (temporary file, fsync,
 ``os.replace``, fsync of the folder).  :meth:`FeatureCache.compact` merges all segments into one,
 streaming (codes copied in blocks; the sorted index by a k-way merge in blocks), and swaps the
 manifest the same way.  A process killed at any moment leaves the previous manifest, which names
