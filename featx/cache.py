@@ -344,8 +344,7 @@ def _map(path: Path, keep: bool = True):
     kernel's page cache.  Both stay valid after the file is unlinked; an evicted entry is closed
     when the last block using it is gone (reference counting), never under a reader.
     """
-    st = os.stat(path)
-    key = (str(path), st.st_ino, st.st_size)
+    key = (str(path),)  # segment names are never reused (time + random), and a segment never changes
     with _MAPS_LOCK:
         m = _MAPS.get(key)
         if m is not None:
