@@ -745,6 +745,8 @@ class FeatureCache:
                 m = self._new_manifest()
             parts, incoming = self._parts(), self._incoming()
             if not (parts or incoming or migrating) and self.manifest_path.exists() and failures is None:
+                with contextlib.suppress(OSError):
+                    self.journal.rmdir()
                 self._collect_garbage(m)
                 return
             created: list[Path] = []
@@ -840,6 +842,8 @@ class FeatureCache:
                 raise
             for p in parts:
                 p.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # absent, or not empty: no empty journal folder left
+                self.journal.rmdir()
             for inc in incoming:
                 inc.unlink(missing_ok=True)
             if migrating:

@@ -323,7 +323,7 @@ def test_cache_cli_on_a_folder(tmp_path, capsys):
     assert main(["cache", "verify", str(cache.path)]) == 0
     assert main(["cache", "export", str(cache.path), "--out", str(tmp_path / "e")]) == 0
     assert np.load(tmp_path / "e" / "a" / "emb" / "emb_00000.npy").shape == (20, DIM)
-    assert main(["cache", "ls", str(tmp_path)]) == 0
+    assert main(["cache", "ls", "--cache", str(tmp_path)]) == 0
     assert "1 segment(s)  a 20x6" in capsys.readouterr().out
     assert main(["cache", "info", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
