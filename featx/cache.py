@@ -14,7 +14,8 @@ Layout of ``<cache dir>/<backbone>-<pooling>-<dtype>-<hash>/``::
 
 A segment holds, per tap, ``keys`` (N,) S32 and ``codes`` (N, D) in row order, plus a persisted
 index ``sorted_keys`` (N,) S32 and ``sorted_rows`` (N,) int64 (``keys[sorted_rows] ==
-sorted_keys``).  Every dataset is contiguous and uncompressed, so a reader maps the segment
+sorted_keys``) and a Bloom filter ``bloom`` (10 bits per key, 4 probes), which lets a lookup skip
+the segments that surely lack a key.  Every dataset is contiguous and uncompressed, so a reader maps the segment
 (``mmap``; a process keeps the last 256 segments mapped, as they never change) and views each
 index at the byte offset the manifest records: a lookup is a binary search in each segment's
 ``sorted_keys`` (or, when more keys are asked than a segment holds, a search of that segment's
@@ -74,7 +75,7 @@ LEGACY_FORMAT = 1
 KEY_DTYPE = "S32"
 DTYPES = ("float32", "float16")
 MANIFEST = "MANIFEST.json"
-_DATASETS = ("keys", "codes", "sorted_keys", "sorted_rows")
+_DATASETS = ("keys", "codes", "sorted_keys", "sorted_rows", "bloom")
 _COPY_BYTES = 32 << 20  # compaction / migration / export move at most this much of codes at once
 _MERGE_KEY_BYTES = 16 << 20  # budget for the k-way merge's key buffers, all segments together
 MERGE_ADOPTED_OVER = 64  # a commit adopting more worker segments than this merges them into one
@@ -191,6 +192,48 @@ def _virtual(group, name: str, shape: tuple, dtype, sources: list, source_name: 
     h5py.h5d.create(group.id, name.encode(), h5py.h5t.py_create(np.dtype(dtype)), vspace, dcpl=dcpl).close()
 
 
+BLOOM_BITS_PER_KEY = 10  # about 1% false positives with 4 probes
+_NIBBLE = np.zeros(256, np.uint8)
+for _i, _c in enumerate(b"0123456789abcdef"):
+    _NIBBLE[_c] = _NIBBLE[ord(chr(_c).upper())] = _i
+
+
+def _bloom_bits(rows: int) -> int:
+    """Size in bits of a segment's Bloom filter: a power of two, ~10 bits per key."""
+    return 1 << max(6, int(np.ceil(np.log2(max(1, rows) * BLOOM_BITS_PER_KEY))))
+
+
+def _key_hashes(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two 64-bit words of each key's digest (keys are hex hashes: their bits are already random)."""
+    nib = _NIBBLE[np.ascontiguousarray(keys, dtype=KEY_DTYPE).view(np.uint8).reshape(-1, 32)]
+    words = np.ascontiguousarray((nib[:, 0::2] << 4) | nib[:, 1::2]).view("<u8")
+    return words[:, 0], words[:, 1] | np.uint64(1)
+
+
+def _bloom_probes(h1, h2, bits: int):
+    mask = np.uint64(bits - 1)
+    return [(h1 + np.uint64(i) * h2) & mask for i in range(4)]
+
+
+def _bloom_set(flags: np.ndarray, keys: np.ndarray) -> None:
+    for pos in _bloom_probes(*_key_hashes(keys), flags.size):
+        flags[pos] = True
+
+
+def _bloom(keys: np.ndarray) -> np.ndarray:
+    flags = np.zeros(_bloom_bits(keys.size), bool)
+    _bloom_set(flags, keys)
+    return np.packbits(flags, bitorder="little")
+
+
+def _bloom_test(bloom: np.ndarray, h1, h2) -> np.ndarray:
+    """(n,) bool: False where the key is surely not in the segment."""
+    ok = np.ones(h1.size, bool)
+    for pos in _bloom_probes(h1, h2, bloom.size * 8):
+        ok &= ((bloom[pos >> np.uint64(3)] >> (pos & np.uint64(7)).astype(np.uint8)) & 1).astype(bool)
+    return ok
+
+
 # ---- segments --------------------------------------------------------------------------------
 def write_segment(folder: str | Path, rows: dict, config: dict, name: str | None = None) -> dict:
     """Write ``rows`` {tap: TapRows} as one immutable segment file in ``folder``.
@@ -224,6 +267,7 @@ def write_segment(folder: str | Path, rows: dict, config: dict, name: str | None
                     "codes": g.create_dataset("codes", data=codes.astype(dtype, copy=False)),
                     "sorted_keys": g.create_dataset("sorted_keys", data=keys[order]),
                     "sorted_rows": g.create_dataset("sorted_rows", data=order.astype(np.int64)),
+                    "bloom": g.create_dataset("bloom", data=_bloom(keys)),
                 }
                 entry["taps"][tap] = {"rows": int(keys.size), "dim": int(codes.shape[1]), "dtype": dtype.name}
             f.flush()
@@ -245,7 +289,7 @@ def _segment_entry(path: Path) -> dict:
         for tap, g in f.get("taps", {}).items():
             entry["taps"][tap] = {"rows": int(g["keys"].shape[0]), "dim": int(g["codes"].shape[1]),
                                   "dtype": str(g["codes"].dtype),
-                                  "offsets": {k: g[k].id.get_offset() for k in _DATASETS}}
+                                  "offsets": {k: g[k].id.get_offset() for k in _DATASETS if k in g}}
     return entry
 
 
@@ -258,6 +302,7 @@ class _Block:
         self.keep = keep  # an open h5py.File to close with the snapshot
         self.pending = False  # journal part or incoming segment: may repeat a committed key
         self.codes_file = None  # (open file, byte offset) of contiguous codes, read with pread
+        self.bloom = None  # the segment's Bloom filter over its keys, when it has one
 
     @property
     def rows(self) -> int:
@@ -282,6 +327,8 @@ class _Block:
         block = cls(view("keys", KEY_DTYPE, (n,)), view("codes", info["dtype"], (n, d)),
                     view("sorted_keys", KEY_DTYPE, (n,)), view("sorted_rows", np.int64, (n,)))
         block.codes_file = (fh, off["codes"])  # the file as opened: valid even once unlinked
+        if off.get("bloom") is not None:
+            block.bloom = view("bloom", np.uint8, (_bloom_bits(n) // 8,))
         return block
 
     def matches(self, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -633,7 +680,7 @@ class FeatureCache:
         where = np.full(wanted.size, -1, np.int64)
         rows = np.full(wanted.size, -1, np.int64)
         with contextlib.nullcontext(blocks) if blocks is not None else self._snapshot(tap) as blocks:
-            missing = wanted.size
+            missing, hashes = wanted.size, None
             for i, b in enumerate(blocks):
                 if missing == 0:
                     break
@@ -644,6 +691,10 @@ class FeatureCache:
                     missing -= int(new.sum())
                 else:
                     todo = np.flatnonzero(where < 0)
+                    if b.bloom is not None:  # most keys are in another segment: skip their searches
+                        if hashes is None:
+                            hashes = _key_hashes(wanted)
+                        todo = todo[_bloom_test(b.bloom, hashes[0][todo], hashes[1][todo])]
                     r = b.locate(wanted[todo], is_sorted=True)
                     hit = r >= 0
                     where[todo[hit]], rows[todo[hit]] = i, r[hit]
@@ -878,7 +929,8 @@ class FeatureCache:
                         ds[tap] = {"keys": t.create_dataset("keys", data=keys[keep]),
                                    "codes": t.create_dataset("codes", shape=(keep.size, dim), dtype=dtype),
                                    "sorted_keys": t.create_dataset("sorted_keys", data=keys[keep][order]),
-                                   "sorted_rows": t.create_dataset("sorted_rows", data=order.astype(np.int64))}
+                                   "sorted_rows": t.create_dataset("sorted_rows", data=order.astype(np.int64)),
+                                   "bloom": t.create_dataset("bloom", data=_bloom(keys[keep]))}
                         step = max(1, _COPY_BYTES // (dim * dtype.itemsize))
                         contiguous = keep.size == keys.size
                         for start in range(0, keep.size, step):
@@ -978,12 +1030,17 @@ class FeatureCache:
                "sorted_keys": g.create_dataset("sorted_keys", shape=(total,), dtype=KEY_DTYPE),
                "sorted_rows": g.create_dataset("sorted_rows", shape=(total,), dtype=np.int64)}
         step = max(1, _COPY_BYTES // (dim * dtype.itemsize))
+        flags = np.zeros(_bloom_bits(total), bool)
         for (path, info), at in zip(srcs, starts):  # rows: segment after segment, in blocks
             off = info["offsets"]
             for s in range(0, info["rows"], step):
                 n = min(step, info["rows"] - s)
-                out["keys"][at + s : at + s + n] = _read_range(path, off["keys"], KEY_DTYPE, s, n)
+                keys = _read_range(path, off["keys"], KEY_DTYPE, s, n)
+                out["keys"][at + s : at + s + n] = keys
+                _bloom_set(flags, keys)
                 out["codes"][at + s : at + s + n] = _read_range(path, off["codes"], dtype, s, n, (dim,))
+        out["bloom"] = g.create_dataset("bloom", data=np.packbits(flags, bitorder="little"))
+        del flags
         block = max(256, _MERGE_KEY_BYTES // (32 * len(srcs)))
         cursor = [0] * len(srcs)
         written = 0
@@ -1121,6 +1178,9 @@ class FeatureCache:
         sr = _read_range(path, off["sorted_rows"], np.int64, 0, n)
         if any(len(x) != 32 for x in keys.tolist()):
             problems.append("malformed keys")
+        elif off.get("bloom") is not None and n and not _bloom_test(
+                _read_range(path, off["bloom"], np.uint8, 0, _bloom_bits(n) // 8), *_key_hashes(keys)).all():
+            problems.append("Bloom filter misses a key")
         if n and ((sr < 0).any() or (sr >= n).any() or not np.array_equal(keys[np.clip(sr, 0, n - 1)], sk)):
             problems.append("key index does not match the keys")
         elif n > 1 and (sk[1:] <= sk[:-1]).any():
