@@ -1281,14 +1281,14 @@ def export(cache: FeatureCache, out_dir: str | Path, fmt: str = "npy", taps=None
         Unknown format, nothing to export, or pyarrow missing for ``parquet``.
     """
     if fmt not in ("npy", "parquet"):
-        raise FeatxError(f"--format: expected npy or parquet, got {fmt!r}")
+        raise FeatxError(f"expected npy or parquet, got {fmt!r}", param="format")
     try:
         import pyarrow as pa
         import pyarrow.csv as pacsv
         import pyarrow.parquet as pq
     except ImportError:
         if fmt == "parquet":
-            raise FeatxError("--format parquet needs its extra: pip install 'featx[parquet]'") from None
+            raise FeatxError("parquet needs its extra: pip install 'featx[parquet]'", param="format") from None
         pa = None
     taps = list(taps or cache.taps())
     if not taps:
