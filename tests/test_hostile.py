@@ -1,0 +1,186 @@
+"""Bounded under hostile input (issue 17): memory bombs, a strict .pth reader, fuzzing,
+disk-full errors, a hardened server.  Every input here is generated; no shared data."""
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import make_photo, write_image
+from featx.images import DECODE_BUDGET, ImageError, decode, decode_cost, header, load_image, read_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------- generated bombs
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def png_bomb(width: int, height: int, depth: int = 16, color: int = 6) -> bytes:
+    """A valid PNG of zeros: tiny file, ``width x height`` declared (16-bit RGBA by default)."""
+    row = bytes(1 + width * {0: 1, 2: 3, 4: 2, 6: 4}[color] * depth // 8)
+    z = zlib.compressobj(9)
+    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, color, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
+def hdr_bomb(side: int) -> bytes:
+    """A valid run-length encoded Radiance HDR of ``side x side`` grey pixels (about 9 MB at 12000)."""
+    runs = bytearray()
+    left = side
+    while left:
+        n = min(127, left)
+        runs += bytes((128 + n, 128))
+        left -= n
+    line = bytes((2, 2, side >> 8, side & 255)) + bytes(runs) * 3 + bytes(runs).replace(b"\x80", b"\x81")
+    head = f"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y {side} +X {side}\n".encode()
+    return head + line * side
+
+
+_CHILD = r"""
+import json, sys
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+from featx.images import decode, ImageError
+data = open(sys.argv[1], "rb").read()
+kwargs = json.loads(sys.argv[2])
+try:
+    open("/proc/self/clear_refs", "w").write("5")  # reset the high-water mark (Linux >= 4.0)
+except OSError:
+    pass
+before = status("VmRSS:")
+try:
+    shape, error = list(decode(data, sys.argv[1], **kwargs).shape), None
+except ImageError as exc:
+    shape, error = None, str(exc)
+print(json.dumps({"peak_extra": status("VmHWM:") - before, "shape": shape, "error": error}))
+"""
+
+
+def decode_in_child(path: Path, **kwargs) -> dict:
+    """Decode in a fresh interpreter; the child reports its own peak (VmHWM) minus its RSS before."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(path), json.dumps(kwargs)], capture_output=True,
+                         text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Warning" not in out.stderr, out.stderr  # e.g. Pillow's DecompressionBombWarning
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def bombs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bombs")
+    (folder / "rgba16.png").write_bytes(png_bomb(10900, 10900))  # 118.8 Mpx: under the 120 Mpx limit
+    (folder / "radiance.jpg").write_bytes(hdr_bomb(12000))
+    return folder
+
+
+def test_16bit_rgba_png_bomb_under_the_pixel_limit_stays_within_the_budget(bombs):
+    path = bombs / "rgba16.png"
+    assert path.stat().st_size < 1_000_000
+    info = header(path.read_bytes())
+    assert (info.width, info.height, info.channels, info.sample_bytes) == (10900, 10900, 4, 2)
+    got = decode_in_child(path, min_side=224)
+    assert got["peak_extra"] < DECODE_BUDGET, got  # measured inside the child
+    assert got["error"] and "MiB" in got["error"] and "budget" in got["error"], got  # refused before decoding
+    assert got["peak_extra"] < 64 * 2**20, got
+
+
+def test_radiance_hdr_named_jpg_is_refused_by_its_signature(bombs):
+    path = bombs / "radiance.jpg"
+    got = decode_in_child(path, min_side=224)
+    assert got["error"] and "Radiance HDR" in got["error"] and "radiance.jpg" in got["error"], got
+    assert got["peak_extra"] < 64 * 2**20, got
+
+
+def test_a_budget_sized_png_decodes_under_its_estimate(tmp_path):
+    path = tmp_path / "deep.png"
+    path.write_bytes(png_bomb(3000, 2000))  # 16-bit RGBA: 2 x 48 MB decoded + 18 MB of RGB
+    cost = decode_cost(header(path.read_bytes()))
+    got = decode_in_child(path)
+    assert got["shape"] == [2000, 3000, 3], got
+    # banded conversion: no full-size float copy (the old one made 2 x 96 MB of them)
+    assert got["peak_extra"] <= cost * 1.1 + 8 * 2**20, (got, cost)
+
+
+def test_a_png_over_a_small_budget_is_refused_with_its_cost(tmp_path):
+    data = png_bomb(3000, 2000)
+    with pytest.raises(ImageError, match=r"deep\.png: decoding this 3000x2000 16-bit PNG image would need "
+                                         r"about 109 MiB, over the budget of 64 MiB"):
+        decode(data, "deep.png", budget=64 * 2**20)
+    assert decode(data, "deep.png", budget=110 * 2**20).shape == (2000, 3000, 3)
+
+
+def test_pixel_limit_applies_to_every_format(tmp_path):
+    for suffix in (".png", ".bmp", ".tiff", ".webp", ".jpg"):
+        path = write_image(tmp_path / f"a{suffix}", make_photo(1, size=(60, 80)))
+        with pytest.raises(ImageError, match="80x60 pixels exceeds the limit of 4,000"):
+            load_image(path, max_pixels=4000)
+        assert load_image(path, max_pixels=4800).shape == (60, 80, 3)
+
+
+def test_big_jpeg_decodes_reduced_within_a_small_budget(tmp_path):
+    path = write_image(tmp_path / "big.jpg", make_photo(3, size=(1800, 2400)))
+    info = header(path.read_bytes())
+    assert decode_cost(info, 224) < decode_cost(info) / 2
+    assert load_image(path, 224, budget=decode_cost(info, 224)).shape == (225, 300, 3)
+    with pytest.raises(ImageError, match="budget"):
+        load_image(path, budget=decode_cost(info, 224))  # full size would need more
+
+
+def test_file_size_is_capped_before_reading(tmp_path):
+    sparse = tmp_path / "huge.jpg"
+    with open(sparse, "wb") as f:
+        f.truncate(2 * 1024**3)  # 2 GB sparse: refused from its size, never read
+    with pytest.raises(ImageError, match="huge.jpg: file of 2,147 MB exceeds the limit of 268 MB"):
+        read_bytes(sparse)
+    with pytest.raises(ImageError, match="exceeds the limit of 0 MB"):
+        read_bytes(write_image(tmp_path / "a.png", make_photo(1)), max_bytes=100)
+
+
+def test_fifo_and_links_are_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageError, match="pipe.jpg: not a regular file \\(a FIFO\\)"):
+        read_bytes(fifo)  # opening a FIFO for reading would block without O_NONBLOCK
+    loop = tmp_path / "loop.jpg"
+    loop.symlink_to(loop)
+    with pytest.raises(ImageError, match="loop.jpg: a symbolic link loop"):
+        read_bytes(loop)
+    broken = tmp_path / "broken.jpg"
+    broken.symlink_to(tmp_path / "gone.jpg")
+    with pytest.raises(ImageError, match="broken.jpg: a broken symbolic link"):
+        read_bytes(broken)
+
+
+def test_float_tiff_with_nan_gets_a_clear_message(tmp_path):
+    img = np.ones((20, 30), np.float32)
+    img[3, 4] = np.nan
+    path = tmp_path / "nan.tiff"
+    assert cv2.imwrite(str(path), img)
+    with pytest.raises(ImageError, match="nan.tiff: floating-point image with NaN"):
+        load_image(path)
+    img[3, 4] = 0.5
+    assert cv2.imwrite(str(path), img)
+    out = load_image(path)
+    assert out.shape == (20, 30, 3) and out[3, 4, 0] == 0 and out[0, 0, 0] == 255
+
+
+def test_no_decompression_bomb_warning_on_stderr(tmp_path):
+    # 10000 x 9000 = 90 Mpx: over Pillow's warning threshold (89 Mpx), under featx's limit
+    path = tmp_path / "wide.png"
+    path.write_bytes(png_bomb(10000, 9000, depth=8, color=0))
+    got = decode_in_child(path, budget=4 * 2**20)  # refused by budget after the header read
+    assert got["error"] and "budget" in got["error"]  # and decode_in_child asserted a quiet stderr
