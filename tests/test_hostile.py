@@ -184,3 +184,174 @@ def test_no_decompression_bomb_warning_on_stderr(tmp_path):
     path.write_bytes(png_bomb(10000, 9000, depth=8, color=0))
     got = decode_in_child(path, budget=4 * 2**20)  # refused by budget after the header read
     assert got["error"] and "budget" in got["error"]  # and decode_in_child asserted a quiet stderr
+
+
+# ---------------------------------------------------------------- strict .pth reader
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from featx.backbones.pth import PthFormatError, load_state_dict  # noqa: E402
+from featx.errors import FeatxError  # noqa: E402
+
+
+def legacy_pth(tensors: dict) -> bytes:
+    """A torch<1.6 ``.pth`` without torch: ``{name: (float32 storage, offset, size, stride)}``."""
+    import io
+    import pickle
+    import types
+
+    torch = types.ModuleType("torch")
+    utils = types.ModuleType("torch._utils")
+
+    class FloatStorage:
+        pass
+
+    def _rebuild_tensor_v2(*args):
+        raise AssertionError("never called while pickling")
+
+    FloatStorage.__module__, FloatStorage.__qualname__ = "torch", "FloatStorage"
+    _rebuild_tensor_v2.__module__, _rebuild_tensor_v2.__qualname__ = "torch._utils", "_rebuild_tensor_v2"
+    torch.FloatStorage, torch._utils, utils._rebuild_tensor_v2 = FloatStorage, utils, _rebuild_tensor_v2
+
+    class StorageRef:
+        def __init__(self, key, n):
+            self.key, self.n = key, n
+
+    class TensorRef:
+        def __init__(self, ref, offset, size, stride):
+            self.args = (ref, offset, tuple(size), tuple(stride), False, {})
+
+        def __reduce__(self):
+            return (_rebuild_tensor_v2, self.args)
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", FloatStorage, obj.key, "cpu", obj.n) if isinstance(obj, StorageRef) else None
+
+    saved = {k: sys.modules.get(k) for k in ("torch", "torch._utils")}
+    sys.modules.update({"torch": torch, "torch._utils": utils})
+    try:
+        buf = io.BytesIO()
+        for head in (0x1950A86A20F9469CFC6C, 1001, {"little_endian": True}):
+            pickle.dump(head, buf, protocol=2)
+        refs = {name: StorageRef(str(i), len(t[0])) for i, (name, t) in enumerate(tensors.items())}
+        Pickler(buf, protocol=2).dump({name: TensorRef(refs[name], *t[1:]) for name, t in tensors.items()})
+        pickle.dump([r.key for r in refs.values()], buf, protocol=2)
+        for name, t in tensors.items():
+            data = np.asarray(t[0], "<f4")
+            buf.write(struct.pack("<q", data.size) + data.tobytes())
+        return buf.getvalue()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+
+
+def test_pth_reader_reads_a_well_formed_tensor(tmp_path):
+    path = tmp_path / "ok.pth"
+    path.write_bytes(legacy_pth({"w": (np.arange(6), 0, (2, 3), (3, 1)), "t": (np.arange(7), 1, (3, 2), (1, 3))}))
+    state = load_state_dict(path)
+    assert state["w"].tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert state["t"].tolist() == [[1, 4], [2, 5], [3, 6]]  # a transposed view with an offset
+
+
+@pytest.mark.parametrize("offset, size, stride, why", [
+    (0, (4096,), (-1,), "negative or malformed"),        # read 4096 floats of process memory before
+    (3, (4,), (-100000,), "negative or malformed"),      # SIGSEGV before
+    (-2, (2,), (1,), "negative or malformed"),
+    (0, (2, 2), (1,), "negative or malformed"),          # fewer strides than sizes
+    (0, (5,), (1,), "reaches past the end"),
+    (2, (2, 2), (2, 1), "reaches past the end"),         # largest index 2 + 2 + 1 = 5 > 3
+    (0, (8,), (0,), "reaches past the end"),             # more elements than the storage holds
+])
+def test_pth_reader_refuses_crafted_strides_and_offsets(tmp_path, offset, size, stride, why):
+    path = tmp_path / "crafted.pth"
+    path.write_bytes(legacy_pth({"w": (np.arange(4), offset, size, stride)}))
+    with pytest.raises(PthFormatError, match=f"crafted.pth: .*{why}") as err:
+        load_state_dict(path)
+    assert isinstance(err.value, FeatxError) and "\n" not in str(err.value)
+
+
+def test_peek_with_a_crafted_weights_file_is_one_line_exit_2(tmp_path, capsys):
+    from featx.cli import main
+
+    path = tmp_path / "evil.pth"
+    path.write_bytes(legacy_pth({"features.0.0.weight": (np.arange(4), 3, (4,), (-100000,))}))
+    img = write_image(tmp_path / "a.png", make_photo(1))
+    assert main(["peek", str(img), "--weights", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("featx: error: ") and "evil.pth" in err and err.count("\n") == 1, err
+
+
+_FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
+                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+@_FUZZ
+@given(offset=st.integers(-10, 10), size=st.lists(st.integers(-3, 6), max_size=3),
+       stride=st.lists(st.integers(-1000, 1000), max_size=3), n=st.integers(0, 12))
+def test_fuzz_pth_geometry_never_reads_outside_the_storage(tmp_path_factory, offset, size, stride, n):
+    storage = np.arange(1, n + 1, dtype=np.float32)
+    path = tmp_path_factory.mktemp("fz") / "g.pth"
+    path.write_bytes(legacy_pth({"w": (storage, offset, size, stride)}))
+    try:
+        out = load_state_dict(path)["w"]
+    except PthFormatError:
+        return
+    assert out.shape == tuple(size)
+    assert set(out.ravel().tolist()) <= set(storage.tolist())  # every value comes from the storage
+
+
+@_FUZZ
+@given(cuts=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=6),
+       keep=st.integers(0, 10**6))
+def test_fuzz_pth_bytes_give_a_result_or_a_featx_error(tmp_path_factory, cuts, keep):
+    good = bytearray(legacy_pth({"w": (np.arange(6), 0, (2, 3), (3, 1))}))
+    for pos, byte in cuts:
+        good[pos % len(good)] = byte
+    path = tmp_path_factory.mktemp("fz") / "b.pth"
+    path.write_bytes(bytes(good[: max(1, keep % (len(good) + 1))]))
+    try:
+        state = load_state_dict(path)
+    except FeatxError as exc:
+        assert "b.pth" in str(exc)
+        return
+    assert all(isinstance(v, np.ndarray) for v in state.values())
+
+
+def _small_images():
+    out = {}
+    for ext in (".png", ".jpg", ".bmp", ".tiff", ".webp"):
+        out[ext] = cv2.imencode(ext, make_photo(2, size=(24, 32))[:, :, ::-1])[1].tobytes()
+    return out
+
+
+_SMALL = _small_images()
+
+
+@_FUZZ
+@given(ext=st.sampled_from(sorted(_SMALL)), cuts=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)),
+                                                          max_size=8), keep=st.integers(0, 10**6))
+def test_fuzz_decoder_bytes_give_pixels_or_an_image_error(ext, cuts, keep):
+    data = bytearray(_SMALL[ext])
+    for pos, byte in cuts:
+        data[pos % len(data)] = byte
+    data = bytes(data[: keep % (len(data) + 1)])
+    try:
+        img = decode(data, "f" + ext, min_side=8, budget=8 * 2**20)
+    except ImageError as exc:
+        assert str(exc).startswith("f" + ext)
+        return
+    assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
+
+
+@_FUZZ
+@given(data=st.binary(max_size=64))
+def test_fuzz_decoder_any_short_bytes(data):
+    try:
+        decode(data, "x", budget=8 * 2**20)
+    except ImageError:
+        pass
