@@ -800,6 +800,61 @@ def _log_to_stderr(verbose: bool) -> None:
     log.propagate = False
 
 
+_OS_HINTS = {
+    "ENOSPC": "no space left on device; free some space or point --cache/--out at another disk "
+              "(finished work is kept: run the command again)",
+    "EDQUOT": "disk quota exceeded; free some space or point --cache/--out at another disk",
+    "EACCES": "permission denied; choose a folder you can write with --cache/--out",
+    "EPERM": "operation not permitted; choose a folder you can write with --cache/--out",
+    "EROFS": "read-only file system; choose a writable folder with --cache/--out",
+    "EMFILE": "too many open files; raise the limit (ulimit -n) or use fewer --workers",
+}
+
+
+def _destination(args):
+    """Where the command writes, to name it when an OSError carries no file name (a write to an open file)."""
+    out, cache = getattr(args, "out", None), getattr(args, "cache", None)
+    if getattr(args, "func", None) is cmd_extract or (cache is not None and out is None):
+        if cache is None:
+            from featx.cache import default_cache_dir
+
+            return default_cache_dir()
+        return cache
+    return out
+
+
+def os_error_line(exc: OSError, where=None) -> str:
+    """``<path>: <what went wrong and what to do>`` for an OSError (also h5py's, which carry no errno).
+
+    Parameters
+    ----------
+    exc : OSError
+        any operating-system error; ``exc.filename`` names the path when the OS gave one.
+    where : path, optional
+        named instead when the error carries no file name (the command's ``--cache`` or ``--out``).
+
+    Returns
+    -------
+    str
+        one line, without the ``featx: error:`` prefix.
+    """
+    import errno
+    import re
+
+    code = exc.errno
+    text = str(exc)
+    if code is None:  # h5py: "Can't write data (file write failed: ..., errno = 28, error message = ...)"
+        found = re.search(r"errno = (\d+)", text)
+        code = int(found.group(1)) if found else None
+    name = errno.errorcode.get(code, "") if code is not None else ""
+    what = _OS_HINTS.get(name) or (exc.strerror or text.splitlines()[0] if text else type(exc).__name__).lower()
+    path = exc.filename or exc.filename2
+    if path is None:
+        found = re.search(r"name = '([^']+)'", text)  # h5py names the file this way
+        path = found.group(1) if found else where
+    return f"{path}: {what}" if path else what
+
+
 def main(argv=None) -> int:
     """Run ``featx`` with ``argv`` (default ``sys.argv[1:]``).
 
@@ -819,6 +874,9 @@ def main(argv=None) -> int:
         param = getattr(exc, "param", None)
         text = f"{option_for(param)}: {exc.message}" if param else str(exc)
         print(f"featx: error: {text}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, permissions, read-only filesystem ... on cache, journal, engines, outputs
+        print(f"featx: error: {os_error_line(exc, _destination(args))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("featx: interrupted", file=sys.stderr)

@@ -118,6 +118,14 @@ def max_difference(a: dict, b: dict) -> dict:
     return {t: float(np.abs(np.asarray(a[t], np.float64) - np.asarray(b[t], np.float64)).max()) for t in a}
 
 
+def _discard(*paths: Path) -> None:
+    for p in paths:
+        try:
+            p.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
 def make_engine(spec, taps, build_model, config: dict, batch_size: int, engine: str = "auto", cache_dir=None,
                 gpu: bool | None = None, warn=None):
     """The engine to extract with.  ``build_model()`` makes the Keras feature model (only called
@@ -142,18 +150,36 @@ def make_engine(spec, taps, build_model, config: dict, batch_size: int, engine: 
     if path.exists() or record:
         warn(f"{path.name}: converted model is missing, damaged or stale; converting again")
     model = build_model()
-    start = time.perf_counter()
-    convert(model, batch_size, spec.input_size, path)
-    seconds = time.perf_counter() - start
-    candidate = LiteRTEngine(path)
-    probe = probe_batch(spec, batch_size)
-    diff = max_difference(KerasEngine(model).run(probe), candidate.run(probe))
-    ok = all(d <= PARITY_ATOL for d in diff.values())
-    record = {"sha256": _sha256(path), "parity_ok": ok, "max_diff": diff, "atol": PARITY_ATOL,
-              "convert_seconds": seconds, "config": config, "taps": list(taps), "batch_size": batch_size}
-    tmp = record_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, record_path)
+    # --- issue 17: a converted model that cannot be stored (disk full, read-only, permissions,
+    # or TensorFlow failing to write its SavedModel) is not fatal: extraction stays on Keras.
+    try:
+        start = time.perf_counter()
+        convert(model, batch_size, spec.input_size, path)
+        seconds = time.perf_counter() - start
+        candidate = LiteRTEngine(path)
+        probe = probe_batch(spec, batch_size)
+        diff = max_difference(KerasEngine(model).run(probe), candidate.run(probe))
+        ok = all(d <= PARITY_ATOL for d in diff.values())
+        record = {"sha256": _sha256(path), "parity_ok": ok, "max_diff": diff, "atol": PARITY_ATOL,
+                  "convert_seconds": seconds, "config": config, "taps": list(taps), "batch_size": batch_size}
+        tmp = record_path.with_suffix(".json.tmp")
+        try:
+            tmp.write_text(json.dumps(record, indent=2))
+            os.replace(tmp, record_path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to convert or store: Keras computes the same codes
+        _discard(path, record_path)
+        text = str(exc).strip()
+        if isinstance(exc, OSError) and exc.strerror:
+            reason = exc.strerror.lower()
+        elif "no space left on device" in text.lower():  # TensorFlow's own errors carry no errno
+            reason = "no space left on device"
+        else:
+            reason = f"{type(exc).__name__}: {text.splitlines()[0][:120]}" if text else type(exc).__name__
+        warn(f"cannot store the converted LiteRT model in {path.parent} ({reason}); using Keras")
+        return KerasEngine(model)
+    # --- end issue 17
     if not ok:
         warn(f"LiteRT and Keras disagree by {max(diff.values()):.2e} (> {PARITY_ATOL}) on the probe batch; "
              "using Keras")

@@ -355,3 +355,114 @@ def test_fuzz_decoder_any_short_bytes(data):
         decode(data, "x", budget=8 * 2**20)
     except ImageError:
         pass
+
+
+# ---------------------------------------------------------------- disk full and other OS errors
+
+import errno  # noqa: E402
+import shutil  # noqa: E402
+
+from featx.cli import main as cli_main  # noqa: E402
+from featx.cli import os_error_line  # noqa: E402
+
+
+@pytest.mark.parametrize("exc, line", [
+    (OSError(errno.ENOSPC, "No space left on device", "/c/x.h5"), "/c/x.h5: no space left on device; "),
+    (OSError(errno.EROFS, "Read-only file system", "/ro/c"), "/ro/c: read-only file system; "),
+    (PermissionError(errno.EACCES, "Permission denied", "/p"), "/p: permission denied; "),
+    (OSError("Can't write data (file write failed: filename = '/c/y.h5', errno = 28, error message = 'No "
+             "space left on device')"), "/c/y.h5: no space left on device; "),
+])
+def test_os_errors_are_one_line_exit_2(monkeypatch, tmp_path, capsys, exc, line):
+    import featx.extract
+
+    def fails(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(featx.extract, "extract", fails)
+    assert cli_main(["extract", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("featx: error: " + line) and err.count("\n") == 1, err
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 3 MB tmpfs (needs the right to mount: root in a container); unmounted afterwards."""
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True)
+    if out.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (not root); the injected-ENOSPC tests cover the CLI")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def fill(folder: Path) -> Path:
+    """Fill the filesystem holding ``folder``; returns the filler file (delete it to free the space)."""
+    filler = folder / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    return filler
+
+
+def test_disk_full_during_extract_is_one_line_and_the_cache_still_verifies(small_fs, tmp_path, capsys):
+    from test_fit import tinted
+
+    data = tmp_path / "data"
+    for c, name in enumerate(("red", "green")):
+        for i in range(3):
+            write_image(data / name / f"{i}.png", tinted(300 + 10 * c + i, c))
+    cache = small_fs / "cache"
+    assert cli_main(["extract", str(data), "--cache", str(cache), "--engine", "keras"]) == 0
+    for c, name in enumerate(("red", "green")):
+        for i in range(3, 6):
+            write_image(data / name / f"{i}.png", tinted(300 + 10 * c + i, c))
+    filler = fill(small_fs)
+    capsys.readouterr()
+    assert cli_main(["extract", str(data), "--cache", str(cache), "--engine", "keras"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"featx: error: {cache}: no space left on device; "), err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    filler.unlink()
+    from featx.cache import FeatureCache, list_caches
+
+    (cache_file,) = list_caches(cache)
+    assert FeatureCache(cache_file).verify() == []
+    partial = [p.name for p in cache.rglob("*") if "tmp" in p.name or p.suffix == ".part"]
+    assert cli_main(["extract", str(data), "--cache", str(cache), "--engine", "keras"]) == 0
+    assert FeatureCache(cache_file).verify() == []
+    assert capsys.readouterr().out  # resumes: the new rows are computed now
+    if partial:  # everything above held; this part is issue 18's rewrite of featx/cache.py
+        pytest.xfail(f"partial temporary file(s) left by the failed write: {partial} (issue 18)")
+
+
+def test_a_conversion_that_cannot_be_stored_falls_back_to_keras(small_fs):
+    from types import SimpleNamespace
+
+    pytest.importorskip("ai_edge_litert", reason="the LiteRT engine is an extra")
+    from featx import _tf
+    from featx.inference import KerasEngine, make_engine
+
+    keras = _tf.keras()
+
+    def build():
+        x = keras.Input((8, 8, 3))
+        return keras.Model(x, {"t": keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3)(x))})
+
+    spec = SimpleNamespace(input_size=8, normalize=lambda a: a.astype(np.float32) / 255)
+    fill(small_fs)
+    warnings_seen = []
+    engine = make_engine(spec, ["t"], build, {"backbone": "tiny"}, 1, "litert", small_fs / "cache",
+                         warn=warnings_seen.append)
+    assert isinstance(engine, KerasEngine)
+    assert len(warnings_seen) == 1 and "cannot store the converted LiteRT model" in warnings_seen[0]
+    assert warnings_seen[0].endswith("using Keras")
+    print(warnings_seen[0])
+    assert engine.run(np.zeros((1, 8, 8, 3), np.float32))["t"].shape == (1, 2)
+    left = [p for p in (small_fs / "cache").rglob("*") if p.is_file()]
+    assert left == [], left  # no partial model, record or SavedModel left behind
