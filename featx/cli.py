@@ -482,7 +482,9 @@ def cmd_serve(args) -> int:
 
     check_file(args.bundle, "BUNDLE")
     serve(args.bundle, host=args.host, port=args.port, top=args.top, max_bytes=int(args.max_upload_mb * 1024 * 1024),
-          trust=args.trust_bundle, engine=args.engine, cache_dir=args.cache)
+          trust=args.trust_bundle, engine=args.engine, cache_dir=args.cache, max_pixels=args.max_pixels,
+          budget=int(args.max_decode_mb * 1024 * 1024), decode_slots=args.decode_slots, cors=args.cors,
+          header_timeout=args.header_timeout, body_timeout=args.body_timeout)
     return 0
 
 
@@ -764,6 +766,22 @@ def build_parser() -> FeatxParser:
     _engine_option(p, default="auto", extra="; auto gives about 2x the requests/s on a CPU (converts once)")
     _cache_option(p)
     _trust_option(p)
+    from featx import serve as _serve_defaults  # light: imports no web framework
+
+    p.add_argument("--max-pixels", type=positive_int, default=_serve_defaults.SERVE_MAX_PIXELS, metavar="N",
+                   help="refuse uploads declaring more pixels than this")
+    p.add_argument("--max-decode-mb", type=positive_float, default=_serve_defaults.SERVE_DECODE_BUDGET // 2**20,
+                   metavar="MB", help="memory one image's decode may need; PNG/TIFF/WebP above it are refused, "
+                                      "JPEGs decode at reduced size")
+    p.add_argument("--decode-slots", type=positive_int, default=_serve_defaults.DECODE_SLOTS, metavar="K",
+                   help="images decoded at once over all requests (peak decode memory: K x --max-decode-mb)")
+    p.add_argument("--cors", metavar="ORIGIN", default=None,
+                   help="also accept POST /predict from pages of ORIGIN, e.g. https://example.org "
+                        "(default: same origin only)")
+    p.add_argument("--header-timeout", type=positive_float, default=_serve_defaults.HEADER_TIMEOUT,
+                   metavar="SECONDS", help="time a client has to send its request headers")
+    p.add_argument("--body-timeout", type=positive_float, default=_serve_defaults.BODY_TIMEOUT, metavar="SECONDS",
+                   help="time a client has to send its upload")
     p.set_defaults(func=cmd_serve)
 
     p = command("demo", "the main job end to end on scikit-learn's digits (offline)")

@@ -466,3 +466,229 @@ def test_a_conversion_that_cannot_be_stored_falls_back_to_keras(small_fs):
     assert engine.run(np.zeros((1, 8, 8, 3), np.float32))["t"].shape == (1, 2)
     left = [p for p in (small_fs / "cache").rglob("*") if p.is_file()]
     assert left == [], left  # no partial model, record or SavedModel left behind
+
+
+# ---------------------------------------------------------------- a hardened server
+
+import logging  # noqa: E402
+import socket  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+
+class _Spec:
+    name, input_size = "tiny", 8
+
+    def resize(self, img):
+        return cv2.resize(img, (8, 8), interpolation=cv2.INTER_AREA)
+
+    def normalize(self, batch):
+        return batch.astype(np.float32) / 255
+
+
+def fake_predictor(slow: float = 0.0):
+    """A Predictor without a network: red vs blue from the mean colour (no TensorFlow, fast)."""
+    from featx.serve import Predictor
+
+    p = Predictor.__new__(Predictor)
+    p.path, p.spec, p.classes, p.lock, p.engine = Path("model.featx"), _Spec(), ["blue", "red"], threading.Lock(), "fake"
+    p.model = {"dataset": "tints", "backbone": "tiny", "head": "logistic", "taps": ["pre_logits"]}
+    p.active = p.most = 0
+    original = p.prepare
+
+    def prepare(*args):
+        p.active += 1
+        p.most = max(p.most, p.active)
+        try:
+            time.sleep(slow)
+            return original(*args)
+        finally:
+            p.active -= 1
+
+    p.prepare = prepare
+
+    def proba(batch):
+        red = (batch[..., 0].mean(axis=(1, 2)) > batch[..., 2].mean(axis=(1, 2))).astype(float)
+        return np.stack([1 - red, red], axis=1) * 0.8 + 0.1
+
+    p._proba = proba
+    return p
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def hardened():
+    httpx = pytest.importorskip("httpx", reason="the serve tests need httpx (dev extra)")
+    uvicorn = pytest.importorskip("uvicorn", reason="featx serve needs its extra: pip install 'featx[serve]'")
+    from featx.serve import create_app, server_config
+
+    predictor = fake_predictor(slow=0.3)
+    app = create_app(predictor, top=2, max_bytes=2_000_000, body_timeout=2.0, cors="https://friend.example",
+                     decode_slots=2, max_pending=16)
+    port = _free_port()
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    srv = uvicorn.Server(server_config(app, "127.0.0.1", port, header_timeout=1.5))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.05)
+    logging.getLogger("uvicorn.error").addHandler(handler)
+    yield url, port, predictor, records
+    logging.getLogger("uvicorn.error").removeHandler(handler)
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def _png(rgb) -> bytes:
+    return cv2.imencode(".png", rgb[:, :, ::-1])[1].tobytes()
+
+
+def _red():
+    img = np.zeros((16, 16, 3), np.uint8)
+    img[..., 0] = 200
+    return img
+
+
+def test_server_answers_with_the_models_own_name(hardened):
+    import httpx
+
+    url, _, _, _ = hardened
+    health = httpx.get(url + "/health").json()
+    assert health["model"]["name"] == "tints: tiny/pre_logits, logistic"
+    assert health["model"]["dataset"] == "tints" and health["model"]["head"] == "logistic"
+    body = httpx.post(url + "/predict", files={"file": ("r.png", _png(_red()), "image/png")}).json()
+    assert body["results"][0]["predicted"] == "red" and body["model"]["name"] == health["model"]["name"]
+
+
+def test_every_error_is_json_and_the_page_has_security_headers(hardened):
+    import httpx
+
+    url, _, _, _ = hardened
+    for response, status in [(httpx.get(url + "/predict"), 405), (httpx.get(url + "/nowhere"), 404),
+                             (httpx.post(url + "/predict", content=b"x", headers={"content-type": "text/plain"}),
+                              415),
+                             (httpx.post(url + "/predict", files={"file": ("a.svg", b"<svg/>", "image/svg+xml")}),
+                              415)]:
+        assert response.status_code == status
+        assert response.headers["content-type"] == "application/json" and response.json()["error"]
+        assert response.headers["x-content-type-options"] == "nosniff"
+    assert "POST" in httpx.get(url + "/predict").json()["error"]
+    page = httpx.get(url + "/")
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "script-src 'sha256-" in csp and "unsafe-inline" not in csp
+    assert page.headers["x-content-type-options"] == "nosniff"
+
+
+def test_cross_origin_post_is_refused_unless_allowed(hardened):
+    import httpx
+
+    url, port, _, _ = hardened
+    files = {"file": ("r.png", _png(_red()), "image/png")}
+    evil = httpx.post(url + "/predict", files=files, headers={"origin": "https://evil.example"})
+    assert evil.status_code == 403 and "origin https://evil.example" in evil.json()["error"]
+    assert "--cors" in evil.json()["error"]
+    site = httpx.post(url + "/predict", files=files, headers={"sec-fetch-site": "cross-site"})
+    assert site.status_code == 403
+    same = httpx.post(url + "/predict", files=files, headers={"origin": f"http://127.0.0.1:{port}"})
+    assert same.status_code == 200
+    friend = httpx.post(url + "/predict", files=files, headers={"origin": "https://friend.example"})
+    assert friend.status_code == 200 and friend.headers["access-control-allow-origin"] == "https://friend.example"
+    assert httpx.options(url + "/predict", headers={"origin": "https://evil.example"}).status_code == 403
+
+
+def test_slow_header_client_is_dropped_while_health_keeps_answering(hardened):
+    import httpx
+
+    url, port, _, _ = hardened
+    slow = socket.create_connection(("127.0.0.1", port))
+    slow.sendall(b"GET /hea")  # half a request line, then nothing
+    slow.settimeout(10)
+    start = time.monotonic()
+    for _ in range(3):
+        assert httpx.get(url + "/health", timeout=2).status_code == 200
+    assert slow.recv(100) == b""  # closed by the server
+    waited = time.monotonic() - start
+    assert 1.0 < waited < 5.0, waited  # header deadline 1.5 s
+    slow.close()
+
+
+def test_slow_body_is_refused_after_the_deadline(hardened):
+    url, port, _, _ = hardened
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+              b"Content-Length: 100000\r\n\r\n")
+    start = time.monotonic()
+    s.settimeout(0.3)
+    got = b""
+    while time.monotonic() - start < 8:
+        try:
+            s.sendall(b"x")  # one byte every 0.3 s
+        except OSError:
+            break
+        try:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+        except socket.timeout:
+            pass
+    s.close()
+    assert got.startswith(b"HTTP/1.1 408"), got[:200]
+    assert b'"error":"the upload did not arrive within 2 s"' in got
+    assert time.monotonic() - start < 6
+
+
+def test_client_disconnects_are_quiet(hardened):
+    import httpx
+
+    url, port, _, records = hardened
+    before = len(records)
+    for _ in range(12):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+                  b"Content-Length: 50000\r\n\r\n--x\r\nContent-Disposition: form-data; name=\"file\"; "
+                  b"filename=\"a.png\"\r\n\r\n" + b"\x89PNG" * 100)
+        s.close()
+    time.sleep(0.5)
+    assert httpx.get(url + "/health").status_code == 200
+    noisy = [r.getMessage() for r in records[before:] if r.levelno >= logging.WARNING or r.exc_info]
+    assert noisy == [], noisy
+
+
+def test_at_most_k_decodes_at_once_and_bombs_are_refused(hardened):
+    import httpx
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, _, predictor, _ = hardened
+    predictor.most = 0
+    with ThreadPoolExecutor(6) as pool:
+        codes = list(pool.map(lambda _: httpx.post(url + "/predict", timeout=30, files={
+            "file": ("r.png", _png(_red()), "image/png")}).status_code, range(6)))
+    assert codes == [200] * 6 and predictor.most == 2, (codes, predictor.most)
+    bomb = httpx.post(url + "/predict", timeout=30, files={"file": ("b.png", png_bomb(10900, 10900), "image/png")})
+    assert bomb.status_code == 422 and "10900x10900 pixels exceeds the limit of 24,000,000" in bomb.json()["error"]
+
+
+def test_busy_port_is_one_line_exit_2_and_nothing_printed_before(tmp_path, capsys):
+    pytest.importorskip("uvicorn", reason="featx serve needs its extra: pip install 'featx[serve]'")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert cli_main(["serve", str(tmp_path / "model.featx"), "--port", str(port)]) == 2
+    out, err = capsys.readouterr()
+    assert "serving" not in out
+    assert err == f"featx: error: --port {port}: 127.0.0.1:{port} is already in use by another program; " \
+                  "choose another port with --port\n"

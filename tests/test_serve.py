@@ -126,6 +126,8 @@ def test_browser_uploads_an_image_and_reads_the_class(server, tmp_path):
         assert page.locator(".bar").count() == 3
         page.screenshot(path=str(root / "serve-page.png"), full_page=True)
         page.set_input_files("#file", files=[{"name": "x.jpg", "mimeType": "image/jpeg", "buffer": b"junk"}])
-        page.wait_for_function("document.getElementById('error').textContent.length > 0", timeout=30_000)
-        assert "415" in page.inner_text("#error")
+        # (wait_for_function would eval a string, which the page's Content-Security-Policy forbids)
+        page.wait_for_selector("#error:not(:empty)", timeout=30_000)
+        assert "415" in page.inner_text("#error") and "not an image" in page.inner_text("#error")
+        assert not page.is_visible("#preview")  # a clear message, not a broken-image icon
         browser.close()
