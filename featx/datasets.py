@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from featx.errors import FeatxError
-from featx.images import FORMAT_NAMES, IMAGE_SUFFIXES, is_image_path
+from featx.images import FORMAT_NAMES, IMAGE_SUFFIXES, is_image_path, why_not_a_file
 
 SPLIT_FOLDERS = {"train": "train", "val": "val", "validate": "val", "validation": "val", "test": "test"}
 
@@ -80,7 +80,11 @@ class _Walk:
 
 def _walk_images(folder: Path, walk: _Walk) -> list[Path]:
     found, seen = [], set()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+
+    def unreadable(exc: OSError) -> None:  # issue 17: a folder os.walk cannot list is named, not dropped
+        walk.leave(Path(exc.filename), f"unreadable folder ({(exc.strerror or str(exc)).lower()})")
+
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=unreadable):
         real = os.path.realpath(dirpath)
         if real in seen:
             dirnames[:] = []
@@ -96,8 +100,8 @@ def _walk_images(folder: Path, walk: _Walk) -> list[Path]:
                 walk.leave(path, "hidden")
             elif not is_image_path(name):
                 walk.leave(path, "not an image")
-            elif not path.is_file():
-                walk.leave(path, "broken link")
+            elif not path.is_file():  # issue 17: the real reason (link loop, FIFO, device, socket, ...)
+                walk.leave(path, why_not_a_file(path) or "not a regular file")
             else:
                 found.append(path)
     return found
