@@ -529,7 +529,7 @@ def hardened():
 
     predictor = fake_predictor(slow=0.3)
     app = create_app(predictor, top=2, max_bytes=2_000_000, body_timeout=2.0, cors="https://friend.example",
-                     decode_slots=2, max_pending=16)
+                     decode_slots=2, max_pending=16, max_buffered=4_000_000)
     port = _free_port()
     records = []
     handler = logging.Handler()
@@ -667,7 +667,7 @@ def test_client_disconnects_are_quiet(hardened):
     assert noisy == [], noisy
 
 
-def test_at_most_k_decodes_at_once_and_bombs_are_refused(hardened):
+def test_at_most_k_decodes_at_once_and_bombs_are_refused(hardened, bombs):
     import httpx
     from concurrent.futures import ThreadPoolExecutor
 
@@ -677,7 +677,7 @@ def test_at_most_k_decodes_at_once_and_bombs_are_refused(hardened):
         codes = list(pool.map(lambda _: httpx.post(url + "/predict", timeout=30, files={
             "file": ("r.png", _png(_red()), "image/png")}).status_code, range(6)))
     assert codes == [200] * 6 and predictor.most == 2, (codes, predictor.most)
-    bomb = httpx.post(url + "/predict", timeout=30, files={"file": ("b.png", png_bomb(10900, 10900), "image/png")})
+    bomb = httpx.post(url + "/predict", timeout=30, files={"file": ("b.png", (bombs / "rgba16.png").read_bytes(), "image/png")})
     assert bomb.status_code == 422 and "10900x10900 pixels exceeds the limit of 24,000,000" in bomb.json()["error"]
 
 
@@ -692,6 +692,65 @@ def test_busy_port_is_one_line_exit_2_and_nothing_printed_before(tmp_path, capsy
     assert "serving" not in out
     assert err == f"featx: error: --port {port}: 127.0.0.1:{port} is already in use by another program; " \
                   "choose another port with --port\n"
+
+
+# ---------------------------------------------------------------- the walk names what it leaves out
+
+def test_walk_names_every_special_file_with_its_real_reason(tmp_path):
+    from featx.datasets import discover
+
+    cls = tmp_path / "data" / "a"
+    write_image(cls / "ok.png", make_photo(1))
+    os.mkfifo(cls / "pipe.jpg")
+    (cls / "loop.jpg").symlink_to(cls / "loop.jpg")
+    (cls / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    os.symlink("/dev/null", cls / "null.png")
+    locked = cls / "locked"
+    locked.mkdir()
+    write_image(locked / "x.png", make_photo(2))
+    locked.chmod(0)
+    try:
+        data = discover(tmp_path / "data")
+        readable = os.access(locked, os.R_OK)  # root reads anything
+    finally:
+        locked.chmod(0o755)
+    reasons = {p.name: why for p, why in data.left_out}
+    assert reasons["pipe.jpg"] == "FIFO" and reasons["loop.jpg"] == "symbolic link loop"
+    assert reasons["gone.jpg"] == "broken link" and reasons["null.png"] == "device"
+    if not readable:
+        assert reasons["locked"].startswith("unreadable folder (permission denied")
+    assert data.skipped["FIFO"] == 1 and data.skipped["symbolic link loop"] == 1
+    assert [p.name for p in data.paths] == ["ok.png"] + (["x.png"] if readable else [])
+
+
+def test_slow_bodies_hold_no_slots_but_buffered_bytes_are_bounded(hardened):
+    import httpx
+
+    url, port, _, _ = hardened
+    head = (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+            b"Content-Length: 1900000\r\n\r\n")
+    opened = []
+    try:
+        for _ in range(10):  # ten slow clients, a few bytes each: more than the old count limit (8)
+            opened.append(socket.create_connection(("127.0.0.1", port)))
+            opened[-1].sendall(head + b"--x")
+        time.sleep(0.3)
+        ok = httpx.post(url + "/predict", files={"file": ("r.png", _png(_red()), "image/png")}, timeout=30)
+        assert ok.status_code == 200
+        answers = []
+        for i in range(3):  # 1.5 MB each, then stalled: the third passes the 4 MB of buffered uploads
+            s = socket.create_connection(("127.0.0.1", port))
+            opened.append(s)
+            s.sendall(head + b"--x" + b"\0" * 1_500_000)
+            s.settimeout(0.5 if i < 2 else 5.0)
+            try:
+                answers.append(s.recv(100)[:12])
+            except socket.timeout:
+                answers.append(b"")
+        assert answers == [b"", b"", b"HTTP/1.1 503"], answers
+    finally:
+        for s in opened:
+            s.close()
 
 
 # ---------------------------------------------------------------- the walk names what it leaves out
