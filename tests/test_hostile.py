@@ -69,9 +69,9 @@ print(json.dumps({"peak_extra": status("VmHWM:") - before, "shape": shape, "erro
 """
 
 
-def decode_in_child(path: Path, **kwargs) -> dict:
+def decode_in_child(path: Path, env=None, **kwargs) -> dict:
     """Decode in a fresh interpreter; the child reports its own peak (VmHWM) minus its RSS before."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
     out = subprocess.run([sys.executable, "-c", _CHILD, str(path), json.dumps(kwargs)], capture_output=True,
                          text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -113,6 +113,13 @@ def test_a_budget_sized_png_decodes_under_its_estimate(tmp_path):
     assert got["shape"] == [2000, 3000, 3], got
     # banded conversion: no full-size float copy (the old one made 2 x 96 MB of them)
     assert got["peak_extra"] <= cost * 1.1 + 8 * 2**20, (got, cost)
+
+
+def test_the_budget_is_an_option_for_extract_too(tmp_path):
+    path = tmp_path / "deep.png"
+    path.write_bytes(png_bomb(3000, 2000))
+    got = decode_in_child(path, env={"FEATX_MAX_DECODE_MB": "64"})
+    assert got["error"] and "over the budget of 64 MiB" in got["error"], got
 
 
 def test_a_png_over_a_small_budget_is_refused_with_its_cost(tmp_path):
