@@ -14,10 +14,12 @@ port, trains a tiny bundle unless ``--bundle`` is given, then alternates two pha
   slow headers (half a request line) and clients that disconnect mid-body.
 
 Prints per phase the normal requests/s and p99 latency (medians over rounds), the ratios B/A,
-what the hostile requests got, and the server's peak RSS (its own VmHWM, reset per phase).
+what the hostile requests got, the server's CPU use (cores busy) and its peak RSS (its own VmHWM,
+reset per phase).  The attacking clients run in a child process at nice 19 (attackers live on
+other machines); they still share this machine's cores.
 Asserts nothing.  The machine may be shared: quote the ratios.
 
-    python scripts/bench_serve.py [--bundle model.featx] [--requests 60] [--rounds 2] [--engine keras]
+    python scripts/bench_serve.py [--bundle model.featx] [--requests 60] [--rounds 2] [--engines keras,litert]
 """
 
 from __future__ import annotations
@@ -82,12 +84,28 @@ def status(pid: int, key: str) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def reset_peak(pid: int) -> None:
     try:
         with open(f"/proc/{pid}/clear_refs", "w") as f:
             f.write("5")
     except OSError:
         pass
+
+
+def _attack(port, bombs, stop, out):
+    """In a child process at the lowest priority: attackers live on other machines, so their own
+    client-side CPU should not be what slows the normal clients down here."""
+    os.nice(19)
+    attack = Hostile(port, bombs)
+    attack.start()
+    stop.wait()
+    attack.finish()
+    out.put(dict(attack.got))
 
 
 class Hostile:
@@ -174,8 +192,13 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=60, help="normal requests per phase")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--clients", type=int, default=2, help="concurrent normal clients")
-    ap.add_argument("--engine", default="keras")
+    ap.add_argument("--engines", default="keras", help="comma-separated: keras,litert (one server each)")
     args = ap.parse_args()
+    for engine in args.engines.split(","):
+        run(args, engine)
+
+
+def run(args, engine: str) -> None:
 
     import httpx
 
@@ -183,6 +206,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="featx-serve-bench-"))
     bundle = Path(args.bundle) if args.bundle else tiny_bundle(tmp)
+    args.engine = engine
     image = photo_jpeg()
     bombs = {"rgba16-10900.png": png_bomb(10900, 10900), "radiance-12000.jpg": hdr_bomb(12000),
              "rgba16-3500.png": png_bomb(3500, 3500)}
@@ -217,29 +241,37 @@ def main() -> None:
             hostile_got = collections.Counter()
             for _ in range(args.rounds):
                 for phase in ("A", "B"):
-                    attack = Hostile(port, bombs) if phase == "B" else None
                     reset_peak(server.pid)
-                    if attack:
+                    attack = None
+                    if phase == "B":
+                        import multiprocessing as mp
+
+                        ctx = mp.get_context("fork")
+                        stop, out = ctx.Event(), ctx.Queue()
+                        attack = ctx.Process(target=_attack, args=(port, bombs, stop, out), daemon=True)
                         attack.start()
                         time.sleep(1.0)  # let the attack build up
-                    start = time.perf_counter()
+                    start, cpu = time.perf_counter(), cpu_seconds(server.pid)
                     with ThreadPoolExecutor(args.clients) as pool:
                         done = list(pool.map(one, range(args.requests)))
                     wall = time.perf_counter() - start
+                    cpu = cpu_seconds(server.pid) - cpu
                     if attack:
-                        attack.finish()
-                        hostile_got += attack.got
+                        stop.set()
+                        hostile_got += collections.Counter(out.get(timeout=60))
+                        attack.join(timeout=10)
                     lat = sorted(d for d, _ in done)
                     ok = sum(code == 200 for _, code in done)
                     results[phase].append({"rps": ok / wall, "p99": lat[min(len(lat) - 1, int(0.99 * len(lat)))],
                                            "p50": statistics.median(lat), "failed": len(done) - ok,
-                                           "peak": status(server.pid, "VmHWM:")})
+                                           "peak": status(server.pid, "VmHWM:"), "cpu": cpu / wall})
             for phase, label in (("A", "normal only"), ("B", "normal + hostile mix")):
                 r = results[phase]
                 print(f"{phase} {label:22s}: {statistics.median(x['rps'] for x in r):6.2f} requests/s, "
                       f"p50 {statistics.median(x['p50'] for x in r) * 1000:6.0f} ms, "
                       f"p99 {statistics.median(x['p99'] for x in r) * 1000:6.0f} ms, "
                       f"normal requests failed {sum(x['failed'] for x in r)}, "
+                      f"server CPU {statistics.median(x['cpu'] for x in r):.2f} cores, "
                       f"server peak RSS {max(x['peak'] for x in r) / 2**20:.0f} MiB")
             a, b = results["A"], results["B"]
             print(f"ratio B/A: requests/s {statistics.median(x['rps'] for x in b) / statistics.median(x['rps'] for x in a):.2f}, "
