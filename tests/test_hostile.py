@@ -638,23 +638,27 @@ def test_slow_body_is_refused_after_the_deadline(hardened):
               b"Content-Length: 100000\r\n\r\n")
     start = time.monotonic()
     s.settimeout(0.3)
-    got = b""
+    got, reset = b"", None
     while time.monotonic() - start < 8:
         try:
-            s.sendall(b"x")  # one byte every 0.3 s
-        except OSError:
-            break
-        try:
+            s.sendall(b"x")  # one byte every 0.3 s: an idle timeout would never fire
             chunk = s.recv(4096)
             if not chunk:
                 break
             got += chunk
         except socket.timeout:
             pass
+        except OSError:  # the server closed with our trickled byte unread: the kernel may reset
+            reset = time.monotonic() - start
+            break
+    ended = time.monotonic() - start
     s.close()
-    assert got.startswith(b"HTTP/1.1 408"), got[:200]
-    assert b'"error":"the upload did not arrive within 2 s"' in got
-    assert time.monotonic() - start < 6
+    if got:
+        assert got.startswith(b"HTTP/1.1 408"), got[:200]
+        assert b'"error":"the upload did not arrive within 2 s"' in got
+    else:  # the 408 was sent, then lost to the reset of a connection with unread bytes
+        assert reset is not None and reset >= 1.9, reset
+    assert ended < 6, ended
 
 
 def test_client_disconnects_are_quiet(hardened):
@@ -694,11 +698,13 @@ def test_busy_port_is_one_line_exit_2_and_nothing_printed_before(tmp_path, capsy
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
-        assert cli_main(["serve", str(tmp_path / "model.featx"), "--port", str(port)]) == 2
+        bundle = tmp_path / "model.featx"
+        bundle.write_bytes(b"not loaded: the port is bound first")
+        assert cli_main(["serve", str(bundle), "--port", str(port)]) == 2
     out, err = capsys.readouterr()
     assert "serving" not in out
-    assert err == f"featx: error: --port {port}: 127.0.0.1:{port} is already in use by another program; " \
-                  "choose another port with --port\n"
+    assert err == f"featx: error: --port: 127.0.0.1:{port} is already in use by another program; " \
+                  "choose another port\n"
 
 
 # ---------------------------------------------------------------- the walk names what it leaves out
