@@ -367,10 +367,8 @@ def test_fuzz_decoder_any_short_bytes(data):
 # ---------------------------------------------------------------- disk full and other OS errors
 
 import errno  # noqa: E402
-import shutil  # noqa: E402
 
 from featx.cli import main as cli_main  # noqa: E402
-from featx.cli import os_error_line  # noqa: E402
 
 
 @pytest.mark.parametrize("exc, line", [
@@ -705,35 +703,6 @@ def test_busy_port_is_one_line_exit_2_and_nothing_printed_before(tmp_path, capsy
     assert "serving" not in out
     assert err == f"featx: error: --port: 127.0.0.1:{port} is already in use by another program; " \
                   "choose another port\n"
-
-
-# ---------------------------------------------------------------- the walk names what it leaves out
-
-def test_walk_names_every_special_file_with_its_real_reason(tmp_path):
-    from featx.datasets import discover
-
-    cls = tmp_path / "data" / "a"
-    write_image(cls / "ok.png", make_photo(1))
-    os.mkfifo(cls / "pipe.jpg")
-    (cls / "loop.jpg").symlink_to(cls / "loop.jpg")
-    (cls / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
-    os.symlink("/dev/null", cls / "null.png")
-    locked = cls / "locked"
-    locked.mkdir()
-    write_image(locked / "x.png", make_photo(2))
-    locked.chmod(0)
-    try:
-        data = discover(tmp_path / "data")
-        readable = os.access(locked, os.R_OK)  # root reads anything
-    finally:
-        locked.chmod(0o755)
-    reasons = {p.name: why for p, why in data.left_out}
-    assert reasons["pipe.jpg"] == "FIFO" and reasons["loop.jpg"] == "symbolic link loop"
-    assert reasons["gone.jpg"] == "broken link" and reasons["null.png"] == "device"
-    if not readable:
-        assert reasons["locked"].startswith("unreadable folder (permission denied")
-    assert data.skipped["FIFO"] == 1 and data.skipped["symbolic link loop"] == 1
-    assert [p.name for p in data.paths] == ["ok.png"] + (["x.png"] if readable else [])
 
 
 def test_slow_bodies_hold_no_slots_but_buffered_bytes_are_bounded(hardened):
