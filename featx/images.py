@@ -98,6 +98,9 @@ FORMAT_NAMES = ", ".join(f.name for f in FORMATS)
 #: remembered decode failures are keyed by it.  3: signature before decoding, memory budget, NaN floats.
 LOADER_VERSION = "3"
 
+# decoder working memory beyond the arrays (measured 2-3 MiB); the first decode in a process also
+# initialises the codecs (about 20 MiB, once)
+_FIXED_COST = 8 << 20
 _REDUCED_FLAGS = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
 _BAND_BYTES = 1 << 20  # float32 temporaries per band of rows in the conversion (a few of them at once)
 
@@ -351,7 +354,7 @@ def decode_cost(info: Header, min_side: int | None = None) -> int:
     """
     f = reduction(info, min_side)
     px = -(-info.width // f) * -(-info.height // f)
-    cost = 2 * px * info.channels * info.sample_bytes
+    cost = _FIXED_COST + 2 * px * info.channels * info.sample_bytes
     if info.channels != 3 or info.sample_bytes != 1:
         cost += px * 3
     if info.format == "JPEG":

@@ -5,7 +5,8 @@ cores: queueing is the honest schedule).  Uploads are untrusted, and the server 
 whatever the clients send:
 
 * memory: uploads held at once total at most ``max_buffered`` bytes (counted as they arrive,
-  so slow clients holding a few bytes block nobody; beyond it, 503), each at most ``max_bytes``; at most ``decode_slots`` images are decoded at once, each within the decode
+  so slow clients holding a few bytes block nobody; beyond it, 503), each at most ``max_bytes``;
+  at most ``decode_slots`` images are decoded at once, each within the decode
   budget (``budget`` bytes, :func:`featx.images.decode_cost`) and the pixel limit
   (``max_pixels``), and shrunk to the network's input right after decoding.  So the decoding
   part of the peak is at most ``decode_slots x budget`` (2 x 256 MiB by default).

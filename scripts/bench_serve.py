@@ -235,7 +235,8 @@ def run(args, engine: str) -> None:
                 one(0)  # warm up
             print(f"machine: {os.cpu_count()} CPUs, shared with other work: quote the ratios")
             print(f"bundle {bundle.name}, engine {args.engine}, one 500x375 JPEG per normal request, "
-                  f"{args.requests} requests x {args.clients} clients per phase, {args.rounds} rounds (A/B interleaved)")
+                  f"{args.requests} requests x {args.clients} clients per phase, {args.rounds} rounds "
+                  "(A/B interleaved)")
             print(f"server RSS at rest: {status(server.pid, 'VmRSS:') / 2**20:.0f} MiB")
             results = {"A": [], "B": []}
             hostile_got = collections.Counter()
@@ -274,7 +275,8 @@ def run(args, engine: str) -> None:
                       f"server CPU {statistics.median(x['cpu'] for x in r):.2f} cores, "
                       f"server peak RSS {max(x['peak'] for x in r) / 2**20:.0f} MiB")
             a, b = results["A"], results["B"]
-            print(f"ratio B/A: requests/s {statistics.median(x['rps'] for x in b) / statistics.median(x['rps'] for x in a):.2f}, "
+            rps_ratio = statistics.median(x["rps"] for x in b) / statistics.median(x["rps"] for x in a)
+            print(f"ratio B/A: requests/s {rps_ratio:.2f}, "
                   f"p99 latency {statistics.median(x['p99'] for x in b) / statistics.median(x['p99'] for x in a):.2f}, "
                   f"peak RSS {max(x['peak'] for x in b) / max(x['peak'] for x in a):.2f}")
             print("hostile requests got: " + "; ".join(f"{k} x{v}" for k, v in sorted(hostile_got.items())))
@@ -287,7 +289,8 @@ def run(args, engine: str) -> None:
             _, err = server.communicate()
         lines = [line for line in err.splitlines() if line.strip()]
         tracebacks = sum("Traceback" in line for line in lines)
-        print(f"server log: {len(lines)} lines, {tracebacks} tracebacks" + (f"; last: {lines[-1][:160]}" if lines else ""))
+        last = f"; last: {lines[-1][:160]}" if lines else ""
+        print(f"server log: {len(lines)} lines, {tracebacks} tracebacks{last}")
 
 
 if __name__ == "__main__":
