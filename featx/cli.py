@@ -244,19 +244,22 @@ def cmd_peek(args) -> int:
 
 
 def cmd_extract(args) -> int:
+    from featx.config import ExtractorConfig
     from featx.extract import extract
 
     check_folder(args.data, "DATA")
     check_extractor(args, args.taps)
     if args.views and args.engine == "ray":
         raise FeatxError("--views: augmented views run on the local engine; extract them without --engine ray")
-    report = extract(
-        args.data, backbone=args.backbone, taps=args.taps, pooling=args.pooling,
-        batch_size=args.batch_size, cache_dir=args.cache, dtype=args.dtype, weights=_weights(args.weights),
-        workers=args.workers, mixed_precision=args.mixed_precision, views=args.views, engine=args.engine,
-        ray_address=args.address, num_workers=args.num_workers, gpus_per_worker=args.gpus_per_worker,
-        retry_failed=args.retry_failed,
-    )
+    config = ExtractorConfig(args.backbone, args.taps, args.pooling, args.dtype, _weights(args.weights),
+                             args.mixed_precision)
+    engine = args.engine
+    if engine == "ray":
+        from featx.engines.ray import RayEngine
+
+        engine = RayEngine(address=args.address, num_workers=args.num_workers, gpus_per_worker=args.gpus_per_worker)
+    report = extract(args.data, config, batch_size=args.batch_size, cache_dir=args.cache, workers=args.workers,
+                     views=args.views, engine=engine, retry_failed=args.retry_failed)
     print(report.summary())
     for path, reason in report.failures:
         print(f"skipped {path}: {reason}")
@@ -527,6 +530,23 @@ def _taps_option(p, default="pre_logits", help_default=None) -> None:
     add_alias(p, "--tap", "--taps", dest="taps", type=taps_list)
 
 
+def head_names() -> tuple:
+    """``featx.heads.HEADS`` read from the module's source, not imported: importing it loads
+    scikit-learn, SciPy and pandas (about 150 MB and a second), which every command would pay
+    for one help string, and the LiteRT path needs none of them."""
+    import ast
+    import importlib.util
+
+    source = importlib.util.find_spec("featx.heads").origin
+    with open(source, encoding="utf-8") as f:
+        for node in ast.parse(f.read()).body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "HEADS" for t in node.targets):
+                return tuple(ast.literal_eval(node.value))
+    from featx.heads import HEADS  # not a literal any more: import it after all
+
+    return tuple(HEADS)
+
+
 def _engine_option(p, engines=ENGINES, default=None, extra="") -> None:
     p.add_argument("--engine", default=default, choices=list(engines),
                    help="inference engine: auto (LiteRT on a CPU when installed and checked), keras, litert"
@@ -536,7 +556,8 @@ def _engine_option(p, engines=ENGINES, default=None, extra="") -> None:
 
 def _batch_options(p) -> None:
     p.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="images per network batch")
-    p.add_argument("--workers", type=positive_int, default=2, metavar="N", help="decode threads")
+    p.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                   help="decode threads (default: the cores left beside the engine, at least 1)")
 
 
 def _extractor_options(p, taps_default="pre_logits", engines=ENGINES) -> None:
@@ -605,8 +626,8 @@ def build_parser() -> FeatxParser:
     _backbone_option(p)
     _weights_option(p)
     p.add_argument("--top", type=positive_int, default=5, metavar="K", help="classes shown per image")
-    _engine_option(p, default="keras", extra="; keras by default: for a few images a LiteRT conversion costs more "
-                                             "than it saves")
+    _engine_option(p, default="auto", extra="; auto uses LiteRT only when its conversion is already in the cache "
+                                            "(for a few images a conversion costs more than it saves)")
     _cache_option(p)
     p.set_defaults(func=cmd_peek)
 
@@ -649,9 +670,7 @@ def build_parser() -> FeatxParser:
     p = command("fit-head", "train a classifier head on the cached codes of DATA")
     p.add_argument("data", metavar="DATA", help="folder of class folders (or train/val/test)")
     _extractor_options(p)
-    from featx.heads import HEADS
-
-    p.add_argument("--head", default="logistic", metavar="NAME", help="the classifier: " + ", ".join(HEADS))
+    p.add_argument("--head", default="logistic", metavar="NAME", help="the classifier: " + ", ".join(head_names()))
     _class_weight_option(p, "none")
     p.add_argument("--l2", action=argparse.BooleanOptionalAction, default=None,
                    help="L2-normalise each row of codes (default: the head's own choice)")

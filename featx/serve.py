@@ -57,9 +57,9 @@ class Predictor:
         from featx.backbones.registry import get_backbone
         from featx.bundle import load_bundle
         from featx.cache import default_cache_dir
-        from featx.extract import extractor_config
+        from featx.config import ExtractorConfig
+        from featx.engines import make_engine
         from featx.fit import extractor_weights
-        from featx.inference import make_engine
 
         self.path = Path(bundle_path)
         self.lock = threading.Lock()
@@ -74,7 +74,8 @@ class Predictor:
             self.model = {"dataset": meta.get("dataset"), "backbone": meta["backbone"], "head": "fine-tuned",
                           "taps": [meta["tap"]] if meta.get("tap") else []}
             model = _tf.keras().models.load_model(self.path)
-            self._proba = lambda batch: np.asarray(model.predict_on_batch(batch), dtype=np.float64)
+            self._proba = lambda batch: np.asarray(model.predict_on_batch(self.spec.normalize(batch)),
+                                                   dtype=np.float64)
             self.engine = "keras"
             return
         bundle = load_bundle(self.path, trust=trust)
@@ -86,9 +87,8 @@ class Predictor:
                       "head": metrics.get("head") or type(bundle.head).__name__, "taps": list(ext["taps"])}
         weights = extractor_weights(bundle, None)
         taps = ext["taps"]
-        runner = make_engine(self.spec, taps, lambda: self.spec.feature_model(taps, ext["pooling"], weights),
-                             extractor_config(ext["backbone"], ext["pooling"], ext["dtype"], weights), 1, engine,
-                             cache_dir or default_cache_dir())
+        config = ExtractorConfig(ext["backbone"], taps, ext["pooling"], ext["dtype"], weights)
+        runner = make_engine(config, 1, engine, cache_dir or default_cache_dir())
         self.engine = runner.name
 
         def proba(batch):
@@ -118,7 +118,7 @@ class Predictor:
 
     def predict_prepared(self, images: list[np.ndarray]) -> np.ndarray:
         """Class probabilities ``(n, classes)`` for images already at the network input size."""
-        batch = self.spec.normalize(np.stack(images))
+        batch = np.stack(images)  # uint8: the engine normalises (LiteRT inside its graph)
         with self.lock:
             return self._proba(batch)
 
@@ -461,6 +461,7 @@ def serve(bundle, host: str = "127.0.0.1", port: int = 8000, top: int = 5, max_b
         import uvicorn
     except ImportError:
         raise FeatxError("featx serve needs its extra: pip install 'featx[serve]'") from None
+    began = time.perf_counter()
     sock = bind(host, port)
     try:
         predictor = Predictor(bundle, trust=trust, engine=engine, cache_dir=cache_dir)
@@ -468,7 +469,9 @@ def serve(bundle, host: str = "127.0.0.1", port: int = 8000, top: int = 5, max_b
         app = create_app(predictor, top, max_bytes, max_pixels=max_pixels, budget=budget, decode_slots=decode_slots,
                          body_timeout=body_timeout, cors=cors, allowed_hosts=allowed)
         server = uvicorn.Server(server_config(app, host, port, header_timeout))
-        print(f"serving {predictor.name} ({len(predictor.classes)} classes) on http://{host}:{port}/", flush=True)
+        # the socket is bound and listening: connections made from now on are answered
+        print(f"featx: ready in {time.perf_counter() - began:.1f} s: serving {predictor.name} "
+              f"({len(predictor.classes)} classes, {predictor.engine} engine) on http://{host}:{port}/", flush=True)
         server.run(sockets=[sock])
     finally:
         sock.close()

@@ -10,6 +10,7 @@ import pytest
 
 from conftest import ROOT
 from featx.cache import FeatureCache
+from featx.engines.ray import RayEngine
 from featx.extract import extract, load_features
 from test_extract import make_dataset
 
@@ -33,8 +34,8 @@ def local(data, tmp_path_factory):
 
 def test_ray_gives_the_local_engines_rows_and_failures(data, local, tmp_path):
     local_report, local_feats = local
-    report = extract(data, cache_dir=tmp_path, taps=["pre_logits", "stage3"], batch_size=4, engine="ray",
-                     num_workers=1)
+    report = extract(data, cache_dir=tmp_path, taps=["pre_logits", "stage3"], batch_size=4,
+                     engine=RayEngine(num_workers=1))
     assert report.cache_file.name == local_report.cache_file.name
     assert report.computed == local_report.computed == 8
     assert sorted(p.name for p, _ in report.failures) == sorted(p.name for p, _ in local_report.failures)
@@ -49,7 +50,7 @@ def test_ray_gives_the_local_engines_rows_and_failures(data, local, tmp_path):
 
 def test_a_killed_worker_is_retried_and_the_result_is_complete(data, local, tmp_path):
     marker = tmp_path / "crashed-once"
-    report = extract(data, cache_dir=tmp_path / "c", batch_size=4, engine="ray", _ray_crash_marker=str(marker))
+    report = extract(data, cache_dir=tmp_path / "c", batch_size=4, engine=RayEngine(crash_marker=str(marker)))
     assert marker.exists()  # a worker did die mid-run
     assert report.computed == 8 and len(report.failures) == 2
     feats = load_features(data, cache_dir=tmp_path / "c", extract_missing=False)

@@ -20,6 +20,7 @@ the segments).  ``address=None`` starts a local Ray with this machine's CPUs.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ SEGMENT_ROWS = 256  # images per segment a worker writes: the unit of loss and o
 def _decode_batch(batch: dict, backbone: str) -> dict:
     """CPU stage: files -> resized uint8 images (errors travel as text, never raise)."""
     from featx.backbones.registry import get_backbone
-    from featx.extract import _load_for_network
+    from featx.preprocess import load_for_network
 
     spec = get_backbone(backbone)
     size = spec.input_size
@@ -43,7 +44,7 @@ def _decode_batch(batch: dict, backbone: str) -> dict:
         try:
             key = batch["key"][i]
             key = key.decode() if isinstance(key, bytes) else str(key)  # the bytes decoded must be this content
-            images[i] = _load_for_network(spec, Path(str(path)), expected_key=key)
+            images[i] = load_for_network(spec, Path(str(path)), expected_key=key)
             errors.append("")
         except Exception as exc:  # noqa: BLE001 - reported per image, like the local engine
             errors.append(str(exc).removeprefix(f"{path}: ") or type(exc).__name__)
@@ -55,18 +56,16 @@ class _Embedder:
 
     def __init__(self, backbone, taps, pooling, weights, batch_size, engine, cache_dir, cache_folder, cache_config,
                  crash_marker=None):
-        from featx.backbones.registry import get_backbone
-        from featx.extract import extractor_config
-        from featx.inference import make_engine
+        from featx.config import ExtractorConfig
+        from featx.engines import make_engine
 
-        self.spec = get_backbone(backbone)
-        self.taps = list(taps)
+        config = ExtractorConfig(backbone, taps, pooling, "float32", weights)
+        self.spec = config.spec
+        self.taps = list(config.taps)
         self.batch_size = batch_size
         self.crash_marker = crash_marker
         self.cache_folder, self.cache_config = cache_folder, cache_config
-        self.runner = make_engine(self.spec, self.taps, lambda: self.spec.feature_model(self.taps, pooling, weights),
-                                  extractor_config(backbone, pooling, "float32", weights), batch_size, engine,
-                                  cache_dir)
+        self.runner = make_engine(config, batch_size, engine, cache_dir)
 
     def __call__(self, batch: dict) -> dict:
         if self.crash_marker and not Path(self.crash_marker).exists():
@@ -81,7 +80,7 @@ class _Embedder:
             chunk = images[start : start + self.batch_size]
             padded = np.zeros((self.batch_size, *chunk.shape[1:]), np.uint8)
             padded[: len(chunk)] = chunk
-            codes = self.runner.run(self.spec.normalize(padded))
+            codes = self.runner.run(padded)
             for t in self.taps:
                 out[t].append(np.asarray(codes[t][: len(chunk)], np.float32))
         if ok.any():  # the batch's rows: one whole segment, written here, adopted by the driver's commit
@@ -94,10 +93,40 @@ class _Embedder:
         return {"key": batch["key"], "path": batch["path"], "error": batch["error"], "ok": ok}
 
 
-def extract_ray(dataset, spec, taps, pooling, dtype, weights, cache, todo: list, batch_size: int,
-                address=None, num_workers: int = 1, gpus_per_worker: float = 0, engine: str = "auto",
-                crash_marker=None):
-    """Compute ``todo`` [(key, path)] on Ray; returns failures [(path, reason)] and the engine name."""
+@dataclass
+class RayEngine:
+    """Ray's options, carried by the engine object that :func:`featx.extract.extract` accepts.
+
+    Parameters
+    ----------
+    address : str, optional
+        A Ray cluster (default: start one on this machine with its CPUs).
+    num_workers : int
+        Backbone actors (>= 1).
+    gpus_per_worker : float
+        GPUs per actor (0: CPU actors).
+    engine : {"auto", "keras", "litert"}
+        The local engine inside each actor (default ``$FEATX_ENGINE`` or auto).
+    crash_marker : str, optional
+        Tests only: the first actor exits once, as a lost worker would.
+    """
+
+    address: str | None = None
+    num_workers: int = 1
+    gpus_per_worker: float = 0
+    engine: str = "auto"
+    crash_marker: str | None = None
+    name = "ray"
+
+    def extract(self, config, cache, todo: list, batch_size: int) -> list:
+        """Compute ``todo`` [(key, path)] for ``config`` into ``cache``; returns failures [(path, reason)]."""
+        return extract_ray(config, cache, todo, batch_size, self.address, self.num_workers, self.gpus_per_worker,
+                           self.engine, self.crash_marker)
+
+
+def extract_ray(config, cache, todo: list, batch_size: int, address=None, num_workers: int = 1,
+                gpus_per_worker: float = 0, engine: str = "auto", crash_marker=None):
+    """Compute ``todo`` [(key, path)] on Ray; returns failures [(path, reason)]."""
     try:
         import ray
     except ImportError:
@@ -119,11 +148,12 @@ def extract_ray(dataset, spec, taps, pooling, dtype, weights, cache, todo: list,
         items = [{"key": k, "path": str(p)} for k, p in todo]
         ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // batch_size))
         ds = ds.map_batches(_decode_batch, batch_size=batch_size, batch_format="numpy",
-                            fn_kwargs={"backbone": spec.name})
+                            fn_kwargs={"backbone": config.backbone})
         ds = ds.map_batches(  # an actor batch is one segment: SEGMENT_ROWS images, in network batches
             _Embedder, batch_size=max(batch_size, SEGMENT_ROWS), batch_format="numpy", concurrency=num_workers,
             num_gpus=gpus_per_worker or None,
-            fn_constructor_kwargs=dict(backbone=spec.name, taps=taps, pooling=pooling, weights=weights,
+            fn_constructor_kwargs=dict(backbone=config.backbone, taps=list(config.taps), pooling=config.pooling,
+                                       weights=config.weights,
                                        batch_size=batch_size, engine=inner, cache_dir=str(cache.path.parent),
                                        cache_folder=str(cache.path), cache_config=cache.config,
                                        crash_marker=crash_marker),
