@@ -210,7 +210,8 @@ def extract(data, config: ExtractorConfig | str | None = None, *, cache_dir=None
     engine : str or engine object, optional
         ``auto``, ``keras``, ``litert`` (:mod:`featx.engines`), ``ray`` or a
         :class:`featx.engines.ray.RayEngine` carrying Ray's options, or an
-        already made local engine; default ``$FEATX_ENGINE`` or ``auto``.
+        already made local engine; default ``$FEATX_ENGINE`` or ``auto``.  With ``"ray"``,
+        the former keywords ``ray_address``, ``num_workers``, ``gpus_per_worker`` still work.
     flush_rows : int
         Journal finished rows once at least this many are pending, checked after every
         batch; the default 1 journals every batch, so a killed run loses at most one batch.
@@ -238,10 +239,16 @@ def extract(data, config: ExtractorConfig | str | None = None, *, cache_dir=None
         raise FeatxError(f"expected a positive number, got {flush_rows}", param="flush_rows")
     if workers is not None:
         decode_workers(workers)  # validates
+    # the former keyword spelling of Ray's options, for callers not yet moved to RayEngine(...)
+    ray_options = {new: config_fields.pop(old) for old, new in (("ray_address", "address"),
+                                                                ("num_workers", "num_workers"),
+                                                                ("gpus_per_worker", "gpus_per_worker"),
+                                                                ("_ray_crash_marker", "crash_marker"))
+                   if old in config_fields}
     config = _as_config(config, config_fields)
     engine = engine if engine is not None else os.environ.get("FEATX_ENGINE", "auto")
     if engine == "ray":
-        engine = RayEngine()
+        engine = RayEngine(**ray_options)
     if views and isinstance(engine, RayEngine):
         raise FeatxError("--views: augmented views run on the local engine; extract them without --engine ray")
     key = config.cache_key()
