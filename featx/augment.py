@@ -141,7 +141,7 @@ def get_augmentation(name: str) -> Augmentation:
     try:
         return PRESETS[name]
     except KeyError:
-        raise FeatxError(f"--augment: expected one of {', '.join(PRESETS)}, got {name!r}") from None
+        raise FeatxError(f"expected one of {', '.join(PRESETS)}, got {name!r}", param="augment") from None
 
 
 def augmentation_layers(seed: int = 0) -> Augmentation:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -116,3 +118,144 @@ def test_cached_views_have_a_new_augmentation_id():
 def test_augment_view_is_the_study_transform():
     image = _textured()
     assert np.array_equal(augment.augment_view(image, 7), augment.STUDY(image, 7))
+
+
+# ---- recipes, validation split, options checked first, predict on every model.keras ------------------------
+from conftest import write_image  # noqa: E402
+from test_fit import tinted  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def train_test_data(tmp_path_factory):
+    """train/ and test/ folders only (like cifar10_3k): no validation folder."""
+    root = tmp_path_factory.mktemp("ftr") / "tints"
+    for c, name in enumerate(("red", "green", "blue")):
+        for i in range(6):
+            write_image(root / "train" / name / f"{name}{i}.jpg", tinted(60 + 10 * c + i, c, size=(36, 44)))
+        for i in range(2):
+            write_image(root / "test" / name / f"{name}{i}.jpg", tinted(160 + 10 * c + i, c, size=(36, 44)))
+    return root
+
+
+def test_recipes_study_is_the_2017_one_and_default_is_adaptive():
+    from featx.finetune import _optimizer, get_recipe
+
+    study = get_recipe("study")
+    assert (study.optimizer, study.learning_rate, study.momentum, study.schedule, study.augment, study.warmup) == \
+        ("sgd", 1e-4, 0.9, "constant", "study", 0)
+    sgd = _optimizer(study, 100)
+    assert type(sgd).__name__ == "SGD" and float(sgd.learning_rate) == pytest.approx(1e-4)
+    assert float(sgd.momentum) == pytest.approx(0.9)
+    default = get_recipe("default")
+    assert default.optimizer == "adamw" and default.schedule == "cosine" and default.warmup > 0
+    assert default.augment == "light" and default.epochs <= 5
+    adamw = _optimizer(default, 100)
+    schedule = adamw._learning_rate
+    peak = max(float(schedule(s)) for s in range(100))
+    assert peak == pytest.approx(default.learning_rate, rel=1e-3)
+    assert float(schedule(0)) < peak and float(schedule(99)) < 0.01 * peak  # ramp up, decay to ~0
+    assert get_recipe("default", epochs=7, learning_rate=None).epochs == 7  # None keeps the recipe's value
+
+
+@pytest.mark.parametrize("kwargs, option", [
+    (dict(recipe="fast"), "recipe"), (dict(epochs=0), "epochs"), (dict(learning_rate=-1.0), "learning_rate"),
+    (dict(augment="heavy"), "augment"), (dict(warmup=-1), "warmup"), (dict(unfreeze="top:x"), "unfreeze"),
+    (dict(unfreeze="from:no_such_layer"), "unfreeze"), (dict(init_head="/nonexistent/model.featx"), "init_head"),
+])
+def test_a_bad_option_fails_before_any_training_or_writing(train_test_data, tmp_path, kwargs, option):
+    from featx.errors import FeatxError
+    from featx.finetune import finetune
+
+    out, cache = tmp_path / "ft", tmp_path / "cache"
+    with pytest.raises(FeatxError, match=f"^{option}: "):  # the API names the parameter, the CLI the option
+        finetune(train_test_data, cache_dir=cache, out_dir=out, echo=lambda *_: None, **kwargs)
+    assert not out.exists()  # no init-head/ folder
+    assert not (cache / "runs.csv").exists()  # no runs-log row
+    assert not list(cache.glob("*.h5")) if cache.exists() else True  # nothing extracted either
+
+
+def test_mistyped_unfreeze_on_the_command_line_is_one_line_exit_2(train_test_data, tmp_path, capsys):
+    from featx.cli import main
+
+    out = tmp_path / "ft"
+    code = main(["finetune", str(train_test_data), "--cache", str(tmp_path / "c"), "--out", str(out),
+                 "--unfreeze", "tpo:2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("featx: error: --unfreeze:")
+    assert not out.exists() and not (tmp_path / "c" / "runs.csv").exists()
+
+
+def test_carve_validation_is_stratified_seeded_and_order_free():
+    from featx.finetune import carve_validation
+
+    y = np.repeat([0, 1, 2], [10, 10, 5])
+    split = np.array(["train"] * 20 + ["test"] * 5)
+    keys = [f"k{i:02d}" for i in range(25)]
+    out = carve_validation(split, y, keys, 0.2, seed=0)
+    assert ((out == "val") & (y == 0)).sum() == 2 and ((out == "val") & (y == 1)).sum() == 2
+    assert (out[20:] == "test").all()  # the test images are never touched
+    perm = np.random.default_rng(1).permutation(25)
+    shuffled = carve_validation(split[perm], y[perm], [keys[i] for i in perm], 0.2, seed=0)
+    assert set(np.asarray(keys)[perm][shuffled == "val"]) == set(np.asarray(keys)[out == "val"])
+    assert not np.array_equal(out, carve_validation(split, y, keys, 0.2, seed=5))
+    given = split.copy()
+    given[0] = "val"
+    np.testing.assert_array_equal(carve_validation(given, y, keys, 0.2, 0), given)  # a split with val stays
+
+
+def test_finetune_carves_a_validation_split_shows_progress_and_logs_the_recipe(train_test_data, tmp_path):
+    import pandas as pd
+
+    from featx.finetune import finetune
+    from featx.fit import predict
+
+    lines = []
+    cache = tmp_path / "cache"
+    result = finetune(train_test_data, cache_dir=cache, out_dir=tmp_path / "ft", epochs=1, batch_size=4,
+                      unfreeze="top:1", echo=lines.append, progress=False)
+    m = result["metrics"]
+    assert m["val_carved_from_train"] and m["n"]["val"] == 3 and m["n"]["train"] == 15 and m["n"]["test"] == 6
+    assert m["recipe"] == "default" and m["warmup_steps"] >= 1 and m["epochs_run"] == 1
+    assert any(line.startswith("epoch 1/1:") and "img/s" in line and "val loss" in line for line in lines), lines
+    assert any(line.startswith("warm-up 1/1:") for line in lines), lines
+    assert "[" in m["accuracy_text"]["test"] and "(n=6)" in m["accuracy_text"]["test"]  # Wilson interval
+    row = pd.read_csv(cache / "runs.csv").iloc[-1]
+    assert row["route"] == "finetune" and row["head"] == "dense/top:1/default" and row["n_val"] == 3
+    assert row["fit_s"] > 0 and row["test_acc"] == pytest.approx(m["accuracy"]["test"])
+    table = predict(result["model"], [train_test_data / "test"])
+    assert len(table) == 6 and np.allclose(table.filter(like="p_").sum(axis=1), 1, atol=1e-4)
+
+
+def test_progress_bar_counts_images_per_step(train_test_data, tmp_path, capsys):
+    from featx.finetune import finetune
+
+    finetune(train_test_data, cache_dir=tmp_path / "cache", out_dir=tmp_path / "ft", epochs=1, batch_size=5,
+             unfreeze="top:1", warmup=0, echo=lambda *_: None, progress=True)
+    err = capsys.readouterr().err
+    assert "img/s" in err and "/15" in err  # a tqdm bar over the 15 training images
+
+
+def test_predict_accepts_a_baseline_model_keras(train_test_data, tmp_path):
+    from featx import _tf
+    from featx.baselines import train_baseline
+    from featx.fit import predict
+    from featx.images import center_crop_resize, load_image
+
+    result = train_baseline(train_test_data, arch="cnn1", size=32, epochs=1, cache_dir=tmp_path / "cache",
+                            out_dir=tmp_path / "cnn1", echo=lambda *_: None)
+    model_path = result["out_dir"] / "model.keras"
+    table = predict(model_path, [train_test_data / "test"], top=2)
+    assert len(table) == 6 and set(table["predicted"]) <= {"red", "green", "blue"}
+    paths = [Path(p) for p in table["file"]]
+    x = np.stack([center_crop_resize(load_image(p, min_side=32), 32, 1.0) for p in paths]).astype(np.float32)
+    want = _tf.keras().models.load_model(model_path).predict(x, verbose=0)
+    np.testing.assert_allclose(table[["p_blue", "p_green", "p_red"]].to_numpy(), want, atol=1e-5)
+
+
+def test_predict_refuses_a_model_keras_without_its_description(tmp_path):
+    from featx.errors import FeatxError
+    from featx.fit import predict
+
+    (tmp_path / "model.keras").write_bytes(b"PK")
+    with pytest.raises(FeatxError, match="featx.json"):
+        predict(tmp_path / "model.keras", [tmp_path])
