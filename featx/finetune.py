@@ -353,6 +353,31 @@ def carve_validation(split: np.ndarray, y: np.ndarray, keys, val_fraction: float
     return split
 
 
+def _fit_init_head(codes, split, backbone, tap, weights, out_dir: Path, seed: int) -> Path:
+    """A dense head on the codes of ``split == 'train'`` (early stopping on ``'val'``), saved as a bundle
+    in ``out_dir``; its metrics.json beside it.  No runs-log row: it is a step of the fine-tune."""
+    from featx.bundle import Bundle, save_bundle
+    from featx.heads import make_head
+
+    X = codes.features.X([tap])
+    model = make_head("dense", random_state=seed)
+    train, val = split == "train", split == "val"
+    model.fit(X[train], codes.y[train], validation_data=(X[val], codes.y[val]) if val.any() else None)
+    acc = {s: float((model.predict(X[split == s]) == codes.y[split == s]).mean()) if (split == s).any() else None
+           for s in SPLITS}
+    metrics = {"dataset": codes.name, "backbone": backbone, "taps": [tap], "head": "dense",
+               "split_id": codes.split_id, "val_carved_from_train": True,
+               "n": {s: int((split == s).sum()) for s in SPLITS}, "accuracy": acc}
+    extractor = {"backbone": backbone, "weights": None if weights is None else str(weights),
+                 "weights_id": codes.features.config["weights"], "taps": [tap], "pooling": "avg",
+                 "dtype": "float32"}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = save_bundle(Bundle(model, extractor, list(codes.features.class_names), codes.split_id, metrics),
+                       out_dir / "model.featx")
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return path
+
+
 def _optimizer(recipe: Recipe, steps: int):
     keras = _tf.keras()
     lr = recipe.learning_rate
@@ -432,7 +457,22 @@ def finetune(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), unfre
     augmentation = get_augmentation(plan.augment)
     cache_dir = Path(cache_dir or default_cache_dir())
 
-    if init_head is None:
+    codes = labelled_codes(data, backbone, [tap], weights=weights, cache_dir=cache_dir, val_fraction=val_fraction,
+                           test_fraction=test_fraction, seed=seed)
+    names = np.asarray(codes.features.class_names)
+    y_all = np.searchsorted(names, codes.y)
+    split = carve_validation(codes.split, y_all, codes.features.keys, val_fraction, seed)
+    val_carved = bool((split == "val").sum() != (codes.split == "val").sum())
+    if val_carved:
+        echo(f"no validation images in the split: {int((split == 'val').sum())} of the training images "
+             f"(a stratified {val_fraction:g}) are held out to stop on")
+    if init_head is None and val_carved:
+        # the head must not have seen the held-out images, or validation would flatter the starting point
+        echo("training the dense head on the cached codes of the remaining training images first "
+             "(pass --init-head to reuse one)")
+        init_head = _fit_init_head(codes, split, backbone, tap, weights, Path(out_dir or Path("featx-out") /
+                                   f"{codes.name}-{backbone}-finetune") / "init-head", seed)
+    elif init_head is None:
         echo("training the dense head on the cached codes first (pass --init-head to reuse one)")
         init_head = fit_head(data, backbone, [tap], head="dense", weights=weights, cache_dir=cache_dir,
                              out_dir=Path(out_dir) / "init-head" if out_dir else None,
@@ -441,15 +481,8 @@ def finetune(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), unfre
     if bundle.extractor["backbone"] != backbone or bundle.extractor["taps"] != [tap]:
         raise FeatxError(f"the bundle is for {bundle.extractor['backbone']}/"
                          f"{'+'.join(bundle.extractor['taps'])}, not {backbone}/{tap}", param="init_head")
-    codes = labelled_codes(data, backbone, [tap], weights=weights, cache_dir=cache_dir, val_fraction=val_fraction,
-                           test_fraction=test_fraction, seed=seed)
     class_names = list(bundle.head.classes_)
     y = np.searchsorted(class_names, codes.y)
-    split = carve_validation(codes.split, y, codes.features.keys, val_fraction, seed)
-    val_carved = bool((split == "val").sum() != (codes.split == "val").sum())
-    if val_carved:
-        echo(f"no validation images in the split: {int((split == 'val').sum())} of the training images "
-             f"(a stratified {val_fraction:g}) are held out to stop on")
     images = load_network_inputs(spec, codes.features.paths)
     parts = {s: (images[split == s], y[split == s]) for s in SPLITS}
 
