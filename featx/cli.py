@@ -727,7 +727,7 @@ def build_parser() -> FeatxParser:
     p.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
                    help="images per training step (default: the recipe's, 32 or 16)")
     p.add_argument("--lr", type=positive_float, default=None,
-                   help="peak learning rate (default: the recipe's, 3e-5 AdamW or 1e-4 SGD)")
+                   help="peak learning rate (default: the recipe's, 1e-4 for both: AdamW peak, SGD constant)")
     p.add_argument("--momentum", type=nonnegative_float, default=None,
                    help="SGD momentum, study recipe (default: 0.9)")
     p.add_argument("--warmup", type=nonnegative_float, default=None, metavar="EPOCHS",
