@@ -259,3 +259,20 @@ def test_predict_refuses_a_model_keras_without_its_description(tmp_path):
     (tmp_path / "model.keras").write_bytes(b"PK")
     with pytest.raises(FeatxError, match="featx.json"):
         predict(tmp_path / "model.keras", [tmp_path])
+
+
+def test_fine_tuning_that_never_beats_the_warm_start_gives_it_back(train_test_data, tmp_path):
+    """A learning rate that wrecks the network: the saved model is the warm start, the init head exactly."""
+    from featx.bundle import load_bundle
+    from featx.finetune import finetune
+    from featx.fit import predict
+
+    result = finetune(train_test_data, cache_dir=tmp_path / "cache", out_dir=tmp_path / "ft", epochs=1,
+                      batch_size=5, unfreeze="all", warmup=0, learning_rate=5.0, echo=lambda *_: None,
+                      progress=False)
+    m = result["metrics"]
+    assert m["kept_warm_start"] and m["warm_start_val_loss"] is not None
+    init = tmp_path / "ft" / "init-head" / "model.featx"
+    want = predict(init, [train_test_data / "test"], cache_dir=tmp_path / "cache")
+    got = predict(result["model"], [train_test_data / "test"])
+    np.testing.assert_allclose(got.filter(like="p_").to_numpy(), want.filter(like="p_").to_numpy(), atol=1e-4)
