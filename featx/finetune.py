@@ -508,7 +508,7 @@ def finetune(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), unfre
     n_train, steps = len(parts["train"][1]), len(train)
     fit_start = time.perf_counter()
     interrupted = kept_warm_start = False
-    start_loss = None
+    start_acc = None
     history: dict = {}
     warmup_steps = int(math.ceil(plan.warmup * steps)) if plan.warmup else 0
     try:
@@ -531,16 +531,20 @@ def finetune(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), unfre
             ]
         echo(f"fine-tuning {backbone} ({plan.name} recipe, {policy}: {len(trainable)} layers with weights train) "
              f"on {n_train} images, {plan.epochs} epochs at most, {steps} steps each")
-        # the warm start (the init head after the warm-up) is a candidate too: fine-tuning that never beats
-        # it on validation loss gives it back, so the route does not end below where it started
-        start_loss = float(classifier.evaluate(val, verbose=0)[0]) if has_val else None
+        # the warm start (the init head after the warm-up) is a candidate too: when the epoch early stopping
+        # kept is less accurate on validation, the warm start is given back, so the route does not end below
+        # where it started (accuracy, not loss: an overconfident init head has a high loss but can be right)
+        start_acc = float(classifier.evaluate(val, verbose=0)[1]) if has_val else None
         start_weights = classifier.get_weights() if has_val else None
         history = classifier.fit(train, validation_data=val, epochs=plan.epochs, class_weight=weights_by_class,
                                  callbacks=callbacks, verbose=0).history
-        if has_val and history.get("val_loss") and min(history["val_loss"]) >= start_loss:
-            classifier.set_weights(start_weights)
-            kept_warm_start = True
-            echo(f"no epoch beat the warm start's validation loss ({start_loss:.3f}): keeping the warm start")
+        if has_val and history.get("val_loss"):
+            tuned_acc = float(classifier.evaluate(val, verbose=0)[1])
+            if tuned_acc < start_acc:
+                classifier.set_weights(start_weights)
+                kept_warm_start = True
+                echo(f"validation accuracy {tuned_acc:.3f} after fine-tuning is below the warm start's "
+                     f"{start_acc:.3f}: keeping the warm start")
     except KeyboardInterrupt:
         interrupted = True
         echo("interrupted: keeping the best checkpoint so far")
@@ -568,7 +572,7 @@ def finetune(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), unfre
         "n": {s: int(len(parts[s][1])) for s in SPLITS}, "accuracy": acc,
         "accuracy_text": {s: format_accuracy(correct[s], len(parts[s][1])) for s in SPLITS},
         "epochs_run": len(history.get("loss", [])), "warmup_steps": warmup_steps,
-        "warm_start_val_loss": start_loss, "kept_warm_start": kept_warm_start, "train_seconds": train_seconds,
+        "warm_start_val_accuracy": start_acc, "kept_warm_start": kept_warm_start, "train_seconds": train_seconds,
         "total_seconds": time.perf_counter() - start, "interrupted": interrupted,
         "init_head": str(init_head),
     }

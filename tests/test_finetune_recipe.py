@@ -271,7 +271,7 @@ def test_fine_tuning_that_never_beats_the_warm_start_gives_it_back(train_test_da
                       batch_size=5, unfreeze="all", warmup=0, learning_rate=5.0, echo=lambda *_: None,
                       progress=False)
     m = result["metrics"]
-    assert m["kept_warm_start"] and m["warm_start_val_loss"] is not None
+    assert m["kept_warm_start"] and m["warm_start_val_accuracy"] is not None
     init = tmp_path / "ft" / "init-head" / "model.featx"
     want = predict(init, [train_test_data / "test"], cache_dir=tmp_path / "cache")
     got = predict(result["model"], [train_test_data / "test"])
