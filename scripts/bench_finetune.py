@@ -10,7 +10,8 @@ For each dataset, in one fresh cache folder, it runs the real commands and times
 
 It prints test accuracy with its 95 % Wilson interval, seconds, and the difference to the cached route,
 and writes the table (markdown and JSON) to ``--out``.  The machine's load average is printed before and
-after: on a shared machine the seconds are only comparable within one run.  Prints figures, asserts nothing.
+after: on a shared machine the seconds are only comparable within one run.  The runs log of each dataset
+is kept as ``OUT/DATASET-runs.csv`` (``featx report --runs`` renders it).  Prints figures, asserts nothing.
 
     python scripts/bench_finetune.py [--data ../shared/datasets/cifar10_3k,../shared/datasets/flowers5]
                                      [--max-train N] [--skip-study] [--out featx-out/bench-finetune]
@@ -112,6 +113,8 @@ def bench(data: Path, out: Path, args) -> list[dict]:
                          "seconds": t, "correct_n": accuracy(m), "epochs": m["epochs_run"]})
             print(_line(rows[-1]), flush=True)
     finally:
+        if (cache / "runs.csv").exists():  # for `featx report --runs OUT/DATASET-runs.csv`
+            shutil.copy(cache / "runs.csv", out / f"{name}-runs.csv")
         shutil.rmtree(cache, ignore_errors=True)
     base = rows[0]["correct_n"][0] / rows[0]["correct_n"][1]
     for r in rows:
