@@ -508,10 +508,17 @@ def finetune(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), unfre
     n_train, steps = len(parts["train"][1]), len(train)
     fit_start = time.perf_counter()
     interrupted = kept_warm_start = False
-    start_acc = None
+    start_acc = start_weights = None
     history: dict = {}
     warmup_steps = int(math.ceil(plan.warmup * steps)) if plan.warmup else 0
     try:
+        # the warm start (the init head, before the warm-up) is a candidate too: when the epoch early stopping
+        # kept is less accurate on validation, the warm start is given back, so the route does not end below
+        # where it started (accuracy, not loss: an overconfident init head has a high loss but can be right)
+        if has_val:
+            classifier.compile(loss=loss, metrics=["accuracy"])
+            start_acc = float(classifier.evaluate(val, verbose=0)[1])
+            start_weights = classifier.get_weights()
         if warmup_steps:
             apply_unfreeze(base, spec, "none")
             classifier.compile(keras.optimizers.Adam(plan.warmup_learning_rate), loss, metrics=["accuracy"])
@@ -531,11 +538,6 @@ def finetune(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), unfre
             ]
         echo(f"fine-tuning {backbone} ({plan.name} recipe, {policy}: {len(trainable)} layers with weights train) "
              f"on {n_train} images, {plan.epochs} epochs at most, {steps} steps each")
-        # the warm start (the init head after the warm-up) is a candidate too: when the epoch early stopping
-        # kept is less accurate on validation, the warm start is given back, so the route does not end below
-        # where it started (accuracy, not loss: an overconfident init head has a high loss but can be right)
-        start_acc = float(classifier.evaluate(val, verbose=0)[1]) if has_val else None
-        start_weights = classifier.get_weights() if has_val else None
         history = classifier.fit(train, validation_data=val, epochs=plan.epochs, class_weight=weights_by_class,
                                  callbacks=callbacks, verbose=0).history
         if has_val and history.get("val_loss"):
