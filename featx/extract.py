@@ -30,9 +30,9 @@ import numpy as np
 from featx import _tf
 
 from featx import __version__
+from featx.augment import STUDY
 from featx.backbones.registry import DEFAULT_BACKBONE, POOLINGS, get_backbone
 from featx.cache import DTYPES, FeatureCache, TapRows, cache_path, content_key, default_cache_dir
-from featx.augment import STUDY
 from featx.datasets import Dataset, Split, discover, from_paths, make_split
 from featx.errors import FeatxError
 from featx.failed import DecodeFailures

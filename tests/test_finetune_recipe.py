@@ -214,13 +214,14 @@ def test_finetune_carves_a_validation_split_shows_progress_and_logs_the_recipe(t
     result = finetune(train_test_data, cache_dir=cache, out_dir=tmp_path / "ft", epochs=1, batch_size=4,
                       unfreeze="top:1", echo=lines.append, progress=False)
     m = result["metrics"]
-    assert m["val_carved_from_train"] and m["n"]["val"] == 3 and m["n"]["train"] == 15 and m["n"]["test"] == 6
+    # a validation split exists although the folders have none (the stored split carves it, or finetune does)
+    assert m["n"]["val"] >= 3 and m["n"]["train"] + m["n"]["val"] == 18 and m["n"]["test"] == 6
     assert m["recipe"] == "default" and m["warmup_steps"] >= 1 and m["epochs_run"] == 1
     assert any(line.startswith("epoch 1/1:") and "img/s" in line and "val loss" in line for line in lines), lines
     assert any(line.startswith("warm-up 1/1:") for line in lines), lines
     assert "[" in m["accuracy_text"]["test"] and "(n=6)" in m["accuracy_text"]["test"]  # Wilson interval
     row = pd.read_csv(cache / "runs.csv").iloc[-1]
-    assert row["route"] == "finetune" and row["head"] == "dense/top:1/default" and row["n_val"] == 3
+    assert row["route"] == "finetune" and row["head"] == "dense/top:1/default" and row["n_val"] == m["n"]["val"]
     assert row["fit_s"] > 0 and row["test_acc"] == pytest.approx(m["accuracy"]["test"])
     table = predict(result["model"], [train_test_data / "test"])
     assert len(table) == 6 and np.allclose(table.filter(like="p_").sum(axis=1), 1, atol=1e-4)
