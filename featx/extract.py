@@ -252,10 +252,10 @@ def extract(data, config: ExtractorConfig | str | None = None, *, cache_dir=None
         engine = RayEngine(**ray_options)
     if views and isinstance(engine, RayEngine):
         raise FeatxError("--views: augmented views run on the local engine; extract them without --engine ray")
-    key = config.cache_key()
+    config_key = config.cache_key()
     taps = list(config.taps)
     dataset = _as_dataset(data)
-    cache = FeatureCache(cache_path(cache_dir or default_cache_dir(), key), key)
+    cache = FeatureCache(cache_path(cache_dir or default_cache_dir(), config_key), config_key)
     memory = DecodeFailures(cache_dir or default_cache_dir())
     start = time.perf_counter()
     hashed = hash_files(dataset.paths)
@@ -320,7 +320,7 @@ def extract(data, config: ExtractorConfig | str | None = None, *, cache_dir=None
             cache.commit(provenance=provenance, failures=[[str(p), r] for p, r in report.failures])
             report.engine = engine_name
     if views:
-        vcache = FeatureCache(cache_path(cache.path.parent, views_config(key)), views_config(key))
+        vcache = FeatureCache(cache_path(cache.path.parent, views_config(config_key)), views_config(config_key))
         with vcache:
             vcache.commit()
             wanted = [view_key(k, v) for k in report.keys if k is not None for v in range(1, views + 1)]
