@@ -70,6 +70,7 @@ def test_bad_policy_is_a_clear_error(mobilenet_base, policy):
         first_trainable_index(base, spec, policy)
 
 
+@pytest.mark.slow
 def test_batchnorm_statistics_do_not_move_while_training(data):
     from featx import _tf
 
@@ -93,6 +94,7 @@ def test_batchnorm_statistics_do_not_move_while_training(data):
         assert not np.array_equal(base.get_layer(name).get_weights()[0], old), name
 
 
+@pytest.mark.slow
 def test_warm_start_reproduces_the_cached_head(data, cache, tmp_path):
     result = fit_head(data, head="dense", cache_dir=cache, out_dir=tmp_path, head_params={"epochs": 5})
     bundle = load_bundle(result.bundle)
@@ -187,6 +189,7 @@ def test_report_renders_from_a_hand_made_runs_csv(tmp_path):
     assert table.loc[("dogs", "vgg16", "finetune"), "test_acc"] == pytest.approx(0.63)
 
 
+@pytest.mark.slow
 def test_finetune_cli_end_to_end_and_predict_keras_model(data, cache, tmp_path, capsys):
     out = tmp_path / "ft"
     code = main(["finetune", str(data), "--cache", str(cache), "--epochs", "1", "--batch-size", "8",
@@ -203,6 +206,7 @@ def test_finetune_cli_end_to_end_and_predict_keras_model(data, cache, tmp_path, 
     assert len(table) == 6 and set(table["predicted"]) <= {"red", "green", "blue"}
 
 
+@pytest.mark.slow
 def test_baseline_trains_on_the_stored_split_and_logs_a_run(data, cache, tmp_path):
     from featx import _tf
     from featx.baselines import train_baseline
@@ -220,6 +224,7 @@ def test_baseline_trains_on_the_stored_split_and_logs_a_run(data, cache, tmp_pat
     assert reloaded.output.shape[-1] == 3 and len(cached_split.paths) == 18
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_best_checkpoint(data, cache, tmp_path, monkeypatch):
     from featx import _tf
     from featx.finetune import finetune

@@ -256,6 +256,7 @@ def test_feature_extractor_errors(tmp_path, cache):
         FeatureExtractor(cache_dir=cache).fit([bad]).transform([bad])
 
 
+@pytest.mark.slow
 def test_demo_runs_the_main_job_end_to_end(tmp_path):
     from featx.demo import run_demo
 

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import write_image
+from conftest import require_extra, write_image
 from test_fit import tinted
 
-httpx = pytest.importorskip("httpx", reason="the serve tests need httpx (dev extra)")
-pytest.importorskip("uvicorn", reason="featx serve needs its extra: pip install 'featx[serve]'")
+httpx = require_extra("httpx", "the serve tests' client")
+require_extra("uvicorn", "featx serve")
+require_extra("starlette", "featx serve")
 
 
 def _free_port():
@@ -153,12 +154,13 @@ def test_bad_requests(server):
     assert httpx.get(url + "/predict").status_code == 405
 
 
+@pytest.mark.slow
 def test_browser_uploads_an_image_and_reads_the_class(server, tmp_path):
     import shutil
 
-    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    playwright = require_extra("playwright.sync_api", "the browser test")
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
+    if chromium is None:  # a system package, not a Python extra: skipped (with the reason) even in CI
         pytest.skip("no Chromium installed (Debian package 'chromium')")
     url, root = server
     image = tmp_path / "a-red-thing.jpg"
