@@ -130,7 +130,8 @@ def test_streaming_cap_counts_a_chunked_body_without_content_length(server):
     boundary = "featxboundary"
     payload = np.random.default_rng(1).integers(0, 256, 300_000, dtype=np.uint8).tobytes()  # limit: 200,000
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.jpg\"\r\n"
-            f"Content-Type: image/jpeg\r\n\r\n").encode() + b"\xff\xd8\xff" + payload + f"\r\n--{boundary}--\r\n".encode()
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + b"\xff\xd8\xff" + payload
+    body += f"\r\n--{boundary}--\r\n".encode()
     sent = []
 
     def chunks():  # a generator: httpx sends Transfer-Encoding: chunked and no Content-Length
