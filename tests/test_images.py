@@ -52,12 +52,7 @@ DISPLAYED = {
     8: lambda a: np.rot90(a, 1),  # rotated 90 counter-clockwise
 }
 
-TIFF_TWICE = pytest.mark.xfail(
-    strict=True, reason="bug: OpenCV's TIFF reader already applies the Orientation tag and decode() applies it "
-                        "again (orientations 2-8 come out wrong); images.py orientation belongs to issue 11")
-
-
-@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", pytest.param("TIFF", marks=TIFF_TWICE)])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF"])  # TIFF: OpenCV applies it itself
 def test_exif_orientation_is_applied_pixel_for_pixel(tmp_path, fmt):
     rgb = make_photo(2, size=(40, 80))  # landscape, and no two orientations of it look alike
     lossy = fmt in ("JPEG", "WEBP")
