@@ -55,7 +55,8 @@ def _run(argv, capsys):
 
 def test_pooling_avgmax_and_none_are_the_documented_reductions_of_the_spatial_map(four, tmp_path, capsys):
     """avgmax = [avg, max] side by side; none = the whole map flattened (so its mean and max are avg and max)."""
-    from featx.extract import load_features
+    from featx.cache import cache_path
+    from featx.extract import extractor_config, load_features
 
     paths = sorted(four.glob("*/*.jpg"))  # a list of files: codes only, no split needed
     codes = {p: load_features(paths, taps=["stage4"], pooling=p, cache_dir=tmp_path).codes["stage4"]
@@ -69,7 +70,8 @@ def test_pooling_avgmax_and_none_are_the_documented_reductions_of_the_spatial_ma
     # the CLI option reaches the same cache file (no second extraction: everything is cached)
     code, out, _ = _run(["extract", four, "--cache", tmp_path, "--taps", "stage4", "--pooling", "avgmax"], capsys)
     assert code == 0 and re.search(r"\b0 extracted\b|\b4 cached\b", out), out
-    assert len(list(tmp_path.glob("mobilenet_v2-avgmax-*.h5"))) == 1
+    assert {c.name.split(".")[0] for c in tmp_path.glob("mobilenet_v2-avgmax-*")} == {
+        cache_path(tmp_path, extractor_config("mobilenet_v2", pooling="avgmax")).name}
 
 
 # ---- multi-tap fit-head and predict -----------------------------------------------------------------------
@@ -126,8 +128,8 @@ def test_cache_key_changes_with_the_weights_and_only_with_their_content(four, tm
         code, _, _ = _run(["extract", four, "--cache", tmp_path / "c", "--taps", "stage4", "--weights", weights],
                           capsys)
         assert code == 0
-    files = sorted(p.name for p in (tmp_path / "c").glob("*.h5"))
-    assert files == sorted([key["imagenet"], key[None]])
+    written = {p.name.split(".")[0] for p in (tmp_path / "c").glob("mobilenet_v2-*")}  # the cache's own files
+    assert written == {key["imagenet"], key[None]}
 
 
 def test_featx_cache_environment_variable_is_the_default_cache(four, tmp_path, monkeypatch, capsys):
@@ -135,7 +137,7 @@ def test_featx_cache_environment_variable_is_the_default_cache(four, tmp_path, m
     monkeypatch.chdir(tmp_path)
     code, _, _ = _run(["extract", four, "--taps", "stage4"], capsys)
     assert code == 0
-    assert len(list((tmp_path / "from-env").glob("mobilenet_v2-*.h5"))) == 1
+    assert len({p.name.split(".")[0] for p in (tmp_path / "from-env").glob("mobilenet_v2-*")}) == 1
     assert not (tmp_path / "cache").exists()  # not the ./cache default
     code, out, _ = _run(["cache", "ls"], capsys)
     assert code == 0 and "from-env" in out and "stage4 4x96" in out
@@ -184,9 +186,10 @@ def test_second_extract_process_on_the_same_cache_gets_the_lock_error(tmp_path):
     finally:
         if first.poll() is None:
             first.kill()
-    from featx.cache import FeatureCache
+    from featx.cache import FeatureCache, cache_path
+    from featx.extract import extractor_config
 
-    (cache_file,) = (tmp_path / "c").glob("*.h5")
+    cache_file = cache_path(tmp_path / "c", extractor_config("mobilenet_v2"))
     assert FeatureCache(cache_file).verify() == []
     assert len(FeatureCache(cache_file).keys("stage4")) == 12  # the first one's work is all there
 
