@@ -11,6 +11,13 @@ OFFLINE = ["mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1", "efficien
 REFERENCE = SHARED / "reference" / "offline_backbones.npz"
 
 
+#: Largest absolute difference allowed between a port and the PyTorch original, on logits and pre_logits codes.
+#: Measured with scripts/check_ports.py: 9.06e-6 on AMD EPYC (this machine), "< 9e-6" on Intel with AMX
+#: (issue 12); float32 summation order differs between CPU kernels, so 3e-5 leaves 3x headroom, while a real
+#: port bug is orders of magnitude larger (mobilenet_v2 with BatchNorm epsilon 1.1e-5 instead of 1e-5: 0.63).
+PORT_ATOL = 3e-5
+
+
 @pytest.mark.skipif(not REFERENCE.exists(), reason="../shared/reference is not present")
 @pytest.mark.parametrize("name", OFFLINE)
 def test_offline_port_reproduces_the_original_network(name):
@@ -18,17 +25,38 @@ def test_offline_port_reproduces_the_original_network(name):
     spec = get_backbone(name)
     model = spec.feature_model(["pre_logits", "logits"])
     out = model.predict(ref[f"{name}__inputs"], verbose=0)
-    assert np.abs(out["logits"] - ref[f"{name}__logits"]).max() < 1e-4
-    assert np.abs(out["pre_logits"] - ref[f"{name}__codes"]).max() < 1e-4
+    assert np.abs(out["logits"] - ref[f"{name}__logits"]).max() < PORT_ATOL
+    assert np.abs(out["pre_logits"] - ref[f"{name}__codes"]).max() < PORT_ATOL
+
+
+# The original PyTorch networks' ImageNet top-5 (class indices, best first) and top-1 probability on
+# scikit-learn's raw photos, copied from shared/reference/offline_backbones_top5.json: an oracle independent of
+# featx, so this test checks decoding, crop, resize, normalisation and the port together on a plain clone.
+ORIGINAL_TOP5 = {
+    "mobilenet_v2": {"china": ([698, 663, 442, 687, 832], 0.6952), "flower": ([599, 947, 644, 309, 995], 0.4401)},
+    "efficientnet_lite0": {"china": ([698, 442, 663, 483, 975], 0.3494), "flower": ([985, 947, 309, 108, 310], 0.3214)},
+    "efficientnet_lite1": {"china": ([698, 663, 483, 449, 442], 0.5355), "flower": ([599, 947, 996, 470, 716], 0.0436)},
+    "efficientnet_lite2": {"china": ([698, 442, 483, 975, 497], 0.3383), "flower": ([599, 310, 309, 619, 957], 0.2934)},
+}
 
 
 @pytest.mark.parametrize("name", OFFLINE)
-def test_peek_ranks_palace_first_for_china(sample_images, name):
-    (top,) = peek([sample_images["china"]], backbone=name, top=5)
-    assert top[0][1] == "palace"
-    assert top[0][2] > 0.3
-    probs = [p for _, _, p in top]
-    assert probs == sorted(probs, reverse=True)
+def test_top5_on_raw_photos_matches_the_original_networks(sample_images, name):
+    """featx resizes with OpenCV (area), the reference with PIL (bilinear), so ranks 4-5 may swap with a near
+    neighbour.  Measured: every top-1 agrees, >= 4 of 5 classes are shared, the original's top-3 are all in
+    featx's top-5, top-1 probabilities differ by at most 0.088 (efficientnet_lite2, flower).  A colour swap, a
+    wrong normalisation or a wrong crop fails it."""
+    rows = peek([sample_images["china"], sample_images["flower"]], backbone=name, top=5)
+    for photo, top in zip(("china", "flower"), rows):
+        expected, p1 = ORIGINAL_TOP5[name][photo]
+        got = [c for c, _, _ in top]
+        assert got[0] == expected[0], (photo, got, expected)
+        assert len(set(got) & set(expected)) >= 4, (photo, got, expected)
+        assert set(expected[:3]) <= set(got), (photo, got, expected)
+        assert abs(top[0][2] - p1) < 0.15, (photo, top[0][2], p1)
+        probs = [p for _, _, p in top]
+        assert probs == sorted(probs, reverse=True)
+    assert rows[0][0][1] == "palace"
 
 
 @pytest.mark.parametrize("name", OFFLINE)
@@ -42,6 +70,7 @@ def test_offline_taps_have_documented_shapes(name):
             assert shape[1] == -(-spec.input_size // tap.stride), tap  # ceil
 
 
+@pytest.mark.slow  # builds every keras.applications network (VGG, ResNet50, Xception, ...)
 @pytest.mark.parametrize("name", list(KERAS_APPS))
 def test_keras_app_builds_without_weights_and_taps_match(name):
     import keras

@@ -86,8 +86,9 @@ def test_renamed_or_duplicated_file_reuses_its_row(reference, tmp_path):
     assert feats.labels[i] == feats.class_names.index("dog")  # labels come from the dataset
 
 
-def test_bad_files_are_reported_and_skipped(reference, tmp_path, capsys):
+def test_bad_files_are_reported_and_skipped(reference, tmp_path, capsys, engine):
     root, expected = reference
+    atol = 1e-4 if engine == "litert" else 1e-5  # LiteRT's parity check guarantees 1e-4 against Keras
     data = tmp_path / "data"
     shutil.copytree(root, data)
     (data / "cat" / "empty.png").write_bytes(b"")
@@ -97,7 +98,8 @@ def test_bad_files_are_reported_and_skipped(reference, tmp_path, capsys):
     trunc = data / "dog" / "truncated.jpg"
     write_image(trunc, make_photo(6, (300, 400)))
     trunc.write_bytes(trunc.read_bytes()[:300])
-    code = main(["extract", str(data), "--cache", str(tmp_path / "c"), "--taps", ",".join(TAPS)])
+    code = main(["extract", str(data), "--cache", str(tmp_path / "c"), "--taps", ",".join(TAPS),
+                 "--batch-size", "2"])  # the engine from $FEATX_ENGINE (the `engine` fixture)
     out, err = capsys.readouterr()
     assert code == 3
     assert "8 extracted" in out and "4 skipped" in out and "1 not an image" in err  # the scan's count: stderr
@@ -105,8 +107,9 @@ def test_bad_files_are_reported_and_skipped(reference, tmp_path, capsys):
         assert any(line.startswith("skipped") and name in line for line in out.splitlines()), name
     feats = load_features(data, taps=TAPS, cache_dir=tmp_path / "c")
     assert len(feats.paths) == 8 and len(feats.failures) == 4
-    check_codes(feats, expected)
+    check_codes(feats, expected, atol)
     info = FeatureCache(feats.cache_file).info()
+    assert info["provenance"]["engine"] == engine
     assert len(info["failures"]) == 4  # also recorded in the cache's metadata
 
 
@@ -131,16 +134,27 @@ def test_second_writer_gets_a_clear_error(tmp_path):
 
 KILL_SCRIPT = textwrap.dedent("""
     import sys
+    if sys.argv[3]:  # the test run's shared LiteRT store: no conversion in this process
+        sys.path.insert(0, sys.argv[4])
+        from conftest import redirect_engines
+        redirect_engines(sys.argv[3])
     from featx.extract import extract
     extract(sys.argv[1], taps=["pre_logits", "stage4"], cache_dir=sys.argv[2], batch_size=2, flush_rows=2)
 """)
 
 
-def test_sigkill_mid_run_leaves_a_readable_cache_and_resumes(tmp_path):
-    data = make_dataset(tmp_path / "data", per_class=30, seed=50)
+@pytest.mark.slow
+def test_sigkill_mid_run_leaves_a_readable_cache_and_resumes(tmp_path, engine, request):
+    store = ""
+    if engine == "litert":  # convert once, in this process, into the shared store the subprocess will use
+        store = str(request.getfixturevalue("shared_engines"))
+        extract(make_dataset(tmp_path / "warm", per_class=1, seed=49), taps=TAPS, cache_dir=tmp_path / "w",
+                batch_size=2)
+    n = 60 if engine == "keras" else 120  # LiteRT is faster: more images to be killed in the middle of
+    data = make_dataset(tmp_path / "data", per_class=n // 2, seed=50)
     cache_dir = tmp_path / "c"
-    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(data), str(cache_dir)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(data), str(cache_dir), store,
+                             str(ROOT / "tests")], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     journal = None
     while time.time() < deadline and proc.poll() is None:
@@ -156,12 +170,13 @@ def test_sigkill_mid_run_leaves_a_readable_cache_and_resumes(tmp_path):
     cache = FeatureCache(journal.parent)
     assert cache.verify() == []
     partial = cache.keys("pre_logits")
-    assert 0 < len(partial) < 60
+    assert 0 < len(partial) < n
 
-    report = extract(data, taps=TAPS, cache_dir=cache_dir)
-    assert report.cached == len(partial) and report.computed == 60 - len(partial)
+    report = extract(data, taps=TAPS, cache_dir=cache_dir, batch_size=2)
+    assert report.cached == len(partial) and report.computed == n - len(partial)
+    assert FeatureCache(report.cache_file).info()["provenance"]["engine"] == engine
     resumed = load_features(data, taps=TAPS, cache_dir=cache_dir, extract_missing=False)
-    clean = load_features(data, taps=TAPS, cache_dir=tmp_path / "clean")
+    clean = load_features(data, taps=TAPS, cache_dir=tmp_path / "clean", batch_size=2)
     for t in TAPS:
         np.testing.assert_allclose(resumed.codes[t], clean.codes[t], atol=1e-5)
     assert FeatureCache(report.cache_file).verify() == []

@@ -70,6 +70,7 @@ def test_bad_policy_is_a_clear_error(mobilenet_base, policy):
         first_trainable_index(base, spec, policy)
 
 
+@pytest.mark.slow
 def test_batchnorm_statistics_do_not_move_while_training(data):
     from featx import _tf
 
@@ -93,6 +94,7 @@ def test_batchnorm_statistics_do_not_move_while_training(data):
         assert not np.array_equal(base.get_layer(name).get_weights()[0], old), name
 
 
+@pytest.mark.slow
 def test_warm_start_reproduces_the_cached_head(data, cache, tmp_path):
     result = fit_head(data, head="dense", cache_dir=cache, out_dir=tmp_path, head_params={"epochs": 5})
     bundle = load_bundle(result.bundle)
@@ -134,6 +136,17 @@ def test_views_store_k_rows_per_image_and_heads_use_them(data, cache, tmp_path):
     tta = predict(result.bundle, [data / "red"], cache_dir=cache, tta=True)
     plain = predict(result.bundle, [data / "red"], cache_dir=cache)
     assert len(tta) == 6 and not np.allclose(tta["p_red"], plain["p_red"])
+    # TTA is the mean of the head's probabilities over the image and each of its cached views
+    red = load_features(data / "red", cache_dir=cache, views=2, extract_missing=False)
+    by_name = {p.name: i for i, p in enumerate(red.paths)}
+    rows = [by_name[p.name] for p in map(__import__("pathlib").Path, tta["file"])]
+    bundle = load_bundle(result.bundle)
+    stacked = np.concatenate([red.codes["pre_logits"][rows, None], red.views["pre_logits"][rows]], axis=1)
+    expected = bundle.predict_proba(stacked.reshape(-1, 1280)).reshape(6, 3, 3).mean(axis=1)
+    classes = list(bundle.class_names)
+    np.testing.assert_allclose(tta[[f"p_{c}" for c in classes]].to_numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(plain[[f"p_{c}" for c in classes]].to_numpy(),
+                               bundle.predict_proba(red.codes["pre_logits"][rows]), atol=1e-5)
 
 
 @pytest.mark.parametrize("arch, shapes", [
@@ -175,6 +188,7 @@ def test_report_renders_from_a_hand_made_runs_csv(tmp_path):
     assert table.loc[("dogs", "vgg16", "finetune"), "test_acc"] == pytest.approx(0.63)
 
 
+@pytest.mark.slow
 def test_finetune_cli_end_to_end_and_predict_keras_model(data, cache, tmp_path, capsys):
     out = tmp_path / "ft"
     code = main(["finetune", str(data), "--cache", str(cache), "--epochs", "1", "--batch-size", "8",
@@ -191,6 +205,7 @@ def test_finetune_cli_end_to_end_and_predict_keras_model(data, cache, tmp_path, 
     assert len(table) == 6 and set(table["predicted"]) <= {"red", "green", "blue"}
 
 
+@pytest.mark.slow
 def test_baseline_trains_on_the_stored_split_and_logs_a_run(data, cache, tmp_path):
     from featx import _tf
     from featx.baselines import train_baseline
@@ -208,20 +223,36 @@ def test_baseline_trains_on_the_stored_split_and_logs_a_run(data, cache, tmp_pat
     assert reloaded.output.shape[-1] == 3 and len(cached_split.paths) == 18
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_best_checkpoint(data, cache, tmp_path, monkeypatch):
     from featx import _tf
     from featx.finetune import finetune
 
     keras = _tf.keras()
     original = keras.callbacks.ModelCheckpoint.on_epoch_end
+    snapshots = {}
 
-    def save_then_interrupt(self, epoch, logs=None):
-        original(self, epoch, logs)
-        raise KeyboardInterrupt  # as if the user pressed Ctrl-C after the first epoch
+    def classifier_weights(model):  # the network inside the training model (augmentation has no weights)
+        inner = max((layer for layer in model.layers if hasattr(layer, "layers")), key=lambda m: len(m.weights))
+        return [np.array(w) for w in inner.get_weights()]
 
-    monkeypatch.setattr(keras.callbacks.ModelCheckpoint, "on_epoch_end", save_then_interrupt)
+    def checkpoint_then_interrupt(self, epoch, logs=None):
+        if epoch == 0:
+            original(self, epoch, logs)  # the first epoch is always the best so far: it is checkpointed
+            snapshots["best"] = classifier_weights(self.model)
+            return
+        snapshots["interrupted"] = classifier_weights(self.model)
+        raise KeyboardInterrupt  # Ctrl-C during the second epoch, before it could be checkpointed
+
+    monkeypatch.setattr(keras.callbacks.ModelCheckpoint, "on_epoch_end", checkpoint_then_interrupt)
     result = finetune(data, cache_dir=cache, epochs=5, batch_size=8, unfreeze="top:1", out_dir=tmp_path,
                       echo=lambda *_: None)
     m = result["metrics"]
-    assert m["interrupted"] and m["epochs_run"] == 1
+    assert m["interrupted"] and m["epochs_run"] >= 1
     assert (tmp_path / "model.keras").exists() and m["accuracy"]["test"] is not None
+    saved = [np.array(w) for w in keras.models.load_model(tmp_path / "model.keras").get_weights()]
+    best, last = snapshots["best"], snapshots["interrupted"]
+    assert len(saved) == len(best)
+    assert any(not np.array_equal(b, x) for b, x in zip(best, last))  # the second epoch did move the weights
+    for b, x in zip(best, saved):  # and the saved model holds the checkpoint's, not the interrupted ones
+        np.testing.assert_array_equal(x, b)

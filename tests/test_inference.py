@@ -8,7 +8,10 @@ from featx.engines.litert import converted_path, probe_batch
 from featx.extract import extract, load_features
 from featx.fit import fit_head, predict
 
-pytestmark = pytest.mark.skipif(not litert.litert_available(), reason="ai-edge-litert is not installed")
+from conftest import require_extra  # noqa: E402
+
+require_extra("ai_edge_litert", "the default engine on a CPU")  # skipped without it, but a failure in CI
+pytestmark = pytest.mark.slow  # LiteRT conversions: 15-25 s each
 
 OFFLINE = ["mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 
@@ -23,8 +26,8 @@ PARITY_TAPS = ["stage2", "stage4", "features", "pre_logits", "logits"]
 
 
 @pytest.fixture(scope="module")
-def engines_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("engines")
+def engines_dir(engines_store):
+    return engines_store  # the run's shared converted-engine store (conftest)
 
 
 @pytest.mark.parametrize("name", OFFLINE)

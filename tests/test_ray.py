@@ -8,13 +8,14 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, require_extra
 from featx.cache import FeatureCache
 from featx.engines.ray import RayEngine
 from featx.extract import extract, load_features
 from test_extract import make_dataset
 
-pytest.importorskip("ray", reason="the Ray engine needs its extra: pip install 'featx[ray]'")
+require_extra("ray", "the Ray engine")
+pytestmark = pytest.mark.slow  # each test starts a local Ray cluster
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import write_image
+from conftest import require_extra, write_image
 from test_fit import tinted
 
-httpx = pytest.importorskip("httpx", reason="the serve tests need httpx (dev extra)")
-pytest.importorskip("uvicorn", reason="featx serve needs its extra: pip install 'featx[serve]'")
+httpx = require_extra("httpx", "the serve tests' client")
+require_extra("uvicorn", "featx serve")
+require_extra("starlette", "featx serve")
 
 
 def _free_port():
@@ -62,7 +63,26 @@ def test_health_and_page(server):
     assert health["classes"] == ["blue", "green", "red"]
     page = httpx.get(url + "/")
     assert page.status_code == 200 and "<title>featx" in page.text
-    assert "http" not in page.text.split("<script>")[1].replace('"/predict"', "")  # no CDN, no external URL
+    assert_no_external_reference(page.text)
+
+
+def assert_no_external_reference(html):
+    """The whole page, head included: no CDN, font, analytics or any other address off this server."""
+    import re
+
+    assert re.search(r"(?i)https?:|ftp:|//[a-z0-9]|@import|(?<![a-z])url\(", html) is None, "an external reference"
+    for attr, value in re.findall(r"(?i)\b(src|href|action)\s*=\s*[\"']([^\"']*)", html):
+        assert value.startswith(("/", "#", "data:")) and not value.startswith("//"), (attr, value)
+
+
+@pytest.mark.parametrize("page", [
+    '<html><head><link rel="stylesheet" href="https://cdn.example.com/x.css"></head><script>1</script></html>',
+    '<html><head><script src="//cdn.example.com/x.js"></script></head><body></body></html>',
+    '<html><style>@import "fonts.example.com/f.css";</style><script>fetch("/predict")</script></html>',
+])
+def test_external_reference_check_catches_what_is_before_the_first_script(page):
+    with pytest.raises(AssertionError):
+        assert_no_external_reference(page)
 
 
 def test_predict_returns_top_k_for_known_images(server):
@@ -83,6 +103,7 @@ def test_predict_returns_top_k_for_known_images(server):
     ("broken.jpg", b"\xff\xd8\xff\xe0" + b"\x00" * 64, 422, "not a readable image"),
     ("bomb.png", "bomb", 422, "12000x12000 pixels exceeds the limit"),
     ("../../etc/passwd", b"PK\x03\x04-a-zip", 415, "passwd: not an image"),  # the name is only echoed
+    ("C:\\Users\\x\\..\\boot.ini", b"PK\x03\x04-a-zip", 415, "boot.ini: not an image"),
     ("junk.gif", b"GIF89a-not-really", 422, "not a readable image"),  # GIF is accepted (first frame)
 ])
 def test_hostile_uploads_get_their_status_and_the_server_keeps_serving(server, name, content, status, message):
@@ -95,7 +116,35 @@ def test_hostile_uploads_get_their_status_and_the_server_keeps_serving(server, n
         content = buf.getvalue()
     response = httpx.post(url + "/predict", files=[("file", (name, content, "application/octet-stream"))], timeout=60)
     assert response.status_code == status, response.text
-    assert message in response.json()["error"]
+    error = response.json()["error"]
+    assert message in error
+    if "/" in name or "\\" in name:  # echoed as the bare file name, never the path that came with it
+        assert error.startswith(message.split(":")[0] + ":"), error
+        assert not any(part in error for part in ("..", "/", "\\", "etc", "Users")), error
+    assert httpx.get(url + "/health").status_code == 200
+
+
+def test_streaming_cap_counts_a_chunked_body_without_content_length(server):
+    """The byte counter, not the Content-Length check, must stop an upload that declares no length."""
+    url, _ = server
+    boundary = "featxboundary"
+    payload = np.random.default_rng(1).integers(0, 256, 300_000, dtype=np.uint8).tobytes()  # limit: 200,000
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.jpg\"\r\n"
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + b"\xff\xd8\xff" + payload
+    body += f"\r\n--{boundary}--\r\n".encode()
+    sent = []
+
+    def chunks():  # a generator: httpx sends Transfer-Encoding: chunked and no Content-Length
+        for i in range(0, len(body), 32_768):
+            sent.append(i)
+            yield body[i : i + 32_768]
+
+    response = httpx.post(url + "/predict", content=chunks(), timeout=60,
+                          headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert "content-length" not in response.request.headers
+    assert response.request.headers.get("transfer-encoding") == "chunked"
+    assert response.status_code == 413, response.text
+    assert "exceeds the limit" in response.json()["error"]
     assert httpx.get(url + "/health").status_code == 200
 
 
@@ -106,12 +155,13 @@ def test_bad_requests(server):
     assert httpx.get(url + "/predict").status_code == 405
 
 
+@pytest.mark.slow
 def test_browser_uploads_an_image_and_reads_the_class(server, tmp_path):
     import shutil
 
-    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    playwright = require_extra("playwright.sync_api", "the browser test")
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
+    if chromium is None:  # a system package, not a Python extra: skipped (with the reason) even in CI
         pytest.skip("no Chromium installed (Debian package 'chromium')")
     url, root = server
     image = tmp_path / "a-red-thing.jpg"
