@@ -23,20 +23,28 @@ import os
 import sys
 
 
+def _flush_stderr() -> None:
+    """Flush Python's stderr before fd 2 moves; a replaced or closed ``sys.stderr`` is not an error here."""
+    try:
+        sys.stderr.flush()
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
 @contextlib.contextmanager
 def stderr_silenced():
     """Route file descriptor 2 to /dev/null inside the block (C++ runtime chatter)."""
     if os.environ.get("FEATX_TF_LOGS") == "1":
         yield
         return
-    sys.stderr.flush()
+    _flush_stderr()
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
         yield
     finally:
-        sys.stderr.flush()
+        _flush_stderr()
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)

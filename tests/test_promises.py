@@ -267,7 +267,7 @@ def _jpeg(rgb) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.skip(reason="hangs since issue 17's serve rewrite (merged 09:4x): serve no longer starts through uvicorn.run and Predictor/create_app changed; to be adapted (see i12 report)")
+@pytest.mark.skip(reason="under capsys, serve through main() ends with 'I/O operation on closed file' from a context manager's exit (uvicorn.Config rebinds logging to the captured stream); passes with -s; to be traced")
 def test_serve_model_keras_through_main(finetuned_like, monkeypatch, capsys):
     from conftest import require_extra
 
@@ -277,11 +277,16 @@ def test_serve_model_keras_through_main(finetuned_like, monkeypatch, capsys):
     from starlette.testclient import TestClient
 
     started = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.update(app=app, **kw))
-    code, out, _ = _run(["serve", finetuned_like, "--engine", "keras", "--port", "8765", "--top", "2"], capsys)
-    assert code == 0 and started["host"] == "127.0.0.1" and started["port"] == 8765
-    assert "model.keras" in out and "mobilenet_v2" in out
-    client = TestClient(started["app"])
+
+    def run(server, sockets=None):  # stands in for the event loop: record what would be served, return at once
+        started.update(app=server.config.app, host=server.config.host, port=server.config.port,
+                       bound=[s.getsockname()[1] for s in sockets or ()])
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    code, out, _ = _run(["serve", finetuned_like, "--engine", "keras", "--port", "0", "--top", "2"], capsys)
+    assert code == 0 and started["host"] == "127.0.0.1" and started["port"] == 0 and started["bound"][0] > 0
+    assert "mobilenet_v2" in out and "ready" in out
+    client = TestClient(started["app"], base_url="http://127.0.0.1")  # serve on loopback checks the Host header
     health = client.get("/health").json()
     assert health["classes"] == ["red", "green", "blue"] and health["backbone"] == "mobilenet_v2"
     files = [("file", ("g.jpg", _jpeg(tinted(801, 1)), "image/jpeg")),
@@ -375,7 +380,6 @@ def test_serve_with_the_default_engine_answers_like_keras(multitap, tints, tmp_p
             assert abs(p - row[f"p_{cls}"]) < 1e-3, (cls, p, row[f"p_{cls}"])
 
 
-@pytest.mark.skip(reason="hangs since issue 17's serve rewrite (merged 09:4x): serve no longer starts through uvicorn.run and Predictor/create_app changed; to be adapted (see i12 report)")
 def test_serve_runs_one_forward_pass_at_a_time_under_concurrent_requests(finetuned_like):
     """Requests decode in parallel, but the network is behind a lock: never two forward passes at once."""
     import threading
@@ -409,16 +413,17 @@ def test_serve_runs_one_forward_pass_at_a_time_under_concurrent_requests(finetun
     app = create_app(predictor, top=1)
     answers = []
 
-    def one(i):
-        with TestClient(app) as client:
-            c = i % 3
-            r = client.post("/predict", files=[("file", (f"{i}.jpg", _jpeg(tinted(900 + i, c)), "image/jpeg"))])
-            answers.append((r.status_code, r.json()["results"][0]["predicted"], ["red", "green", "blue"][c]))
+    def one(client, i):
+        c = i % 3
+        r = client.post("/predict", files=[("file", (f"{i}.jpg", _jpeg(tinted(900 + i, c)), "image/jpeg"))])
+        answers.append((r.status_code, r.json()["results"][0]["predicted"], ["red", "green", "blue"][c]))
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    # one client, one event loop (the app's decode semaphore belongs to it), six concurrent requests
+    with TestClient(app) as client:
+        threads = [threading.Thread(target=one, args=(client, i)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
     assert len(answers) == 6 and all(code == 200 and got == want for code, got, want in answers), answers
     assert state["calls"] == 6 and state["most"] == 1
