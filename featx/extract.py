@@ -75,6 +75,7 @@ class Features:
     config: dict
     failures: list
     views: dict | None = None  # tap -> (n, K, d): codes of K augmented views per image
+    flipped: dict | None = None  # tap -> (n, d): codes of each image mirrored left-right (flip=True)
 
     def X(self, taps=None) -> np.ndarray:
         taps = list(taps or self.codes)
@@ -86,6 +87,13 @@ class Features:
             raise FeatxError("no augmented views were loaded; extract with --views K")
         taps = list(taps or self.views)
         return np.concatenate([self.views[t] for t in taps], axis=2)
+
+    def X_flip(self, taps=None) -> np.ndarray:
+        """(n, d) codes of the mirrored images, in the order of :meth:`X` (extract with flip=True first)."""
+        if not self.flipped:
+            raise FeatxError("no flipped view was loaded; extract with flip=True (--tta flip)")
+        taps = list(taps or self.flipped)
+        return np.concatenate([self.flipped[t] for t in taps], axis=1) if len(taps) > 1 else self.flipped[taps[0]]
 
 
 AUGMENTATION_ID = "study-v1"  # rotation 20, shift 0.2, shear 0.2, zoom 0.2, h-flip, nearest fill
@@ -103,6 +111,14 @@ def view_seed(key: str, view: int) -> int:
 def views_config(config: dict) -> dict:
     """The configuration of a cache holding augmented views: its own file."""
     return {**config, "views": AUGMENTATION_ID}
+
+
+FLIP = "flip"  # the seed value that asks _load_for_network for the mirrored image
+
+
+def flip_config(config: dict) -> dict:
+    """The configuration of a cache holding the left-right mirrored view: its own file, same keys."""
+    return {**config, "views": FLIP}
 
 
 def extractor_config(backbone: str, pooling: str = "avg", dtype: str = "float32", weights="imagenet",
@@ -158,7 +174,8 @@ def extract(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), poolin
             batch_size: int = 32, cache_dir=None, dtype: str = "float32", weights="imagenet",
             workers: int = 2, mixed_precision: bool = False, progress: bool | None = None,
             flush_rows: int = 256, views: int = 0, engine: str | None = None, ray_address=None,
-            num_workers: int = 1, gpus_per_worker: float = 0, _ray_crash_marker=None) -> ExtractReport:
+            num_workers: int = 1, gpus_per_worker: float = 0, flip: bool = False,
+            _ray_crash_marker=None) -> ExtractReport:
     """Compute and cache the codes that ``cache_dir`` lacks for ``data``.
 
     ``data``: a dataset folder, a list of image paths, or a :class:`Dataset`.
@@ -167,6 +184,8 @@ def extract(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), poolin
     ``num_workers`` actors, ``gpus_per_worker``).
     ``views``: also cache that many augmented views of every image (the
     study's augmentation, seeded per image and view) in a cache of their own.
+    ``flip``: also cache the codes of each image mirrored left-right (flip
+    test-time augmentation; one more view, in a cache of its own).
     Returns a report; read the codes with :func:`load_features`.
     """
     if batch_size < 1:
@@ -185,7 +204,7 @@ def extract(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), poolin
 
     runner = None
     engine = engine or os.environ.get("FEATX_ENGINE", "auto")
-    if views and engine == "ray":
+    if (views or flip) and engine == "ray":
         raise FeatxError("--views: augmented views run on the local engine; extract them without --engine ray")
 
     def get_runner():
@@ -241,6 +260,18 @@ def extract(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), poolin
                      flush_rows, dtype)
                 report.computed_views = len(todo)
                 vcache.commit(provenance={"featx": __version__, "engine": runner.name, **_versions()})
+    if flip:
+        fcache = FeatureCache(cache_path(cache.path.parent, flip_config(config)), flip_config(config))
+        with fcache:
+            fcache.commit()
+            present = {t: fcache.keys(t) for t in taps}
+            todo = {k: (p, FLIP) for p, k in zip(dataset.paths, report.keys)
+                    if k is not None and any(k not in present[t] for t in taps)}
+            if todo:
+                _run(spec, get_runner(), taps, list(todo.items()), fcache, batch_size, workers, progress,
+                     flush_rows, dtype)
+                report.computed_views += len(todo)
+                fcache.commit(provenance={"featx": __version__, "engine": runner.name, **_versions()})
     report.seconds = time.perf_counter() - start
     report.engine = runner.name if runner is not None else None
     return report
@@ -291,6 +322,8 @@ def _load_for_network(spec, path: Path, seed: int | None = None, augment_layers=
     if min(image.shape[:2]) < MIN_IMAGE_SIDE:
         raise ImageError(f"{path}: {image.shape[1]}x{image.shape[0]} pixels is too small to classify")
     image = spec.resize(image)
+    if isinstance(seed, str) and seed == FLIP:
+        return np.ascontiguousarray(image[:, ::-1])
     if seed is not None:
         from featx.augment import augment_view
 
@@ -340,7 +373,7 @@ def _run(spec, runner, taps, items, cache, batch_size, workers, progress, flush_
             flush()
 
     augment_layers = None
-    if any(seed is not None for _, (_, seed) in items):
+    if any(seed is not None and not isinstance(seed, str) for _, (_, seed) in items):
         from featx.augment import augmentation_layers
 
         augment_layers = augmentation_layers()
@@ -381,14 +414,14 @@ def _run(spec, runner, taps, items, cache, batch_size, workers, progress, flush_
 
 def load_features(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), pooling: str = "avg",
                   cache_dir=None, dtype: str = "float32", weights="imagenet", extract_missing: bool = True,
-                  views: int = 0, **extract_options) -> Features:
+                  views: int = 0, flip: bool = False, **extract_options) -> Features:
     """The cached codes of ``data`` (extracting what is missing first, by default)."""
     spec = get_backbone(backbone)
     taps = _check_taps(spec, taps)
     dataset = _as_dataset(data)
     if extract_missing:
         report = extract(dataset, backbone, taps, pooling, cache_dir=cache_dir, dtype=dtype, weights=weights,
-                         views=views, **extract_options)
+                         views=views, flip=flip, **extract_options)
         keys, failures, path = report.keys, report.failures, report.cache_file
         config = extractor_config(backbone, pooling, dtype, weights, extract_options.get("mixed_precision", False))
     else:
@@ -410,6 +443,9 @@ def load_features(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), 
         vcache = FeatureCache(cache_path(path.parent, views_config(config)))
         vkeys = [view_key(k, v) for k in ok_keys for v in range(1, views + 1)]
         view_codes = {t: vcache.read(t, vkeys).reshape(len(ok_keys), views, -1) for t in taps}
+    flipped = None
+    if flip:
+        flipped = {t: FeatureCache(cache_path(path.parent, flip_config(config))).read(t, ok_keys) for t in taps}
     return Features(
         codes=codes,
         paths=[dataset.paths[i] for i in ok],
@@ -421,4 +457,5 @@ def load_features(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), 
         config=config,
         failures=failures,
         views=view_codes,
+        flipped=flipped,
     )

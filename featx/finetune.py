@@ -118,9 +118,9 @@ def build_model(spec, n_classes: int, tap: str = "pre_logits", weights="imagenet
     out = keras.layers.Dense(n_classes, activation="softmax", name="head_softmax")(x)
     classifier = keras.Model(inputs, out, name=f"{spec.name}_finetuned")
     if dense is not None:
-        src = dense.model_
-        classifier.get_layer("head_dense").set_weights(src.get_layer("dense").get_weights())
-        classifier.get_layer("head_softmax").set_weights(src.get_layer("softmax").get_weights())
+        # the dense head keeps its weights as numpy arrays (coefs_, intercepts_), not a Keras model
+        classifier.get_layer("head_dense").set_weights([dense.coefs_[0], dense.intercepts_[0]])
+        classifier.get_layer("head_softmax").set_weights([dense.coefs_[1], dense.intercepts_[1]])
     if not augment:
         return classifier, base
     # augmentation in front, for training only; the classifier alone is what gets saved

@@ -47,28 +47,49 @@ class Predictor:
             self._proba = lambda batch: np.asarray(model.predict_on_batch(batch), dtype=np.float64)
             return
         bundle = load_bundle(self.path, trust=trust)
-        ext = bundle.extractor
-        self.spec = get_backbone(ext["backbone"])
+        from featx.fit import bundle_proba
+
+        extractors = bundle.all_extractors()
+        specs = [get_backbone(ext["backbone"]) for ext in extractors]
+        self.spec = max(specs, key=lambda sp: sp.input_size)  # decode at the largest input any extractor needs
+        self.backbones = [sp.name for sp in specs]
         self.classes = [str(c) for c in bundle.head.classes_]
-        weights = extractor_weights(bundle, None)
-        taps = ext["taps"]
-        runner = make_engine(self.spec, taps, lambda: self.spec.feature_model(taps, ext["pooling"], weights),
-                             extractor_config(ext["backbone"], ext["pooling"], ext["dtype"], weights), 1, engine,
-                             cache_dir or default_cache_dir())
-        self.engine = runner.name
+        flip = bundle.needs_flip()
+        runners = []
+        for ext, spec in zip(extractors, specs):
+            weights = extractor_weights(bundle, None, ext)
+            taps = ext["taps"]
+            runners.append((spec, taps, make_engine(
+                spec, taps, lambda spec=spec, taps=taps, ext=ext, weights=weights: spec.feature_model(
+                    taps, ext["pooling"], weights),
+                extractor_config(ext["backbone"], ext["pooling"], ext["dtype"], weights), 1, engine,
+                cache_dir or default_cache_dir())))
+        self.engine = runners[0][2].name
 
-        def proba(batch):
-            codes = [runner.run(batch[i : i + 1]) for i in range(len(batch))]
-            X = np.concatenate([np.concatenate([c[t] for t in taps], axis=1) for c in codes])
-            return bundle.predict_proba(X)
+        def codes_of(spec, taps, runner, resized):
+            out = [runner.run(spec.normalize(resized[i : i + 1])) for i in range(len(resized))]
+            return {t: np.concatenate([o[t] for o in out]) for t in taps}
 
-        self._proba = proba
+        def proba(images):
+            codes = []
+            for spec, taps, runner in runners:
+                resized = np.stack([spec.resize(im) for im in images])
+                codes.append({"clean": codes_of(spec, taps, runner, resized),
+                              "flip": codes_of(spec, taps, runner, np.ascontiguousarray(resized[:, :, ::-1]))
+                              if flip else None})
+            return bundle_proba(bundle, codes)
+
+        self._images_proba = proba
 
     @property
     def backbone(self) -> str:
-        return self.spec.name
+        return "+".join(getattr(self, "backbones", None) or [self.spec.name])
 
     def predict(self, images: list[np.ndarray]) -> np.ndarray:
+        """Class probabilities, (n, classes) float64, for decoded RGB images (every extractor of the bundle)."""
+        if hasattr(self, "_images_proba"):
+            with self.lock:
+                return self._images_proba(images)
         batch = self.spec.normalize(np.stack([self.spec.resize(im) for im in images]))
         with self.lock:
             return self._proba(batch)
