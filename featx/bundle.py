@@ -54,7 +54,8 @@ class Bundle:
     layout: list | None = None  # blocks of the design matrix (None: extractor's taps, clean view)
 
     def all_extractors(self) -> list:
-        return list(getattr(self, "extractors", None) or [self.extractor])
+        """Every extractor, in order; ``extractor`` is always the first."""
+        return [self.extractor] + list(getattr(self, "extractors", None) or [])[1:]
 
     def blocks(self) -> list:
         layout = getattr(self, "layout", None)

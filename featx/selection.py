@@ -82,7 +82,7 @@ def logme(X, y) -> float:
     evidence maximisation (the paper's fixed-point Algorithm 1); the score is
     the mean over classes of the maximised log evidence per image.  Higher is
     better; scores compare feature sets on the same images.  Computed from a
-    thin SVD, so it costs O(n d min(n, d)) whichever of n and d is larger.
+    eigen-decomposition of the smaller Gram matrix, so it costs O(n d min(n, d)) whichever of n and d is larger.
 
     Parameters
     ----------
@@ -106,15 +106,24 @@ def logme(X, y) -> float:
     n, d = F.shape
     if n < 2 or labels.max() < 1:
         raise FeatxError("LogME needs at least 2 images and 2 classes")
-    u, sv, _ = np.linalg.svd(F, full_matrices=False)
-    s = sv ** 2  # non-zero eigenvalues of F^T F (the rest are 0)
+    T = (labels[:, None] == np.arange(labels.max() + 1)[None, :]).astype(np.float64)  # (n, K) one-hot
+    # eigen-decomposition of the smaller Gram matrix (a matrix product, then eigh: far cheaper than an SVD)
+    if n >= d:
+        s, V = np.linalg.eigh(F.T @ F)
+        keep = s > s.max() * 1e-10
+        s, V = s[keep], V[:, keep]
+        proj = (V.T @ (F.T @ T)) / np.sqrt(s)[:, None]  # (r, K): the labels in the codes' left singular basis
+    else:
+        s, U = np.linalg.eigh(F @ F.T)
+        keep = s > s.max() * 1e-10
+        s, U = s[keep], U[:, keep]
+        proj = U.T @ T
     null_dims = d - len(s)
     evidences = []
     eps = 1e-5
-    for k in range(labels.max() + 1):
-        t = (labels == k).astype(np.float64)
-        x = u.T @ t  # coordinates of the label in the span of the codes
-        x2 = x ** 2
+    for k in range(T.shape[1]):
+        t = T[:, k]
+        x2 = proj[:, k] ** 2
         outside = float(t @ t - x2.sum())  # squared residual no weight vector can explain
         alpha, beta = 1.0, 1.0
         lam = alpha / beta

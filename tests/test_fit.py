@@ -85,7 +85,7 @@ def test_fit_head_writes_bundle_metrics_plot_and_runs_row(fitted, cache):
     assert json.loads((fitted.out_dir / "metrics.json").read_text())["split_id"] == m["split_id"]
     runs = pd.read_csv(cache / "runs.csv")
     assert runs.iloc[-1]["route"] == "cached" and runs.iloc[-1]["split_id"] == m["split_id"]
-    assert "accuracy: train" in fitted.report and "per class" in fitted.report
+    assert "test accuracy" in fitted.report and "(n=5)" in fitted.report and "per class" in fitted.report
 
 
 def test_second_head_reuses_the_cache_and_split(data, cache, fitted, tmp_path, monkeypatch):
@@ -179,7 +179,7 @@ def test_one_class_and_empty_folder(tmp_path, capsys):
 def test_fit_head_cli_prints_metrics(data, cache, tmp_path, capsys):
     assert main(["fit-head", str(data), "--cache", str(cache), "--head", "linear_svm", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "linear_svm head" in out and "accuracy: train" in out and "bundle:" in out
+    assert "linear_svm head" in out and "test accuracy" in out and "bundle:" in out
 
 
 # ---- sweep, advise ------------------------------------------------------------------------------
@@ -201,7 +201,9 @@ def test_advise_places_the_dataset_in_a_case(data, cache):
     text = advice.text()
     assert "recommended:" in text and "ImageNet classifier" in text
     large = advise(data, cache_dir=cache, large_per_class=5)
-    assert large.case.startswith("large, ") and "featx finetune" in large.commands[0]
+    assert large.case.startswith("large, ") and "finetune" not in " ".join(large.commands)  # no room left
+    roomy = advise(data, cache_dir=cache, large_per_class=5, room=-1.0)  # any accuracy leaves "room"
+    assert "featx finetune" in roomy.commands[-1]
 
 
 # ---- scikit-learn API ------------------------------------------------------------------------------

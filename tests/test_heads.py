@@ -25,7 +25,7 @@ def synthetic_codes(n_per_class=40, dim=64, classes=("cat", "dog", "eel"), seed=
 @pytest.mark.parametrize("kind", HEADS)
 def test_each_head_learns_separable_codes(kind):
     X, y = synthetic_codes()
-    options = {"epochs": 40, "hidden": 64} if kind == "dense" else {}
+    options = {"epochs": 40, "hidden": 64, "learning_rate": 1e-3} if kind == "dense" else {}
     head = make_head(kind, **options).fit(X[::2], y[::2])
     assert list(head.classes_) == ["cat", "dog", "eel"]
     assert head.score(X[1::2], y[1::2]) >= 0.9
