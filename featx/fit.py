@@ -215,7 +215,6 @@ def fit_head(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), head="logist
     val_acc = None
     start = time.perf_counter()
     if head == "auto":
-        Xf, yf = with_views(fit_splits)
         fmask = np.isin(split, fit_splits)
         sel_blocks = {k: v[fmask] for k, v in clean.items()}
         sel_flip = {k: v[fmask] for k, v in flipped.items()} if flip else None

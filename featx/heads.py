@@ -71,7 +71,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
     train+val trains that many epochs (:meth:`Head.frozen`).
     """
 
-    def __init__(self, hidden=1024, dropout=0.5, learning_rate=1e-4, epochs=100, batch_size=32,
+    def __init__(self, hidden=1024, dropout=0.5, learning_rate=3e-5, epochs=100, batch_size=32,
                  patience=8, validation_fraction=0.1, class_weight=None, random_state=0):
         self.hidden = hidden
         self.dropout = dropout

@@ -153,7 +153,6 @@ def main():
     table.to_csv(args.out, index=False, float_format="%.4f")
     print("\nsummary (test accuracy; ratios in the same run):")
     for name, t in table.groupby("dataset", sort=False):
-        acc = dict(zip(t["kind"] + ":" + t["model"], t["test_acc"]))
         single = t[t["kind"] == "single"]
         line = [f"{name}:"]
         if len(single):
@@ -168,7 +167,6 @@ def main():
         if len(st) and len(de):
             line.append(f"featx dense {de.iloc[0]:.3f} vs study dense {st.iloc[0]:.3f} ({de.iloc[0] - st.iloc[0]:+.3f})")
         print("  ".join(line))
-        del acc
     print(f"table: {args.out}")
 
 

@@ -13,7 +13,7 @@ from featx.advise import Advice, advise, measure_taps
 from featx.bundle import load_bundle
 from featx.cli import main
 from featx.fit import fit_head, predict
-from featx.heads import DenseHead, Head, make_head
+from featx.heads import Head, make_head
 from featx.selection import BlockHead, logme, select_head
 from featx.stats import wilson_interval
 
