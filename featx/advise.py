@@ -8,7 +8,7 @@ The decision comes from the cached codes themselves:
    :func:`featx.selection.logme`) by default, or a 3-fold cross-validated
    logistic probe (``score="probe"``);
 2. the best few by that score, and ``pre_logits``, are then measured with the
-   cross-validated probe, which gives an accuracy; the recommended tap is the
+   cross-validated probe (logistic, best C of three), which gives an accuracy; the recommended tap is the
    one with the best probe accuracy (ties go to the deeper tap);
 3. fine-tuning is recommended only when there is enough data for it (a
    median of ``large_per_class`` images per class or more) *and* the best
@@ -77,7 +77,7 @@ class Advice:
             f"per class: {'large' if ev['large'] else 'small'} (large means a median of at least "
             f"{ev['large_per_class']} per class, enough to fine-tune without overfitting)",
             f"transferability of each tap on the {ev['rows_scored']} train+val images "
-            f"(LogME: higher is better; probe: {ev['probe_folds']}-fold CV accuracy of a logistic head):",
+            f"(LogME: higher is better; probe: {ev['probe_folds']}-fold CV accuracy of a logistic head, best C):",
         ]
         width = max(len(k) for k in ev["scores"])
         for name, sc in sorted(ev["scores"].items(), key=lambda kv: -kv[1]["logme"]):
@@ -124,17 +124,24 @@ def imagenet_similarity(dataset: Dataset, backbone: str, cache_dir=None, sample:
     return float(p.max(axis=1).mean()), float(entropy.mean()), len(paths)
 
 
+PROBE_C = (0.01, 0.1, 1.0)
+
+
 def probe_accuracy(X, y, folds: int = 3, seed: int = 0) -> float:
-    """Mean stratified ``folds``-fold accuracy of a logistic head (C=0.1, standardised columns) on ``X``."""
+    """Cross-validated accuracy of the best-regularised linear probe on ``X``.
+
+    A logistic head on standardised columns for each C in :data:`PROBE_C`, mean stratified
+    ``folds``-fold accuracy, the best C's score (a fixed C favours some dimensionalities over others).
+    """
     from sklearn.model_selection import StratifiedKFold, cross_val_score
 
     from featx.heads import Head
 
     _, counts = np.unique(y, return_counts=True)
     k = max(2, min(folds, int(counts.min())))
-    head = Head("logistic", standardize=True, options={"C": 0.1})
-    return float(cross_val_score(head, X, y, cv=StratifiedKFold(k, shuffle=True, random_state=seed),
-                                 n_jobs=1 if len(y) < 1000 else 2).mean())
+    cv = StratifiedKFold(k, shuffle=True, random_state=seed)
+    return max(float(cross_val_score(Head("logistic", standardize=True, options={"C": C}), X, y, cv=cv,
+                                     n_jobs=1 if len(y) < 1000 else 2).mean()) for C in PROBE_C)
 
 
 def measure_taps(blocks: dict, y, score: str = "logme", probe_top: int = 2, seed: int = 0):

@@ -13,12 +13,15 @@ reproduced by hand):
 1. **Feature sets.**  Each block (a tap of a backbone) alone, all blocks
    concatenated, and the two best blocks concatenated, ranked by
    :func:`logme` (You et al., ICML 2021: the evidence of a Bayesian linear
-   model on the codes, computed in seconds without training).  Only the
+   model on the codes, computed in seconds without training, on at most
+   :data:`LOGME_ROWS` rows).  Only the
    ``keep_features`` best-ranked sets go on to cross-validation.
-2. **Heads** on each kept set, in this order: logistic regression with
-   C in {0.01, 0.1, 1} on standardised columns (and C=0.1 on L2-normalised
-   then standardised rows), linear SVM with C in {0.1, 1, 10} on L2 rows,
-   RBF SVM with C in {1, 10} on standardised columns, kNN (k=5, cosine).
+2. **Heads.**  The default head (logistic, C=0.1, standardised) on every
+   kept set; then, set by set in the order of that score, the rest of
+   :data:`HEAD_GRID`, diverse families first: linear SVM (C=1, L2 rows), RBF
+   SVM (C=10, standardised), logistic C=0.01, linear SVM C=0.1, logistic C=1,
+   linear SVM C=10, logistic C=0.1 on L2-normalised then standardised rows,
+   RBF SVM C=1, kNN (k=5, cosine).
 3. **Flip TTA.**  When the flipped view's codes are given, the two best
    candidates so far are scored again training on both views and averaging
    the two views' probabilities at prediction.
@@ -59,13 +62,13 @@ PRIOR_SECONDS_PER_1000 = {"dense": 150.0, "rbf_svm": 5.0}
 #: (family, {Head parameter: value}) in the order they are tried.
 HEAD_GRID = (
     ("logistic", {"standardize": True, "options": {"C": 0.1}}),
-    ("logistic", {"standardize": True, "options": {"C": 1.0}}),
-    ("logistic", {"standardize": True, "options": {"C": 0.01}}),
     ("linear_svm", {"l2": True, "options": {"C": 1.0}}),
+    ("rbf_svm", {"standardize": True, "options": {"C": 10.0}}),
+    ("logistic", {"standardize": True, "options": {"C": 0.01}}),
     ("linear_svm", {"l2": True, "options": {"C": 0.1}}),
+    ("logistic", {"standardize": True, "options": {"C": 1.0}}),
     ("linear_svm", {"l2": True, "options": {"C": 10.0}}),
     ("logistic", {"l2": True, "standardize": True, "options": {"C": 0.1}}),
-    ("rbf_svm", {"standardize": True, "options": {"C": 10.0}}),
     ("rbf_svm", {"standardize": True, "options": {"C": 1.0}}),
     ("knn", {"options": {"n_neighbors": 5}}),
     ("dense", {}),
@@ -270,8 +273,17 @@ class SelectionResult:
         return "\n".join(lines)
 
 
-def _feature_sets(blocks: dict, y, keep: int) -> tuple[list, dict]:
+LOGME_ROWS = 1000  # LogME on at most this many rows (stratified): ranking needs no more, and it stays seconds
+
+
+def _feature_sets(blocks: dict, y, keep: int, seed: int = 0) -> tuple[list, dict]:
     names = list(blocks)
+    if len(y) > LOGME_ROWS:
+        from sklearn.model_selection import train_test_split
+
+        rows = np.sort(train_test_split(np.arange(len(y)), train_size=LOGME_ROWS, stratify=y,
+                                        random_state=seed)[0])
+        blocks, y = {n: blocks[n][rows] for n in names}, y[rows]
     scores = {(n,): logme(blocks[n], y) for n in names}
     ranked = sorted(scores, key=lambda k: -scores[k])
     sets = list(ranked)
@@ -361,7 +373,7 @@ def select_head(blocks, y, flip=None, budget=None, cv: int = 3, keep_features: i
     total = int(offsets[-1])
     flip_ranges = {n: (a + total, b + total) for n, (a, b) in ranges.items()}
 
-    sets, scores = _feature_sets(blocks, y, keep_features)
+    sets, scores = _feature_sets(blocks, y, keep_features, random_state)
 
     def estimator(c: Candidate) -> BlockHead:
         head = Head(c.family, class_weight=class_weight, random_state=random_state,
@@ -399,12 +411,16 @@ def select_head(blocks, y, flip=None, budget=None, cv: int = 3, keep_features: i
         if verbose:
             print(f"  {c.name}: {acc.mean():.3f} ± {acc.std():.3f} ({seconds:.1f}s)")
 
-    # the first (default) head on every kept set, then the rest of the grid, set by set
+    # the first (default) head on every kept set; then the rest of the grid, on the set that scored best
+    # first (cross-validation, not LogME, decides the order from here on)
     for fs in sets:
         score(Candidate(fs, *grid[0]))
-    for fam, params in grid[1:]:
-        for fs in sets if fam != "dense" else ():
-            score(Candidate(fs, fam, params))
+    first = {r["_c"].features: r["cv_mean"] for r in rows if r["status"] == "done"}
+    sets = sorted(sets, key=lambda fs: -first.get(fs, -1.0))
+    for fs in sets:
+        for fam, params in grid[1:]:
+            if fam != "dense":
+                score(Candidate(fs, fam, params))
     if flip is not None:
         done = sorted((r for r in rows if r["status"] == "done"), key=lambda r: -r["cv_mean"])[:2]
         for r in done:
