@@ -146,7 +146,8 @@ def fit_head(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), head="logist
     recipe : {"default", "study"}
         The dense head's settings: featx's measured defaults, or the study's exactly (raw codes, 20 epochs).
     views : int
-        Also train on that many cached augmented views of each training image.
+        Also train on that many cached augmented views of each training image (single heads only:
+        ``head="auto"`` selects and refits on the clean images, and the flipped ones with ``tta="flip"``).
 
     Returns
     -------
