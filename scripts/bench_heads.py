@@ -157,8 +157,9 @@ def main():
         line = [f"{name}:"]
         if len(single):
             best_single = single["test_acc"].max()
-            default = single[single["model"].str.endswith(" logistic")]["test_acc"].iloc[0]
-            line.append(f"best single {best_single:.3f}, default logistic {default:.3f}")
+            logistic = single[single["model"].str.endswith(" logistic")]["test_acc"]
+            line.append(f"best single {best_single:.3f}"
+                        + (f", default logistic {logistic.iloc[0]:.3f}" if len(logistic) else ""))
             for kind in ("auto", "fused"):
                 v = t[t["kind"] == kind]["test_acc"]
                 if len(v):
