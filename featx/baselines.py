@@ -17,9 +17,9 @@ import numpy as np
 
 from featx import _tf
 from featx.cache import default_cache_dir
-from featx.datasets import assign_splits, discover
+from featx.datasets import discover, make_split
 from featx.errors import FeatxError
-from featx.extract import _hash_files
+from featx.extract import hash_files
 from featx.fit import SPLITS
 from featx.images import ImageError, center_crop_resize, load_image
 from featx.runs import append_run, history_logger, plot_curves, runs_log_path
@@ -77,13 +77,16 @@ def train_baseline(data, arch: str = "cnn1", size: int = 96, epochs: int = 20, b
     if not dataset.labelled or len(dataset.class_names) < 2:
         raise FeatxError(f"{dataset.root}: a baseline needs at least 2 class folders")
     start = time.perf_counter()
-    hashed = _hash_files(dataset.paths)
+    hashed = hash_files(dataset.paths)
     ok = [i for i, (k, _) in enumerate(hashed) if k is not None]
     paths, keys = [dataset.paths[i] for i in ok], [hashed[i][0] for i in ok]
     labels = dataset.labels[ok]
     given = dataset.splits[ok] if dataset.splits is not None else None
-    split, sid = assign_splits(keys, labels, given, val_fraction, test_fraction, seed, store=cache_dir,
-                               class_names=dataset.class_names)
+    made = make_split(keys, labels, given, val_fraction, test_fraction, seed, store=cache_dir,
+                      class_names=dataset.class_names, paths=paths)
+    split, sid = made.assignment, made.id
+    for line in made.warnings():
+        echo(f"featx: warning: {line}")
     good, images = [], []
     for i, p in enumerate(paths):
         try:

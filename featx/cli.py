@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import logging
 import re
 import sys
 from pathlib import Path
@@ -243,22 +244,23 @@ def cmd_peek(args) -> int:
 
 
 def cmd_extract(args) -> int:
+    from featx.config import ExtractorConfig
     from featx.extract import extract
 
     check_folder(args.data, "DATA")
     check_extractor(args, args.taps)
     if args.views and args.engine == "ray":
         raise FeatxError("--views: augmented views run on the local engine; extract them without --engine ray")
-    report = extract(
-        args.data, backbone=args.backbone, taps=args.taps, pooling=args.pooling,
-        batch_size=args.batch_size, cache_dir=args.cache, dtype=args.dtype, weights=_weights(args.weights),
-        workers=args.workers, mixed_precision=args.mixed_precision, views=args.views, engine=args.engine,
-        ray_address=args.address, num_workers=args.num_workers, gpus_per_worker=args.gpus_per_worker,
-    )
+    config = ExtractorConfig(args.backbone, args.taps, args.pooling, args.dtype, _weights(args.weights),
+                             args.mixed_precision)
+    engine = args.engine
+    if engine == "ray":
+        from featx.engines.ray import RayEngine
+
+        engine = RayEngine(address=args.address, num_workers=args.num_workers, gpus_per_worker=args.gpus_per_worker)
+    report = extract(args.data, config, batch_size=args.batch_size, cache_dir=args.cache, workers=args.workers,
+                     views=args.views, engine=engine, retry_failed=args.retry_failed)
     print(report.summary())
-    skipped = report.dataset.skipped
-    if sum(skipped.values()):
-        print("not images: " + ", ".join(f"{n} {why}" for why, n in sorted(skipped.items()) if n))
     for path, reason in report.failures:
         print(f"skipped {path}: {reason}")
     return 3 if report.failures else 0
@@ -266,8 +268,9 @@ def cmd_extract(args) -> int:
 
 def cmd_cache(args) -> int:
     import json
+    from pathlib import Path
 
-    from featx.cache import FeatureCache, default_cache_dir, list_caches
+    from featx.cache import FeatureCache, default_cache_dir, export, list_caches
 
     if args.action == "ls":
         folder = args.cache or args.target or default_cache_dir()
@@ -280,15 +283,37 @@ def cmd_cache(args) -> int:
         for path in files:
             info = FeatureCache(path).info()
             taps = ", ".join(f"{t} {v['rows']}x{v['dim']}" for t, v in info["taps"].items())
-            print(f"{path}  {info['size_bytes'] / 1e6:.1f} MB  {taps}")
+            print(f"{path}  {info['size_bytes'] / 1e6:.1f} MB  {info['segments']} segment(s)  {taps}")
         return 0
     if not args.target:
-        raise FeatxError(f"FILE: featx cache {args.action} needs a cache file; list them with 'featx cache ls'")
-    if not Path(args.target).is_file():
-        raise FeatxError(f"{args.target}: no such cache file; list them with 'featx cache ls'")
+        raise FeatxError(f"CACHE: featx cache {args.action} needs a cache folder; list them with 'featx cache ls'")
     cache = FeatureCache(args.target)
+    if not cache.exists():
+        raise FeatxError(f"{args.target}: no cache here; list them with 'featx cache ls'")
     if args.action == "info":
         print(json.dumps(cache.info(), indent=2, default=str))
+        return 0
+    if args.action == "compact":
+        done = cache.compact()
+        print(f"{cache.path}: {done['before']} segment(s) -> {done['after']}; rows "
+              + ", ".join(f"{t} {n}" for t, n in done["rows"].items()))
+        return 0
+    if args.action == "export":
+        keys = meta = None
+        if args.data:
+            from featx.extract import image_keys
+
+            dataset, keys = image_keys(args.data)
+            meta = {"path": [str(p) for p in dataset.paths]}
+            if dataset.labels is not None:
+                meta["label"] = [dataset.class_names[i] for i in dataset.labels]
+        out = Path(args.out) if args.out else Path(f"{cache.path.name}-export")
+        done = export(cache, out, args.format, taps=args.taps.split(",") if args.taps else None, keys=keys,
+                      meta=meta)
+        for tap, n in done["rows"].items():
+            missing = f" ({done['missing'][tap]} of DATA's images have no row)" if done["missing"][tap] else ""
+            print(f"{tap}: {n} rows{missing}")
+        print(f"wrote {len(done['files'])} file(s) under {out}")
         return 0
     problems = cache.verify()
     for p in problems:
@@ -472,7 +497,9 @@ def cmd_serve(args) -> int:
 
     check_file(args.bundle, "BUNDLE")
     serve(args.bundle, host=args.host, port=args.port, top=args.top, max_bytes=int(args.max_upload_mb * 1024 * 1024),
-          trust=args.trust_bundle, engine=args.engine, cache_dir=args.cache)
+          trust=args.trust_bundle, engine=args.engine, cache_dir=args.cache, max_pixels=args.max_pixels,
+          budget=int(args.max_decode_mb * 1024 * 1024), decode_slots=args.decode_slots, cors=args.cors,
+          header_timeout=args.header_timeout, body_timeout=args.body_timeout)
     return 0
 
 
@@ -515,6 +542,23 @@ def _taps_option(p, default="pre_logits", help_default=None) -> None:
     add_alias(p, "--tap", "--taps", dest="taps", type=taps_list)
 
 
+def head_names() -> tuple:
+    """``featx.heads.HEADS`` read from the module's source, not imported: importing it loads
+    scikit-learn, SciPy and pandas (about 150 MB and a second), which every command would pay
+    for one help string, and the LiteRT path needs none of them."""
+    import ast
+    import importlib.util
+
+    source = importlib.util.find_spec("featx.heads").origin
+    with open(source, encoding="utf-8") as f:
+        for node in ast.parse(f.read()).body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "HEADS" for t in node.targets):
+                return tuple(ast.literal_eval(node.value))
+    from featx.heads import HEADS  # not a literal any more: import it after all
+
+    return tuple(HEADS)
+
+
 def _engine_option(p, engines=ENGINES, default=None, extra="") -> None:
     p.add_argument("--engine", default=default, choices=list(engines),
                    help="inference engine: auto (LiteRT on a CPU when installed and checked), keras, litert"
@@ -524,7 +568,8 @@ def _engine_option(p, engines=ENGINES, default=None, extra="") -> None:
 
 def _batch_options(p) -> None:
     p.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="images per network batch")
-    p.add_argument("--workers", type=positive_int, default=2, metavar="N", help="decode threads")
+    p.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                   help="decode threads (default: the cores left beside the engine, at least 1)")
 
 
 def _extractor_options(p, taps_default="pre_logits", engines=ENGINES) -> None:
@@ -560,6 +605,11 @@ def _trust_option(p) -> None:
                    help="load a bundle not signed on this machine (it is a pickle: only if you trust it)")
 
 
+def _verbose_option(p) -> None:
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="name every file the folder scan leaves out (default: only count them)")
+
+
 EXIT_STATUS = "Exit status: 0 done, 2 error, 3 done but some images were skipped."
 
 
@@ -588,8 +638,8 @@ def build_parser() -> FeatxParser:
     _backbone_option(p)
     _weights_option(p)
     p.add_argument("--top", type=positive_int, default=5, metavar="K", help="classes shown per image")
-    _engine_option(p, default="keras", extra="; keras by default: for a few images a LiteRT conversion costs more "
-                                             "than it saves")
+    _engine_option(p, default="auto", extra="; auto uses LiteRT only when its conversion is already in the cache "
+                                            "(for a few images a conversion costs more than it saves)")
     _cache_option(p)
     p.set_defaults(func=cmd_peek)
 
@@ -606,23 +656,34 @@ def build_parser() -> FeatxParser:
                    help="with --engine ray: backbone actors")
     p.add_argument("--gpus-per-worker", type=nonnegative_float, default=0, metavar="G",
                    help="with --engine ray: GPUs per actor")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="try again files whose exact bytes failed to decode before (default: skip them)")
+    _verbose_option(p)
     p.set_defaults(func=cmd_extract)
 
-    p = command("cache", "list, describe or verify cache files",
-                description="featx cache ls [--cache DIR] | featx cache info FILE | featx cache verify FILE "
-                            "(exit status 1 when a problem is found).")
-    p.add_argument("action", choices=["ls", "info", "verify"], help="what to do")
-    p.add_argument("target", nargs="?", metavar="FILE", help="the cache file, for info and verify (default: none)")
+    p = command("cache", "list, describe, verify, compact or export caches",
+                description="featx cache ls [--cache DIR] | featx cache info|verify|compact CACHE | "
+                            "featx cache export CACHE [--format npy|parquet] [--data DATA] [--out DIR] "
+                            "(verify: exit status 1 when a problem is found).")
+    p.add_argument("action", choices=["ls", "info", "verify", "compact", "export"], help="what to do")
+    p.add_argument("target", nargs="?", metavar="CACHE",
+                   help="one cache folder, for info, verify, compact and export; a legacy .h5 cache file is "
+                        "accepted (default: none)")
     _cache_option(p)
+    p.add_argument("--format", choices=["npy", "parquet"], default="npy",
+                   help="export: .npy files plus metadata (embedding-reader's layout) or one Parquet table per tap "
+                        "(default: npy)")
+    p.add_argument("--data", default=None, metavar="DATA",
+                   help="export: only DATA's images, in its order, with path and label columns (default: every row)")
+    p.add_argument("--taps", default=None, metavar="A[,B]", help="export: the taps to write (default: all)")
+    _out_option(p, "./<cache name>-export")
     p.set_defaults(func=cmd_cache)
 
     p = command("fit-head", "train a classifier head on the cached codes of DATA")
     p.add_argument("data", metavar="DATA", help="folder of class folders (or train/val/test)")
     _extractor_options(p)
-    from featx.heads import HEADS
-
     p.add_argument("--head", default="logistic", metavar="NAME",
-                   help="the classifier: " + ", ".join(HEADS) + ", or auto (cross-validated choice of head, "
+                   help="the classifier: " + ", ".join(head_names()) + ", or auto (cross-validated choice of head, "
                         "regularisation, scaling, taps and flip TTA within --budget)")
     p.add_argument("--backbones", default=None, metavar="A[,B]",
                    help="several backbones, fused as --fuse says (a comma list in --backbone works too) "
@@ -651,6 +712,7 @@ def build_parser() -> FeatxParser:
     _out_option(p, "featx-out/<dataset>-<backbone>-<taps>-<head>")
     p.add_argument("--views", type=count, default=0, metavar="K", help="train on K cached augmented views too")
     _split_options(p)
+    _verbose_option(p)
     p.set_defaults(func=cmd_fit_head)
 
     p = command("predict", "classify images with a bundle; CSV of predictions",
@@ -671,6 +733,7 @@ def build_parser() -> FeatxParser:
     _engine_option(p)
     _batch_options(p)
     _trust_option(p)
+    _verbose_option(p)
     p.set_defaults(func=cmd_predict)
 
     p = command("sweep", "a linear head on every tap: are earlier layers better for DATA?")
@@ -678,6 +741,7 @@ def build_parser() -> FeatxParser:
     _extractor_options(p, taps_default=None)
     _out_option(p, "featx-out/<dataset>-<backbone>-sweep")
     _split_options(p)
+    _verbose_option(p)
     p.set_defaults(func=cmd_sweep)
 
     p = command("advise", "which route fits DATA, from measured transferability of every tap")
@@ -694,9 +758,10 @@ def build_parser() -> FeatxParser:
                    help="images the ImageNet classifier scores, shown as context")
     p.add_argument("--sweep", action="store_true", help=argparse.SUPPRESS)  # old flag: every tap is measured now
     p.add_argument("--large-per-class", type=positive_int, default=500, metavar="N",
-                   help="a dataset with a median of at least N images per class counts as large")
+                   help="a dataset with at least N images per class (median) counts as large")
     _out_option(p, "print only; DIR gets advice.json and advice.txt")
     _split_options(p)
+    _verbose_option(p)
     p.set_defaults(func=cmd_advise)
 
     p = command("finetune", "fine-tune the backbone end to end, starting from a cached-route head")
@@ -720,6 +785,7 @@ def build_parser() -> FeatxParser:
     _out_option(p, "featx-out/<dataset>-<backbone>-finetune")
     _trust_option(p)
     _split_options(p)
+    _verbose_option(p)
     p.set_defaults(func=cmd_finetune)
 
     p = command("baseline", "the study's CNN trained from scratch (cnn1 or cnn6), same split")
@@ -735,6 +801,7 @@ def build_parser() -> FeatxParser:
     _cache_option(p)
     _out_option(p, "featx-out/<dataset>-<arch>")
     _split_options(p)
+    _verbose_option(p)
     p.set_defaults(func=cmd_baseline)
 
     p = command("report", "the study's summary table, chart and (--html) one-page write-up from the runs log")
@@ -756,6 +823,22 @@ def build_parser() -> FeatxParser:
     _engine_option(p, default="auto", extra="; auto gives about 2x the requests/s on a CPU (converts once)")
     _cache_option(p)
     _trust_option(p)
+    from featx import serve as _serve_defaults  # light: imports no web framework
+
+    p.add_argument("--max-pixels", type=positive_int, default=_serve_defaults.SERVE_MAX_PIXELS, metavar="N",
+                   help="refuse uploads declaring more pixels than this")
+    p.add_argument("--max-decode-mb", type=positive_float, default=_serve_defaults.SERVE_DECODE_BUDGET // 2**20,
+                   metavar="MB", help="memory one image's decode may need; PNG/TIFF/WebP above it are refused, "
+                                      "JPEGs decode at reduced size")
+    p.add_argument("--decode-slots", type=positive_int, default=_serve_defaults.DECODE_SLOTS, metavar="K",
+                   help="images decoded at once over all requests (peak decode memory: K x --max-decode-mb)")
+    p.add_argument("--cors", metavar="ORIGIN", default=None,
+                   help="also accept POST /predict from pages of ORIGIN, e.g. https://example.org "
+                        "(default: same origin only)")
+    p.add_argument("--header-timeout", type=positive_float, default=_serve_defaults.HEADER_TIMEOUT,
+                   metavar="SECONDS", help="time a client has to send its request headers")
+    p.add_argument("--body-timeout", type=positive_float, default=_serve_defaults.BODY_TIMEOUT, metavar="SECONDS",
+                   help="time a client has to send its upload")
     p.set_defaults(func=cmd_serve)
 
     p = command("demo", "the main job end to end on scikit-learn's digits (offline)")
@@ -766,6 +849,85 @@ def build_parser() -> FeatxParser:
     p.add_argument("--per-class", type=positive_int, default=40, metavar="N", help="digit images per class")
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each message (it may be replaced later)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def _log_to_stderr(verbose: bool) -> None:
+    """featx's notes (what a folder scan left out) go to stderr; each file by name with --verbose."""
+    log = logging.getLogger("featx")
+    for handler in [h for h in log.handlers if isinstance(h, _StderrHandler)]:
+        log.removeHandler(handler)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("featx: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
+
+
+_OS_HINTS = {
+    "ENOSPC": "no space left on device; free some space or point --cache/--out at another disk "
+              "(finished work is kept: run the command again)",
+    "EDQUOT": "disk quota exceeded; free some space or point --cache/--out at another disk",
+    "EACCES": "permission denied; choose a folder you can write with --cache/--out",
+    "EPERM": "operation not permitted; choose a folder you can write with --cache/--out",
+    "EROFS": "read-only file system; choose a writable folder with --cache/--out",
+    "EMFILE": "too many open files; raise the limit (ulimit -n) or use fewer --workers",
+}
+
+
+def _destination(args):
+    """Where the command writes, to name it when an OSError carries no file name (a write to an open file)."""
+    out, cache = getattr(args, "out", None), getattr(args, "cache", None)
+    if getattr(args, "func", None) is cmd_extract or (cache is not None and out is None):
+        if cache is None:
+            from featx.cache import default_cache_dir
+
+            return default_cache_dir()
+        return cache
+    return out
+
+
+def os_error_line(exc: OSError, where=None) -> str:
+    """``<path>: <what went wrong and what to do>`` for an OSError (also h5py's, which carry no errno).
+
+    Parameters
+    ----------
+    exc : OSError
+        any operating-system error; ``exc.filename`` names the path when the OS gave one.
+    where : path, optional
+        named instead when the error carries no file name (the command's ``--cache`` or ``--out``).
+
+    Returns
+    -------
+    str
+        one line, without the ``featx: error:`` prefix.
+    """
+    import errno
+    import re
+
+    code = exc.errno
+    text = str(exc)
+    if code is None:  # h5py: "Can't write data (file write failed: ..., errno = 28, error message = ...)"
+        found = re.search(r"errno = (\d+)", text)
+        code = int(found.group(1)) if found else None
+    name = errno.errorcode.get(code, "") if code is not None else ""
+    what = _OS_HINTS.get(name) or (exc.strerror or text.splitlines()[0] if text else type(exc).__name__).lower()
+    path = exc.filename or exc.filename2
+    if path is None:
+        found = re.search(r"name = '([^']+)'", text)  # h5py names the file this way
+        path = found.group(1) if found else where
+    return f"{path}: {what}" if path else what
 
 
 def main(argv=None) -> int:
@@ -780,12 +942,16 @@ def main(argv=None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    _log_to_stderr(getattr(args, "verbose", False))
     try:
         return args.func(args)
     except FeatxError as exc:
         param = getattr(exc, "param", None)
         text = f"{option_for(param)}: {exc.message}" if param else str(exc)
         print(f"featx: error: {text}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, permissions, read-only filesystem ... on cache, journal, engines, outputs
+        print(f"featx: error: {os_error_line(exc, _destination(args))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("featx: interrupted", file=sys.stderr)

@@ -1,20 +1,31 @@
-"""Find the images of a dataset folder, their labels and any given splits.
+"""Find the images of a dataset folder, their labels and any given splits; split them.
 
 Three layouts are understood:
 
 * ``DATA/<class>/...images``: labels are the sorted folder names;
-* ``DATA/{train,val|validate|validation,test}/<class>/...``: splits given by the folders;
+* ``DATA/{train,val|validate|validation,test}/<class>/...``: splits given by the folders (recognised
+  only when ``train/`` itself holds class folders, so a class may be called ``train``);
 * ``DATA/...images`` with no class folders: unlabelled (for prediction).
 
-Hidden files and files that are not images are skipped and counted; symbolic
-links are followed, but a link that leads back into a folder being walked (a cycle) is not.
+A class folder is a folder that holds at least one image: an empty folder, or one like
+``__MACOSX/`` that holds only hidden files, is left out and named, never a class with 0 images.
+Class names are compared after NFC Unicode normalisation (no case folding): two sibling folders
+whose names differ only in normalisation are an error naming both.  Hidden files, files that
+are not images (by suffix: :data:`featx.images.FORMATS`) and the like are left out, counted in
+``Dataset.skipped`` and named in ``Dataset.left_out``; symbolic links are followed, but a link
+that leads back into a folder being walked (a cycle) is not.
+
+Splits (:func:`make_split`) are a pure function of the dataset's content, stored under the
+cache folder: byte-identical files form one group that never straddles train/val/test.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +33,11 @@ from pathlib import Path
 import numpy as np
 
 from featx.errors import FeatxError
-from featx.images import is_image_path
+from featx.images import FORMAT_NAMES, IMAGE_SUFFIXES, is_image_path, why_not_a_file
 
 SPLIT_FOLDERS = {"train": "train", "val": "val", "validate": "val", "validation": "val", "test": "test"}
+
+log = logging.getLogger("featx")
 
 
 @dataclass
@@ -33,8 +46,9 @@ class Dataset:
     paths: list[Path]
     labels: np.ndarray | None  # int index into class_names, or None when unlabelled
     class_names: list[str]
-    splits: np.ndarray | None = None  # 'train' / 'val' / 'test' per image when the folders say
-    skipped: Counter = field(default_factory=Counter)  # reason -> count
+    splits: np.ndarray | None = None  # the split FOLDER ('train' / 'val' / 'test') per image, when given
+    skipped: Counter = field(default_factory=Counter)  # reason -> count of what the walk left out
+    left_out: list = field(default_factory=list)  # (path, reason) for every file or folder left out
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -43,27 +57,51 @@ class Dataset:
     def labelled(self) -> bool:
         return self.labels is not None
 
+    @property
+    def empty_folders(self) -> list[str]:
+        """Folders left out because they hold no image (they are not classes)."""
+        return [str(p) for p, why in self.left_out if why == NO_IMAGES]
 
-def _walk_images(folder: Path, skipped: Counter) -> list[Path]:
+
+NO_IMAGES = "folder with no images (not a class)"
+
+
+class _Walk:
+    """What a scan found and left out."""
+
+    def __init__(self):
+        self.skipped: Counter = Counter()
+        self.left_out: list[tuple[Path, str]] = []
+
+    def leave(self, path: Path, reason: str) -> None:
+        self.skipped[reason] += 1
+        self.left_out.append((path, reason))
+
+
+def _walk_images(folder: Path, walk: _Walk) -> list[Path]:
     found, seen = [], set()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+
+    def unreadable(exc: OSError) -> None:  # issue 17: a folder os.walk cannot list is named, not dropped
+        walk.leave(Path(exc.filename), f"unreadable folder ({(exc.strerror or str(exc)).lower()})")
+
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=unreadable):
         real = os.path.realpath(dirpath)
         if real in seen:
             dirnames[:] = []
-            skipped["symlink cycle"] += 1
+            walk.leave(Path(dirpath), "symlink cycle")
             continue
         seen.add(real)
-        hidden = [d for d in dirnames if d.startswith(".")]
-        skipped["hidden"] += len(hidden)
+        for d in sorted(d for d in dirnames if d.startswith(".")):
+            walk.leave(Path(dirpath) / d, "hidden")
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             path = Path(dirpath) / name
             if name.startswith("."):
-                skipped["hidden"] += 1
+                walk.leave(path, "hidden")
             elif not is_image_path(name):
-                skipped["not an image"] += 1
-            elif not path.is_file():
-                skipped["broken link"] += 1
+                walk.leave(path, "not an image")
+            elif not path.is_file():  # issue 17: the real reason (link loop, FIFO, device, socket, ...)
+                walk.leave(path, why_not_a_file(path) or "not a regular file")
             else:
                 found.append(path)
     return found
@@ -73,120 +111,367 @@ def _subdirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _nfc(name: str) -> str:
+    return unicodedata.normalize("NFC", name)
+
+
+def _class_folders(parent: Path, walk: _Walk) -> list[tuple[str, Path, list[Path]]]:
+    """(NFC name, folder, images) of each subfolder of ``parent`` that holds an image."""
+    out, names = [], {}
+    for d in _subdirs(parent):
+        name = _nfc(d.name)
+        if name in names:
+            raise FeatxError(
+                f"{names[name]} and {d}: two class folders with the same name after Unicode (NFC) "
+                "normalisation; merge or rename one"
+            )
+        names[name] = d
+        inner = _Walk()
+        found = _walk_images(d, inner)
+        if found:
+            out.append((name, d, found))
+            walk.skipped += inner.skipped
+            walk.left_out += inner.left_out
+        else:
+            walk.leave(d, NO_IMAGES)
+    return out
+
+
+def _has_image(folder: Path) -> bool:
+    """Whether a walk of ``folder`` would find at least one image (stops at the first)."""
+    seen = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        if any(not n.startswith(".") and is_image_path(n) and os.path.isfile(os.path.join(dirpath, n))
+               for n in filenames):
+            return True
+    return False
+
+
+def _holds_class_folders(folder: Path) -> bool:
+    return any(_has_image(d) for d in _subdirs(folder))
+
+
 def discover(root: str | Path) -> Dataset:
-    """Scan ``root`` and return its images in a stable (sorted) order."""
+    """Scan ``root`` and return its images in a stable (sorted) order.
+
+    Parameters
+    ----------
+    root : str or Path
+        A dataset folder (see the module's layouts) or one image file.
+
+    Returns
+    -------
+    Dataset
+        ``paths`` sorted by class then name; ``labels`` int64 (n,) or None; ``splits`` the
+        split folder of each image or None; ``left_out`` every (path, reason) the scan skipped.
+
+    Raises
+    ------
+    FeatxError
+        ``root`` is missing, holds no image, or two class folders collide after NFC normalisation.
+    """
     root = Path(root)
     if not root.exists():
         raise FeatxError(f"{root}: no such folder")
     if root.is_file():
         return from_paths([root])
-    skipped: Counter = Counter()
+    walk = _Walk()
     subdirs = _subdirs(root)
-    split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_FOLDERS]
-    if any(d.name.lower() == "train" for d in split_dirs):
-        groups = [(SPLIT_FOLDERS[d.name.lower()], c) for d in split_dirs for c in _subdirs(d)]
-        loose = [p for d in split_dirs for p in d.iterdir() if p.is_file()]
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(".")):
+        walk.leave(d, "hidden")
+    train = [d for d in subdirs if d.name.lower() == "train"]
+    split_layout = bool(train) and _holds_class_folders(train[0])
+    if split_layout:
+        split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_FOLDERS]
+        for d in subdirs:
+            if d not in split_dirs:
+                walk.leave(d, "folder outside train/val/test")
+        groups = [(SPLIT_FOLDERS[d.name.lower()], c) for d in split_dirs for c in _class_folders(d, walk)]
+        loose = [p for d in split_dirs for p in sorted(d.iterdir()) if p.is_file()]
     else:
-        groups = [(None, c) for c in subdirs]
-        loose = [p for p in root.iterdir() if p.is_file()]
+        groups = [(None, c) for c in _class_folders(root, walk)]
+        loose = sorted(p for p in root.iterdir() if p.is_file())
     if groups:
-        skipped["outside class folders"] += sum(1 for p in loose if is_image_path(p) and not p.name.startswith("."))
-        class_names = sorted({c.name for _, c in groups})
+        for p in loose:
+            _leave_loose(p, walk, "outside class folders")
+        class_names = sorted({name for _, (name, _, _) in groups})
         index = {n: i for i, n in enumerate(class_names)}
         paths, labels, splits = [], [], []
-        for split, folder in groups:
-            found = _walk_images(folder, skipped)
+        for split, (name, _, found) in groups:
             paths += found
-            labels += [index[folder.name]] * len(found)
+            labels += [index[name]] * len(found)
             splits += [split] * len(found)
-        has_splits = splits and splits[0] is not None
         dataset = Dataset(root, paths, np.asarray(labels, dtype=np.int64), class_names,
-                          np.asarray(splits) if has_splits else None, skipped)
-    else:
-        dataset = Dataset(root, _walk_images(root, skipped), None, [], None, skipped)
+                          np.asarray(splits) if split_layout else None, walk.skipped, walk.left_out)
+    else:  # no folder holds an image: the loose files are an unlabelled set
+        paths = [p for p in loose if _leave_loose(p, walk, None)]
+        dataset = Dataset(root, paths, None, [], None, walk.skipped, walk.left_out)
     if not dataset.paths:
-        raise FeatxError(f"{root}: no images found (looked for {', '.join(sorted({'.jpg', '.png', '.bmp', '.webp', '.tif'}))})")
+        raise FeatxError(f"{root}: no images found (looked for {FORMAT_NAMES}: "
+                         f"{', '.join(sorted(IMAGE_SUFFIXES))})")
+    _log_left_out(dataset)
     return dataset
 
 
+def _leave_loose(path: Path, walk: _Walk, image_reason: str | None) -> bool:
+    """Sort a file lying in the root: True when it is an image to take (``image_reason`` None)."""
+    if path.name.startswith("."):
+        walk.leave(path, "hidden")
+    elif not is_image_path(path):
+        walk.leave(path, "not an image")
+    elif image_reason is not None:
+        walk.leave(path, image_reason)
+    else:
+        return True
+    return False
+
+
+def _log_left_out(dataset: Dataset) -> None:
+    """One line counting what the scan left out; each file by name at DEBUG (``--verbose``)."""
+    if not dataset.left_out:
+        return
+    counts = ", ".join(f"{n} {why}" for why, n in sorted(dataset.skipped.items()) if n)
+    log.info("%s: left out %d: %s%s", dataset.root, len(dataset.left_out), counts,
+             "" if log.isEnabledFor(logging.DEBUG) else " (--verbose names them)")
+    for path, why in dataset.left_out:
+        log.debug("  left out %s: %s", path, why)
+
+
 def from_paths(paths) -> Dataset:
-    """An unlabelled dataset from explicit files (folders are scanned)."""
+    """An unlabelled dataset from explicit files (folders are scanned).
+
+    A file named explicitly is taken whatever its suffix: the decoder judges it by its bytes.
+    """
     out: list[Path] = []
     skipped: Counter = Counter()
+    left_out: list = []
     for p in map(Path, paths):
         if p.is_dir():
             sub = discover(p)
             out += sub.paths
             skipped += sub.skipped
+            left_out += sub.left_out
         else:
             out.append(p)
     if not out:
         raise FeatxError("no images given")
-    return Dataset(Path("."), out, None, [], None, skipped)
+    return Dataset(Path("."), out, None, [], None, skipped, left_out)
 
 
 # ---- splits ---------------------------------------------------------------------------
 
-def split_id(keys, labels, val_fraction, test_fraction, seed, source) -> str:
-    h = hashlib.sha256(json.dumps([source, val_fraction, test_fraction, seed]).encode())
-    for k, y in sorted(zip(keys, np.asarray(labels).tolist())):
-        h.update(f"{k}:{y};".encode())
+#: Part of every split id: bump when the assignment rule changes, so that no stored split made
+#: by an older rule is taken for a new one.  2: byte-identical files are one group.
+SPLIT_VERSION = 2
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass
+class Split:
+    """A dataset's train/val/test assignment and what was found while making it.
+
+    ``assignment``: (n,) str, one of 'train' / 'val' / 'test' per image.
+    ``leakage``: byte-identical files that the user's own split folders put in different
+    splits, as ``[path_a, split_a, path_b, split_b]`` (each pair once).
+    ``label_conflicts``: byte-identical files under different class folders, as one list of
+    ``[path, class]`` per content.
+    """
+
+    assignment: np.ndarray
+    id: str
+    source: str
+    leakage: list = field(default_factory=list)
+    label_conflicts: list = field(default_factory=list)
+
+    def warnings(self, limit: int = 5) -> list[str]:
+        """Console lines (without the ``featx: warning:`` prefix) for leakage and label conflicts."""
+        lines = []
+        if self.leakage:
+            shown = "; ".join(f"{a} ({sa}) = {b} ({sb})" for a, sa, b, sb in self.leakage[:limit])
+            more = f"; and {len(self.leakage) - limit} more" if len(self.leakage) > limit else ""
+            lines.append(f"leakage: {len(self.leakage)} pair(s) of byte-identical files in different splits, "
+                         f"kept where the folders put them: {shown}{more}")
+        if self.label_conflicts:
+            shown = "; ".join(" = ".join(f"{p} ({c})" for p, c in group) for group in self.label_conflicts[:limit])
+            more = f"; and {len(self.label_conflicts) - limit} more" if len(self.label_conflicts) > limit else ""
+            lines.append(f"label conflict: {len(self.label_conflicts)} image(s) stored byte-identical under "
+                         f"different classes: {shown}{more}")
+        return lines
+
+    def record(self) -> dict:
+        """The parts of the split that go into metrics.json."""
+        return {"split_id": self.id, "split_source": self.source, "leakage": self.leakage,
+                "label_conflicts": self.label_conflicts}
+
+
+def _source(given) -> str:
+    names = set(given.tolist()) if given is not None else set()
+    if names <= {"train"}:
+        return "stratified"  # no folders, or only train/: split like a flat folder
+    if "test" in names:
+        return "folders" if "val" in names else "folders:val-from-train"
+    return "folders:val-as-test"
+
+
+def _units(keys, labels, given):
+    """Group each image with its byte-identical copies (in the same split folder, when given)."""
+    unit_of = [k if given is None else f"{g}/{k}" for k, g in
+               zip(keys, given.tolist() if given is not None else [None] * len(keys))]
+    unit_labels: dict[str, set] = {}
+    unit_given: dict[str, str | None] = {}
+    for u, y, g in zip(unit_of, labels.tolist(), given.tolist() if given is not None else [None] * len(keys)):
+        unit_labels.setdefault(u, set()).add(y)
+        unit_given[u] = g
+    return unit_of, unit_labels, unit_given
+
+
+def split_id(keys, labels, val_fraction, test_fraction, seed, source, given=None) -> str:
+    """The id of a split: a hash of the rule, its parameters and the set of (group, labels).
+
+    Copies of a file add nothing to the set, and the order of the files does not matter, so one
+    id always stands for one assignment of every content.
+    """
+    labels = np.asarray(labels)
+    given = np.asarray(given) if given is not None else None
+    _, unit_labels, _ = _units(list(keys), labels, given)
+    h = hashlib.sha256(json.dumps([SPLIT_VERSION, source, val_fraction, test_fraction, seed]).encode())
+    for u in sorted(unit_labels):
+        h.update(f"{u}:{','.join(map(str, sorted(unit_labels[u])))};".encode())
     return h.hexdigest()[:12]
 
 
 def assign_splits(keys, labels, given=None, val_fraction: float = 0.2, test_fraction: float = 0.2,
                   seed: int = 0, store: str | Path | None = None, class_names=None) -> tuple[np.ndarray, str]:
-    """'train' / 'val' / 'test' for each image, and the split's id.
+    """'train' / 'val' / 'test' for each image, and the split's id (see :func:`make_split`)."""
+    split = make_split(keys, labels, given, val_fraction, test_fraction, seed, store, class_names)
+    return split.assignment, split.id
 
-    ``given``: the dataset's own split folders, if any.  With train/val/test
-    folders they are used as they are; with train/val only, ``val`` is the
-    held-out test set and a stratified ``val_fraction`` of ``train`` becomes
-    the validation set (the study's protocol: model selection never sees the
-    test images).  Otherwise a stratified, seeded split: ``test_fraction`` of
-    all images, then ``val_fraction`` of the rest.  The assignment, keyed by
-    image content, is stored under ``store`` so every later head, sweep and
-    fine-tune of the dataset is judged on the same images.
+
+def make_split(keys, labels, given=None, val_fraction: float = 0.2, test_fraction: float = 0.2,
+               seed: int = 0, store: str | Path | None = None, class_names=None, paths=None) -> Split:
+    """Split a labelled dataset by content: a pure, stored function of its files.
+
+    Parameters
+    ----------
+    keys : sequence of str, length n
+        Content key of each image (a hash of its bytes).
+    labels : array-like of int, shape (n,)
+        Class index of each image.
+    given : array-like of str, shape (n,), optional
+        The split folder of each image ('train' / 'val' / 'test'), when the dataset has them.
+        train/val/test folders are used as they are.  train/ + test/: a stratified
+        ``val_fraction`` of train/ becomes the validation set.  train/ + val/: val/ is the
+        held-out test set and validation is carved from train/ the same way (the study's
+        protocol).  Otherwise (no folders, or train/ alone) a stratified, seeded split:
+        ``test_fraction`` of all images, then ``val_fraction`` of the rest.
+    val_fraction, test_fraction : float in [0, 1)
+    seed : int
+    store : path, optional
+        Cache folder; the assignment is written to ``store/splits/<id>.json`` and read back
+        from there on every later run, so every head, sweep and fine-tune of the dataset is
+        judged on the same images.
+    class_names : list of str, optional
+        For messages and reports.
+    paths : sequence of path, length n, optional
+        For the leakage and label-conflict reports (keys are shown without them).
+
+    Returns
+    -------
+    Split
+        Byte-identical files are one group (in the same split folder, when given) and never
+        straddle train/val/test.  Copies that the user's folders put in different splits stay
+        where they are and are listed in ``leakage``; copies under different classes are
+        listed in ``label_conflicts`` (the group is stratified by its smallest class index).
+
+    Raises
+    ------
+    FeatxError
+        A fraction outside [0, 1), or a class with too few images to split.
     """
-    keys = list(keys)
+    keys = [str(k) for k in keys]
     labels = np.asarray(labels)
-    for name, f in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
+    given = np.asarray(given).astype(str) if given is not None else None
+    for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0 <= f < 1:
-            raise FeatxError(f"{name}: expected a fraction in [0, 1), got {f}")
-    has_test = given is not None and "test" in set(given)
-    source = "folders" if has_test else "folders:val-as-test" if given is not None else "stratified"
-    sid = split_id(keys, labels, val_fraction, test_fraction, seed, source)
+            raise FeatxError(f"expected a fraction in [0, 1), got {f}", param=name)
+    source = _source(given)
+    if source == "stratified":
+        given = None
+    unit_of, unit_labels, unit_given = _units(keys, labels, given)
+    sid = split_id(keys, labels, val_fraction, test_fraction, seed, source, given)
     path = Path(store) / "splits" / f"{sid}.json" if store is not None else None
+    units = sorted(unit_labels)
+    stored = None
     if path is not None and path.exists():
-        stored = json.loads(path.read_text())["assignments"]
-        if all(k in stored for k in keys):
-            return np.asarray([stored[k] for k in keys]), sid
-    # split in key order, so that the order files were listed in does not matter
-    order = np.argsort(np.asarray(keys, dtype=object).astype(str), kind="stable")
-    sorted_labels = labels[order]
-    sorted_given = np.asarray(given)[order] if given is not None else None
-    out = _split(sorted_labels, sorted_given, has_test, val_fraction, test_fraction, seed, class_names)
-    result = np.empty(len(keys), dtype=object)
-    result[order] = out
-    result = result.astype(str)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        record = {"id": sid, "source": source, "val_fraction": val_fraction, "test_fraction": test_fraction,
-                  "seed": seed, "assignments": dict(zip(keys, result.tolist()))}
-        tmp = path.with_suffix(f".tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, path)
-    return result, sid
+        try:
+            stored = json.loads(path.read_text())["assignments"]
+        except (OSError, ValueError, KeyError):
+            stored = None  # a damaged record: the split is a pure function, so make it again
+        if stored is not None and not all(u in stored for u in units):
+            stored = None
+    if stored is None:
+        u_labels = np.asarray([min(unit_labels[u]) for u in units], dtype=np.int64)
+        u_given = np.asarray([unit_given[u] for u in units]) if given is not None else None
+        out = _split(u_labels, u_given, source, val_fraction, test_fraction, seed, class_names)
+        stored = dict(zip(units, out.tolist()))
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            record = {"id": sid, "version": SPLIT_VERSION, "source": source, "val_fraction": val_fraction,
+                      "test_fraction": test_fraction, "seed": seed, "assignments": stored}
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            tmp.write_text(json.dumps(record))
+            os.replace(tmp, path)
+    assignment = np.asarray([stored[u] for u in unit_of], dtype="<U5").astype(str)
+    names = [str(p) for p in paths] if paths is not None else keys
+    return Split(assignment, sid, source, _leakage(keys, assignment, names),
+                 _label_conflicts(keys, labels, names, class_names))
 
 
-def _split(labels, given, has_test, val_fraction, test_fraction, seed, class_names) -> np.ndarray:
+def _leakage(keys, assignment, names) -> list:
+    by_key: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        by_key.setdefault(k, []).append(i)
+    order = {s: i for i, s in enumerate(SPLIT_NAMES)}
+    pairs = []
+    for idx in by_key.values():
+        if len({assignment[i] for i in idx}) < 2:
+            continue
+        idx = sorted(idx, key=lambda i: (order.get(assignment[i], 9), names[i]))
+        for a_pos, a in enumerate(idx):
+            for b in idx[a_pos + 1:]:
+                if assignment[a] != assignment[b]:
+                    pairs.append([names[a], str(assignment[a]), names[b], str(assignment[b])])
+    return sorted(pairs)
+
+
+def _label_conflicts(keys, labels, names, class_names) -> list:
+    by_key: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        by_key.setdefault(k, []).append(i)
+    out = []
+    for idx in by_key.values():
+        if len({int(labels[i]) for i in idx}) > 1:
+            out.append(sorted([names[i], class_names[labels[i]] if class_names is not None else int(labels[i])]
+                              for i in idx))
+    return sorted(out)
+
+
+def _split(labels, given, source, val_fraction, test_fraction, seed, class_names) -> np.ndarray:
+    """The assignment of each group (rows already in a fixed, content-derived order)."""
     from sklearn.model_selection import train_test_split
 
     out = np.empty(len(labels), dtype=object)
     idx = np.arange(len(labels))
-    if has_test:
+    if source == "folders":
         out[:] = given
         return out
-    if given is not None:
+    if given is not None:  # train/ + test/ or train/ + val/: the other folder is the test set
         out[:] = np.where(given == "train", "train", "test")
         pool = idx[out == "train"]
         need = 1 + (val_fraction > 0)
@@ -199,7 +484,7 @@ def _split(labels, given, has_test, val_fraction, test_fraction, seed, class_nam
         small = class_names[small] if class_names is not None else small
         raise FeatxError(
             f"class {small!r} has {counts.min()} training image(s); a split needs at least {need} per class "
-            "(add images, or lower --val-fraction / --test-fraction to 0)"
+            "(add images, or lower the validation and test fractions to 0)"
         )
     out[pool] = "train"
     if given is None and test_fraction > 0:

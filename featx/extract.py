@@ -2,10 +2,21 @@
 
 The pipeline: hash every file (the cache key) -> look up what the cache
 lacks -> decode and resize those images in a small thread pool while the
-network runs on the previous batch -> write finished rows to the cache's
-journal every few hundred images -> fold them into the HDF5 file at the end.
-Nothing is held in memory beyond a few batches, so memory stays flat in the
-number of images; bad images are reported, never fatal.
+network runs on the previous batch -> write each finished batch to the cache's
+journal (a killed run loses at most one batch) -> fold them into the HDF5
+file at the end.  Nothing is held in memory beyond a few batches, so memory
+stays flat in the number of images; bad images are reported, never fatal.
+
+The key of a row is computed from exactly the bytes that were decoded for it:
+the decode worker reads the file once and hashes what it read; a file whose
+bytes differ from the pre-pass's is skipped as "changed during the run", never
+stored under its old key.  A file whose exact bytes failed to decode is
+remembered (:mod:`featx.failed`) and not retried unless asked (``retry_failed``).
+
+What is extracted is one :class:`~featx.config.ExtractorConfig` value; how (engine, batch
+size, decode threads) are the call's other arguments, and engine-specific options live on the
+engine object (for instance :class:`featx.engines.ray.RayEngine`).  Files become network inputs
+through :func:`featx.preprocess.load_for_network`, the one function every engine is fed by.
 """
 
 from __future__ import annotations
@@ -21,18 +32,25 @@ from pathlib import Path
 
 import numpy as np
 
-from featx import _tf
-
-from featx import __version__
-from featx.backbones.registry import DEFAULT_BACKBONE, POOLINGS, get_backbone
-from featx.cache import DTYPES, FeatureCache, TapRows, cache_path, content_key, default_cache_dir
-from featx.datasets import Dataset, discover, from_paths
+from featx import __version__, _tf
+from featx.backbones.registry import DEFAULT_BACKBONE
+from featx.cache import FeatureCache, TapRows, cache_path, content_key, default_cache_dir
+from featx.config import ExtractorConfig
+from featx.datasets import Dataset, Split, discover, from_paths, make_split
 from featx.errors import FeatxError
-from featx.images import ImageError, decode, read_bytes
-from featx.inference import make_engine
+from featx.failed import DecodeFailures
+from featx.images import ImageError, read_bytes
+from featx.preprocess import (CHANGED, FLIP, MIN_IMAGE_SIDE, VANISHED, FileChangedError, decode_workers,
+                              load_for_network, load_network_inputs)
 
-MIN_IMAGE_SIDE = 8  # smaller images carry no usable signal after resizing
+__all__ = ["CHANGED", "MIN_IMAGE_SIDE", "VANISHED", "ExtractReport", "ExtractorConfig", "Features", "FileChangedError",
+           "extract", "extractor_config", "flip_config", "hash_files", "load_features", "load_network_inputs"]
+
 LARGE_FLAT_DIM = 100_000  # warn when pooling='none' stores more numbers than this per image
+
+#: Test hook: called with each file's path in the decode worker, after the pre-pass hashed it and
+#: before the worker reads it (a test swaps the file here).  None in normal use.
+BEFORE_DECODE_HOOK = None
 
 
 @dataclass
@@ -70,12 +88,20 @@ class Features:
     keys: list
     labels: np.ndarray | None
     class_names: list
-    splits: np.ndarray | None
+    split: np.ndarray | None  # 'train' / 'val' / 'test' per row: fit-head's stored split (labelled data)
     cache_file: Path
     config: dict
     failures: list
     views: dict | None = None  # tap -> (n, K, d): codes of K augmented views per image
     flipped: dict | None = None  # tap -> (n, d): codes of each image mirrored left-right (flip=True)
+    split_id: str | None = None
+    split_report: Split | None = None  # leakage and label conflicts found while splitting
+    given_splits: np.ndarray | None = None  # the split FOLDER of each row, when the dataset has them
+
+    @property
+    def splits(self) -> np.ndarray | None:
+        """Alias of :attr:`split` (the assigned split, not the folders: see :attr:`given_splits`)."""
+        return self.split
 
     def X(self, taps=None) -> np.ndarray:
         taps = list(taps or self.codes)
@@ -87,13 +113,6 @@ class Features:
             raise FeatxError("no augmented views were loaded; extract with --views K")
         taps = list(taps or self.views)
         return np.concatenate([self.views[t] for t in taps], axis=2)
-
-    def X_flip(self, taps=None) -> np.ndarray:
-        """(n, d) codes of the mirrored images, in the order of :meth:`X` (extract with flip=True first)."""
-        if not self.flipped:
-            raise FeatxError("no flipped view was loaded; extract with flip=True (--tta flip)")
-        taps = list(taps or self.flipped)
-        return np.concatenate([self.flipped[t] for t in taps], axis=1) if len(taps) > 1 else self.flipped[taps[0]]
 
 
 AUGMENTATION_ID = "study-v1"  # rotation 20, shift 0.2, shear 0.2, zoom 0.2, h-flip, nearest fill
@@ -113,9 +132,6 @@ def views_config(config: dict) -> dict:
     return {**config, "views": AUGMENTATION_ID}
 
 
-FLIP = "flip"  # the seed value that asks _load_for_network for the mirrored image
-
-
 def flip_config(config: dict) -> dict:
     """The configuration of a cache holding the left-right mirrored view: its own file, same keys."""
     return {**config, "views": FLIP}
@@ -123,23 +139,12 @@ def flip_config(config: dict) -> dict:
 
 def extractor_config(backbone: str, pooling: str = "avg", dtype: str = "float32", weights="imagenet",
                      mixed_precision: bool = False) -> dict:
-    """Everything that changes the numbers in a cache row (the cache file's key)."""
-    spec = get_backbone(backbone)
-    if pooling not in POOLINGS:
-        raise FeatxError(f"expected one of {', '.join(POOLINGS)}, got {pooling!r}", param="pooling")
-    if dtype not in DTYPES:
-        raise FeatxError(f"expected one of {', '.join(DTYPES)}, got {dtype!r}", param="dtype")
-    return {
-        "backbone": spec.name,
-        "weights": spec.weights_id(weights),
-        "input_size": spec.input_size,
-        "crop_fraction": round(spec.crop_fraction, 6),
-        "preprocessing": spec.normalizer.__name__,
-        "pooling": pooling,
-        "dtype": dtype,
-        "mixed_precision": bool(mixed_precision),
-        "views": 0,
-    }
+    """Everything that changes the numbers in a cache row (the cache file's key), as a dict.
+
+    Same as ``ExtractorConfig(backbone, pooling=..., ...).cache_key()``.
+    """
+    return ExtractorConfig(backbone, pooling=pooling, dtype=dtype, weights=weights,
+                           mixed_precision=mixed_precision).cache_key()
 
 
 def _as_dataset(data) -> Dataset:
@@ -150,7 +155,23 @@ def _as_dataset(data) -> Dataset:
     return from_paths(data)
 
 
-def _hash_files(paths, workers: int = 4):
+def _as_config(config, fields: dict) -> ExtractorConfig:
+    if isinstance(config, ExtractorConfig):
+        if fields:
+            raise TypeError(f"extract: give either an ExtractorConfig or its fields, not both ({', '.join(fields)})")
+        return config
+    if isinstance(config, str):
+        fields = {"backbone": config, **fields}
+    elif config is not None:
+        raise TypeError(f"extract: config must be an ExtractorConfig or a backbone name, got {type(config).__name__}")
+    unknown = set(fields) - {"backbone", "taps", "pooling", "dtype", "weights", "mixed_precision"}
+    if unknown:
+        raise TypeError(f"extract: unexpected arguments {', '.join(sorted(unknown))}")
+    return ExtractorConfig(**fields)
+
+
+def hash_files(paths, workers: int = 4):
+    """(content key, None) or (None, reason) for each file, hashed in a thread pool."""
     def one(path):
         try:
             return content_key(read_bytes(path)), None
@@ -161,119 +182,193 @@ def _hash_files(paths, workers: int = 4):
         return list(pool.map(one, paths))
 
 
-def _check_taps(spec, taps) -> list[str]:
-    taps = [taps] if isinstance(taps, str) else list(taps)
-    if not taps:
-        raise FeatxError("give at least one tap", param="taps")
-    for t in taps:
-        spec.tap(t)
-    return list(dict.fromkeys(taps))
+_hash_files = hash_files  # the old private name, for modules not yet moved to the public one
 
 
-def extract(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), pooling: str = "avg",
-            batch_size: int = 32, cache_dir=None, dtype: str = "float32", weights="imagenet",
-            workers: int = 2, mixed_precision: bool = False, progress: bool | None = None,
-            flush_rows: int = 256, views: int = 0, engine: str | None = None, ray_address=None,
-            num_workers: int = 1, gpus_per_worker: float = 0, flip: bool = False,
-            _ray_crash_marker=None) -> ExtractReport:
+def image_keys(data) -> tuple[Dataset, list]:
+    """The dataset of ``data`` and each image's cache key (None where the file cannot be read)."""
+    dataset = _as_dataset(data)
+    return dataset, [k for k, _ in hash_files(dataset.paths)]
+
+
+def extract(data, config: ExtractorConfig | str | None = None, *, cache_dir=None, batch_size: int = 32,
+            workers: int | None = None, views: int = 0, engine=None, progress: bool | None = None,
+            flush_rows: int = 1, retry_failed: bool = False, flip: bool = False,
+            **config_fields) -> ExtractReport:
     """Compute and cache the codes that ``cache_dir`` lacks for ``data``.
 
-    ``data``: a dataset folder, a list of image paths, or a :class:`Dataset`.
-    ``engine``: keras, litert or auto (see :mod:`featx.inference`); default ``$FEATX_ENGINE`` or auto;
-    ``ray`` runs the same pipeline on Ray Data (:mod:`featx.engines.ray`; ``ray_address``,
-    ``num_workers`` actors, ``gpus_per_worker``).
-    ``views``: also cache that many augmented views of every image (the
-    study's augmentation, seeded per image and view) in a cache of their own.
-    ``flip``: also cache the codes of each image mirrored left-right (flip
-    test-time augmentation; one more view, in a cache of its own).
-    Returns a report; read the codes with :func:`load_features`.
+    Parameters
+    ----------
+    data : folder, list of image paths, or Dataset
+    config : ExtractorConfig or str, optional
+        What to extract; a string is a backbone name.  Instead of a config, its
+        fields may be given as keywords (``backbone``, ``taps``, ``pooling``,
+        ``dtype``, ``weights``, ``mixed_precision``).
+    cache_dir : path, optional
+        Default ``$FEATX_CACHE`` or ``./cache``.
+    batch_size : int
+        Images per forward pass (>= 1); fewer new images than that run as one smaller batch.
+    workers : int, optional
+        Decode threads; default: the cores left beside the engine
+        (:func:`featx.preprocess.decode_workers`).
+    views : int
+        Also cache that many augmented views of every image (the study's
+        augmentation, seeded per image and view) in a cache of their own.
+    engine : str or engine object, optional
+        ``auto``, ``keras``, ``litert`` (:mod:`featx.engines`), ``ray`` or a
+        :class:`featx.engines.ray.RayEngine` carrying Ray's options, or an
+        already made local engine; default ``$FEATX_ENGINE`` or ``auto``.  With ``"ray"``,
+        the former keywords ``ray_address``, ``num_workers``, ``gpus_per_worker`` still work.
+    flush_rows : int
+        Journal finished rows once at least this many are pending, checked after every
+        batch; the default 1 journals every batch, so a killed run loses at most one batch.
+    retry_failed : bool
+        Also try files whose exact bytes failed to decode in an earlier run (by default
+        they are reported as skipped again without loading the network).
+    flip : bool
+        Also cache the codes of each image mirrored left-right (flip test-time
+        augmentation; one more view, in a cache of its own with the same keys).
+
+    Returns
+    -------
+    ExtractReport
+        Read the codes with :func:`load_features`.
+
+    Raises
+    ------
+    FeatxError
+        Bad configuration or option (one line, nothing written).
     """
+    from featx.engines.ray import RayEngine
+
     if batch_size < 1:
         raise FeatxError(f"expected a positive number, got {batch_size}", param="batch_size")
     if views < 0:
         raise FeatxError(f"expected 0 or more, got {views}", param="views")
-    spec = get_backbone(backbone)
-    taps = _check_taps(spec, taps)
-    config = extractor_config(backbone, pooling, dtype, weights, mixed_precision)
+    if flush_rows < 1:
+        raise FeatxError(f"expected a positive number, got {flush_rows}", param="flush_rows")
+    if workers is not None:
+        decode_workers(workers)  # validates
+    # the former keyword spelling of Ray's options, for callers not yet moved to RayEngine(...)
+    ray_options = {new: config_fields.pop(old) for old, new in (("ray_address", "address"),
+                                                                ("num_workers", "num_workers"),
+                                                                ("gpus_per_worker", "gpus_per_worker"),
+                                                                ("_ray_crash_marker", "crash_marker"))
+                   if old in config_fields}
+    config = _as_config(config, config_fields)
+    engine = engine if engine is not None else os.environ.get("FEATX_ENGINE", "auto")
+    if engine == "ray":
+        engine = RayEngine(**ray_options)
+    if views and isinstance(engine, RayEngine):
+        raise FeatxError("--views: augmented views run on the local engine; extract them without --engine ray")
+    if flip and isinstance(engine, RayEngine):
+        raise FeatxError("--tta flip: the mirrored view runs on the local engine; extract it without --engine ray")
+    key = config.cache_key()
+    taps = list(config.taps)
     dataset = _as_dataset(data)
-    cache = FeatureCache(cache_path(cache_dir or default_cache_dir(), config), config)
+    cache = FeatureCache(cache_path(cache_dir or default_cache_dir(), key), key)
+    memory = DecodeFailures(cache_dir or default_cache_dir())
     start = time.perf_counter()
-    hashed = _hash_files(dataset.paths)
+    hashed = hash_files(dataset.paths)
     report = ExtractReport(cache.path, dataset, [k for k, _ in hashed])
     report.failures = [(p, err) for p, (k, err) in zip(dataset.paths, hashed) if k is None]
+    runner = engine if hasattr(engine, "run") else None
 
-    runner = None
-    engine = engine or os.environ.get("FEATX_ENGINE", "auto")
-    if (views or flip) and engine == "ray":
-        raise FeatxError("--views: augmented views run on the local engine; extract them without --engine ray")
-
-    def get_runner():
+    def get_runner(todo_count: int):
         nonlocal runner
         if runner is None:
-            runner = make_engine(spec, taps, lambda: _feature_model(spec, taps, pooling, weights, mixed_precision),
-                                 config, batch_size, "keras" if mixed_precision else engine, cache.path.parent)
+            from featx.engines import make_engine
+
+            # a few new images need no full batch: LiteRT plans (and computes) for what there is
+            runner = make_engine(config, min(batch_size, todo_count), engine, cache.path.parent)
         return runner
 
     with cache:
         cache.commit()  # fold in rows a killed run left in the journal
-        present = {t: cache.keys(t) for t in taps}
+        present = {t: cache.keys(t, among=report.keys) for t in taps}  # cost ~ this dataset, not the cache
         todo: dict[str, tuple] = {}
         for path, key in zip(dataset.paths, report.keys):
             if key is not None and key not in todo and any(key not in present[t] for t in taps):
-                todo[key] = (path, None)
+                todo[key] = (path, None, key)
         report.cached = sum(1 for k in report.keys if k is not None and k not in todo)
+        known_bad = {} if retry_failed else {k: r for k, r in memory.remembered().items() if k in todo}
+        for key in known_bad:
+            del todo[key]
+        if known_bad:
+            report.failures += [(p, f"{known_bad[k]} (failed the same way before; --retry-failed tries again)")
+                                for p, k in zip(dataset.paths, report.keys) if k in known_bad]
+            report.keys = [None if k in known_bad else k for k in report.keys]
         if todo:
-            if pooling == "none":
-                _warn_if_large(spec, taps)
-            if engine == "ray":
-                from featx.engines.ray import extract_ray
-
-                failures = extract_ray(dataset, spec, taps, pooling, dtype, weights, cache,
-                                       [(k, p) for k, (p, _) in todo.items()], batch_size, ray_address, num_workers,
-                                       gpus_per_worker, crash_marker=_ray_crash_marker)
-                runner = _RayName()
+            if config.pooling == "none":
+                _warn_if_large(config)
+            if isinstance(engine, RayEngine):
+                failures = engine.extract(config, cache, [(k, p) for k, (p, _, _) in todo.items()], batch_size)
+                key_of = {str(p): k for k, (p, _, _) in todo.items()}
+                failures = [(p, r, None if r.startswith(CHANGED) or r.endswith(VANISHED) else key_of.get(str(p)))
+                            for p, r in failures]
+                engine_name, device = "ray", None
             else:
                 if progress_enabled(progress):  # building the network takes seconds before the bar moves
-                    print(f"featx: extracting {len(todo)} images with {spec.name}; loading the network",
+                    print(f"featx: extracting {len(todo)} images with {config.backbone}; loading the network",
                           file=sys.stderr, flush=True)
-                failures = _run(spec, get_runner(), taps, list(todo.items()), cache, batch_size, workers,
-                                progress, flush_rows, dtype)
-            bad = {str(p) for p, _ in failures}
-            report.failures += failures
-            report.computed = len(todo) - len(failures)
-            report.keys = [None if str(p) in bad else k for p, k in zip(dataset.paths, report.keys)]
-            provenance = {"featx": __version__, "engine": runner.name, **_versions()}
+                runner = get_runner(len(todo))
+                failures = _run(config, runner, list(todo.items()), cache, min(batch_size, len(todo)), workers,
+                                progress, flush_rows)
+                engine_name, device = runner.name, ("CPU" if runner.name == "litert" else None)
+            failed_paths = {str(fp) for fp, _, _ in failures}
+            failed_keys = {todo_key for todo_key, (p, _, _) in todo.items() if str(p) in failed_paths}
+            reason = {str(p): r for p, r, _ in failures}
+            first = {str(p) for p, _, _ in todo.values()}
+            report.failures += [(p, r) for p, r, _ in failures]
+            # copies of a failed file fail with it (their rows do not exist either)
+            report.failures += [(p, reason[str(todo[k][0])]) for p, k in zip(dataset.paths, report.keys)
+                                if k in failed_keys and str(p) not in first]
+            report.computed = len(todo) - len(failed_keys)
+            report.keys = [None if k in failed_keys else k for k in report.keys]
+            memory.update({k: r for p, r, k in failures if k is not None},
+                          succeeded=[k for k in todo if k not in failed_keys] if retry_failed else ())
+            provenance = {"featx": __version__, "engine": engine_name, **_tf.versions(device)}
             cache.commit(provenance=provenance, failures=[[str(p), r] for p, r in report.failures])
+            report.engine = engine_name
     if views:
-        vcache = FeatureCache(cache_path(cache.path.parent, views_config(config)), views_config(config))
+        vcache = FeatureCache(cache_path(cache.path.parent, views_config(key)), views_config(key))
         with vcache:
             vcache.commit()
-            present = {t: vcache.keys(t) for t in taps}
+            wanted = [view_key(k, v) for k in report.keys if k is not None for v in range(1, views + 1)]
+            present = {t: vcache.keys(t, among=wanted) for t in taps}
             todo = {}
             for path, key in zip(dataset.paths, report.keys):
                 for v in range(1, views + 1) if key is not None else ():
                     vk = view_key(key, v)
                     if vk not in todo and any(vk not in present[t] for t in taps):
-                        todo[vk] = (path, view_seed(key, v))
+                        todo[vk] = (path, view_seed(key, v), key)
             if todo:
-                _run(spec, get_runner(), taps, list(todo.items()), vcache, batch_size, workers, progress,
-                     flush_rows, dtype)
+                runner = get_runner(len(todo))
+                _run(config, runner, list(todo.items()), vcache, min(batch_size, len(todo)), workers, progress,
+                     flush_rows)
                 report.computed_views = len(todo)
-                vcache.commit(provenance={"featx": __version__, "engine": runner.name, **_versions()})
+                device = "CPU" if runner.name == "litert" else None
+                vcache.commit(provenance={"featx": __version__, "engine": runner.name, **_tf.versions(device)})
+                report.engine = report.engine or runner.name
     if flip:
-        fcache = FeatureCache(cache_path(cache.path.parent, flip_config(config)), flip_config(config))
+        fcache = FeatureCache(cache_path(cache.path.parent, flip_config(key)), flip_config(key))
         with fcache:
             fcache.commit()
-            present = {t: fcache.keys(t) for t in taps}
-            todo = {k: (p, FLIP) for p, k in zip(dataset.paths, report.keys)
-                    if k is not None and any(k not in present[t] for t in taps)}
+            wanted = [k for k in report.keys if k is not None]
+            present = {t: fcache.keys(t, among=wanted) for t in taps}
+            todo = {}
+            for path, key in zip(dataset.paths, report.keys):
+                if key is not None and key not in todo and any(key not in present[t] for t in taps):
+                    todo[key] = (path, FLIP, key)
             if todo:
-                _run(spec, get_runner(), taps, list(todo.items()), fcache, batch_size, workers, progress,
-                     flush_rows, dtype)
+                runner = get_runner(len(todo))
+                _run(config, runner, list(todo.items()), fcache, min(batch_size, len(todo)), workers, progress,
+                     flush_rows)
                 report.computed_views += len(todo)
-                fcache.commit(provenance={"featx": __version__, "engine": runner.name, **_versions()})
+                device = "CPU" if runner.name == "litert" else None
+                fcache.commit(provenance={"featx": __version__, "engine": runner.name, **_tf.versions(device)})
+                report.engine = report.engine or runner.name
     report.seconds = time.perf_counter() - start
-    report.engine = runner.name if runner is not None else None
     return report
 
 
@@ -284,19 +379,9 @@ def progress_enabled(progress: bool | None) -> bool:
     return bool(getattr(sys.stderr, "isatty", lambda: False)())
 
 
-class _RayName:
-    name = "ray"
-
-
-def _versions() -> dict:
-    keras = _tf.keras()
-    import tensorflow as tf
-
-    return {"keras": keras.__version__, "tensorflow": tf.__version__, "device": "GPU" if _tf.gpu_available() else "CPU"}
-
-
-def _warn_if_large(spec, taps):
-    for t in taps:
+def _warn_if_large(config: ExtractorConfig):
+    spec = config.spec
+    for t in config.taps:
         tap = spec.tap(t)
         side = -(-spec.input_size // tap.stride)
         if tap.name not in ("pre_logits", "logits") and side * side * tap.channels > LARGE_FLAT_DIM:
@@ -304,103 +389,84 @@ def _warn_if_large(spec, taps):
                   f"for tap {t}; consider --pooling avg", file=sys.stderr)
 
 
-def _feature_model(spec, taps, pooling, weights, mixed_precision):
-    keras = _tf.keras()
-
-    if mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        return spec.feature_model(taps, pooling, weights)
-    finally:
-        if mixed_precision:
-            keras.mixed_precision.set_global_policy("float32")
+def _load_checked(spec, path, seed, augment_layers, expected_key):
+    """:func:`load_for_network` in the decode worker, after the test hook (when one is set)."""
+    if expected_key is not None and BEFORE_DECODE_HOOK is not None:
+        BEFORE_DECODE_HOOK(path)
+    return load_for_network(spec, path, seed, augment_layers, expected_key=expected_key)
 
 
-def _load_for_network(spec, path: Path, seed: int | None = None, augment_layers=None) -> np.ndarray:
-    """Decoded and resized to the network input; an augmented view when ``seed`` is given."""
-    image = decode(read_bytes(path), str(path), min_side=spec.input_size)
-    if min(image.shape[:2]) < MIN_IMAGE_SIDE:
-        raise ImageError(f"{path}: {image.shape[1]}x{image.shape[0]} pixels is too small to classify")
-    image = spec.resize(image)
-    if isinstance(seed, str) and seed == FLIP:
-        return np.ascontiguousarray(image[:, ::-1])
-    if seed is not None:
-        from featx.augment import augment_view
+def _run(config, runner, items, cache, batch_size, workers, progress, flush_rows):
+    """Decode in threads, infer in fixed-shape batches, journal every finished batch.
 
-        image = augment_view(image, seed, augment_layers)
-    return image
-
-
-def load_network_inputs(spec, paths, workers: int = 2) -> np.ndarray:
-    """Decode and resize ``paths`` (uint8, N x size x size x 3), in a thread pool."""
-    with cf.ThreadPoolExecutor(max(1, workers)) as pool:
-        return np.stack(list(pool.map(lambda p: _load_for_network(spec, p), paths)))
-
-
-def _run(spec, runner, taps, items, cache, batch_size, workers, progress, flush_rows, dtype):
-    """Decode in threads, infer in fixed-shape batches, journal rows as they finish."""
+    ``items``: (row key, (path, view seed or None, content key)).  Returns the failures as
+    (path, reason, content key to remember as undecodable, or None).
+    """
     from tqdm import tqdm
 
+    spec, taps, dtype = config.spec, list(config.taps), config.dtype
+    workers = decode_workers(workers, engine_threads=getattr(runner, "threads", 1))
     failures = []
     pending = {t: ([], []) for t in taps}
     pending_rows = 0
-    last_flush = time.monotonic()
     size = spec.input_size
     batch = np.zeros((batch_size, size, size, 3), dtype=np.uint8)
     batch_keys: list[str] = []
 
     def flush():
-        nonlocal pending_rows, last_flush
+        nonlocal pending_rows
         if pending_rows:
-            cache.append({t: TapRows(np.asarray(k, dtype="S32"), np.concatenate(c).astype(dtype))
+            cache.append({t: TapRows(np.asarray(k, dtype="S32"), np.concatenate(c).astype(dtype, copy=False))
                           for t, (k, c) in pending.items()})
             for k, c in pending.values():
                 k.clear()
                 c.clear()
             pending_rows = 0
-        last_flush = time.monotonic()
 
     def infer():
         nonlocal pending_rows
         n = len(batch_keys)
-        out = runner.run(spec.normalize(batch))  # always full batches: one shape, one trace
+        out = runner.run(batch)  # uint8; always full batches: one shape, one plan
         for t in taps:
             pending[t][0].extend(batch_keys)
             pending[t][1].append(np.asarray(out[t][:n], dtype=np.float32))
         pending_rows += n
         batch_keys.clear()
-        if pending_rows >= flush_rows or time.monotonic() - last_flush > 30:
+        if pending_rows >= flush_rows:
             flush()
 
     augment_layers = None
-    if any(seed is not None and not isinstance(seed, str) for _, (_, seed) in items):
+    if any(seed is not None and not isinstance(seed, str) for _, (_, seed, _) in items):
         from featx.augment import augmentation_layers
 
         augment_layers = augmentation_layers()
     bar = tqdm(total=len(items), unit="img", disable=None if progress is None else not progress,
                file=sys.stderr, dynamic_ncols=True)
-    with cf.ThreadPoolExecutor(max(1, workers)) as pool:
+    with cf.ThreadPoolExecutor(workers) as pool:
         window = collections.deque()
         it = iter(items)
 
         def submit_next():
             item = next(it, None)
             if item is not None:
-                key, (path, seed) = item
-                window.append(((key, path), pool.submit(_load_for_network, spec, path, seed, augment_layers)))
+                key, (path, seed, ckey) = item
+                window.append(((key, path, seed is None and ckey),
+                               pool.submit(_load_checked, spec, path, seed, augment_layers, ckey)))
 
-        for _ in range(2 * batch_size):
+        for _ in range(2 * batch_size):  # in flight: at most two batches of images
             submit_next()
         while window:
-            (key, path), fut = window.popleft()
+            (key, path, remember), fut = window.popleft()
             submit_next()
             try:
                 batch[len(batch_keys)] = fut.result()
                 batch_keys.append(key)
-            except ImageError as exc:
-                failures.append((path, str(exc).removeprefix(f"{path}: ")))
+            except FileChangedError as exc:
+                failures.append((path, str(exc).removeprefix(f"{path}: "), None))
+            except ImageError as exc:  # these very bytes do not decode: remembered
+                failures.append((path, str(exc).removeprefix(f"{path}: "), remember or None))
             except Exception as exc:  # noqa: BLE001 - one odd file must not stop a long run
-                failures.append((path, f"{type(exc).__name__}: {exc}"))
+                failures.append((path, f"{type(exc).__name__}: {exc}", None))
             bar.update(1)
             if len(batch_keys) == batch_size:
                 infer()
@@ -414,22 +480,54 @@ def _run(spec, runner, taps, items, cache, batch_size, workers, progress, flush_
 
 def load_features(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), pooling: str = "avg",
                   cache_dir=None, dtype: str = "float32", weights="imagenet", extract_missing: bool = True,
-                  views: int = 0, flip: bool = False, **extract_options) -> Features:
-    """The cached codes of ``data`` (extracting what is missing first, by default)."""
-    spec = get_backbone(backbone)
-    taps = _check_taps(spec, taps)
-    dataset = _as_dataset(data)
-    if extract_missing:
-        report = extract(dataset, backbone, taps, pooling, cache_dir=cache_dir, dtype=dtype, weights=weights,
-                         views=views, flip=flip, **extract_options)
-        keys, failures, path = report.keys, report.failures, report.cache_file
-        config = extractor_config(backbone, pooling, dtype, weights, extract_options.get("mixed_precision", False))
+                  views: int = 0, val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0,
+                  flip: bool = False, **extract_options) -> Features:
+    """The cached codes of ``data`` (extracting what is missing first, by default), with fit-head's split.
+
+    Parameters
+    ----------
+    data : folder, list of paths, or Dataset
+    backbone, taps, pooling, dtype, weights : the extractor (see :func:`extract`)
+    cache_dir : path, optional
+        The cache folder (default ``$FEATX_CACHE`` or ``./cache``); the split is stored there too.
+    extract_missing : bool
+        Run the backbone on images the cache lacks (else they are reported as failures).
+    views : int
+        Also load that many cached augmented views per image.
+    flip : bool
+        Also load (extracting when allowed) the codes of each image mirrored left-right
+        (``Features.flipped``, rows aligned with ``codes``).
+    val_fraction, test_fraction, seed :
+        The split, exactly as ``featx fit-head`` makes it (:func:`featx.datasets.make_split`):
+        for labelled data ``Features.split`` holds 'train' / 'val' / 'test' per row and
+        ``Features.split_id`` its id, the same stored assignment the CLI uses.
+
+    Returns
+    -------
+    Features
+        Rows in the dataset's order; images that failed are left out and listed in ``failures``.
+
+    Raises
+    ------
+    FeatxError
+        Bad options, or a labelled dataset too small to split with these fractions.
+    """
+    if isinstance(backbone, ExtractorConfig):
+        extractor = backbone
     else:
-        config = extractor_config(backbone, pooling, dtype, weights)
+        extractor = ExtractorConfig(backbone, taps, pooling, dtype, weights,
+                                    extract_options.pop("mixed_precision", False))
+    taps = list(extractor.taps)
+    dataset = _as_dataset(data)
+    config = extractor.cache_key()
+    if extract_missing:
+        report = extract(dataset, extractor, cache_dir=cache_dir, views=views, flip=flip, **extract_options)
+        keys, failures, path = report.keys, report.failures, report.cache_file
+    else:
         path = cache_path(cache_dir or default_cache_dir(), config)
-        hashed = _hash_files(dataset.paths)
+        hashed = hash_files(dataset.paths)
         present = FeatureCache(path)
-        have = set.intersection(*(present.keys(t) for t in taps))
+        have = set.intersection(*(present.keys(t, among=[k for k, _ in hashed]) for t in taps))
         failures = [(p, e) for p, (k, e) in zip(dataset.paths, hashed) if k is None]
         failures += [(p, "no cached codes (not extracted yet, or unreadable when it was)")
                      for p, (k, _) in zip(dataset.paths, hashed) if k is not None and k not in have]
@@ -446,16 +544,26 @@ def load_features(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), 
     flipped = None
     if flip:
         flipped = {t: FeatureCache(cache_path(path.parent, flip_config(config))).read(t, ok_keys) for t in taps}
+    labels = dataset.labels[ok] if dataset.labels is not None else None
+    given = dataset.splits[ok] if dataset.splits is not None else None
+    paths = [dataset.paths[i] for i in ok]
+    split = None
+    if labels is not None and ok:
+        split = make_split(ok_keys, labels, given, val_fraction, test_fraction, seed,
+                           store=cache_dir or default_cache_dir(), class_names=dataset.class_names, paths=paths)
     return Features(
         codes=codes,
-        paths=[dataset.paths[i] for i in ok],
+        paths=paths,
         keys=ok_keys,
-        labels=dataset.labels[ok] if dataset.labels is not None else None,
+        labels=labels,
         class_names=list(dataset.class_names),
-        splits=dataset.splits[ok] if dataset.splits is not None else None,
+        split=split.assignment if split is not None else None,
         cache_file=path,
         config=config,
         failures=failures,
         views=view_codes,
         flipped=flipped,
+        split_id=split.id if split is not None else None,
+        split_report=split,
+        given_splits=given,
     )

@@ -306,13 +306,13 @@ def predict_finetuned(model_path, images, top=None, out=None, batch_size: int = 
     spec = get_backbone(meta["backbone"])
     model = keras.models.load_model(model_path)
     dataset = prediction_dataset(images)
-    from featx.extract import _load_for_network
+    from featx.preprocess import load_for_network
     from featx.images import ImageError
 
     paths, batches, failures, labels = [], [], [], []
     for i, p in enumerate(dataset.paths):
         try:
-            batches.append(_load_for_network(spec, p))
+            batches.append(load_for_network(spec, p))
             paths.append(p)
             labels.append(dataset.class_names[dataset.labels[i]] if dataset.labels is not None else None)
         except ImageError as exc:

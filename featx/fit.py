@@ -10,6 +10,7 @@ from a bundle alone.  ``sweep`` fits a linear head on every tap.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 from featx.backbones.registry import DEFAULT_BACKBONE, get_backbone
 from featx.bundle import Bundle, load_bundle, save_bundle
 from featx.cache import default_cache_dir
-from featx.datasets import Dataset, assign_splits, discover, from_paths
+from featx.datasets import Dataset, Split, discover, from_paths
 from featx.errors import FeatxError
 from featx.extract import Features, load_features
 from featx.heads import make_head
@@ -39,6 +40,7 @@ class LabelledCodes:
     split_id: str
     extract_seconds: float
     name: str  # the dataset folder's name, for outputs and the runs log
+    split_report: Split | None = None  # leakage and label conflicts found while splitting
 
     def part(self, name: str, taps=None, with_views: bool = False):
         """Codes and labels of one split; ``with_views`` adds every augmented view as a row."""
@@ -59,17 +61,24 @@ def labelled_codes(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), poolin
     if not dataset.labelled:
         raise FeatxError(f"{dataset.root}: no class folders; training needs DATA/<class>/<images>")
     if len(dataset.class_names) < 2:
+        empty = dataset.empty_folders
         raise FeatxError(
             f"{dataset.root}: found 1 class ({dataset.class_names[0]!r}); a classifier needs at least 2 class folders"
+            + (f" (left out, holding no images: {', '.join(empty)})" if empty else "")
         )
     start = time.perf_counter()
-    feats = load_features(dataset, backbone, taps, pooling, cache_dir, dtype, weights, views=views, flip=flip,
+    feats = load_features(dataset, backbone, taps, pooling, cache_dir, dtype, weights, views=views,
+                          val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, flip=flip,
                           **extract_options)
     seconds = time.perf_counter() - start
-    split, sid = assign_splits(feats.keys, feats.labels, feats.splits, val_fraction, test_fraction, seed,
-                               store=cache_dir, class_names=feats.class_names)
+    if feats.split is None:
+        first = f" (first: {feats.failures[0][0]}: {feats.failures[0][1]})" if feats.failures else ""
+        raise FeatxError(f"{dataset.root}: none of its {len(dataset)} images could be decoded{first}")
+    for line in feats.split_report.warnings():
+        print(f"featx: warning: {line}", file=sys.stderr)
     y = np.asarray(feats.class_names, dtype=object)[feats.labels].astype(str)
-    return LabelledCodes(feats, y, split, sid, seconds, Path(dataset.root).resolve().name)
+    return LabelledCodes(feats, y, feats.split, feats.split_id, seconds, Path(dataset.root).resolve().name,
+                         feats.split_report)
 
 
 @dataclass
@@ -288,6 +297,8 @@ def fit_head(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), head="logist
         "fit_seconds": fit_seconds,
         "extract_seconds": sum(c.extract_seconds for c in codes_list),
         "skipped_images": [[str(p), r] for c in codes_list for p, r in c.features.failures],
+        "leakage": codes.split_report.leakage,
+        "label_conflicts": codes.split_report.label_conflicts,
     }
     if selection is not None:
         best = selection.table[selection.table["candidate"] == selection.best.name].iloc[0]

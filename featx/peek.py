@@ -27,27 +27,27 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 PEEK_BATCH = 8
 
 
-def peek(paths, backbone: str = DEFAULT_BACKBONE, top: int = 5, weights="imagenet", engine: str = "keras",
+def peek(paths, backbone: str = DEFAULT_BACKBONE, top: int = 5, weights="imagenet", engine: str = "auto",
          cache_dir=None):
     """Return, per image, ``[(class_index, class_name, probability), ...]`` best first.
 
-    ``engine`` defaults to Keras: for a handful of images a LiteRT conversion (once per
-    configuration, stored in the cache) costs more than it saves.
+    ``engine="auto"`` uses LiteRT only when its conversion is already in the cache
+    (no TensorFlow then), else Keras: for a handful of images a conversion (once per
+    configuration) costs more than it saves.  ``litert`` converts when needed.
     """
     from featx.cache import default_cache_dir
-    from featx.extract import extractor_config
-    from featx.inference import make_engine
+    from featx.config import ExtractorConfig
+    from featx.engines import make_engine
+    from featx.preprocess import to_network_input
 
     if top < 1:
         raise FeatxError(f"expected a positive number, got {top}", param="top")
     spec = get_backbone(backbone)
     if "logits" not in spec.tap_names:
         raise FeatxError(f"{backbone} has no ImageNet classifier to peek with", param="backbone")
-    images = [load_image(p, min_side=spec.input_size) for p in paths]
-    runner = make_engine(spec, ["logits"], lambda: spec.feature_model(["logits"], weights=weights),
-                         extractor_config(backbone, weights=weights), PEEK_BATCH, engine,
-                         cache_dir or default_cache_dir())
-    batch = spec.preprocess(images)
+    config = ExtractorConfig(backbone, ["logits"], weights=weights)
+    batch = np.stack([to_network_input(spec, load_image(p, min_side=spec.input_size), str(p)) for p in paths])
+    runner = make_engine(config, PEEK_BATCH, engine, cache_dir or default_cache_dir(), convert=False)
     logits = []
     for start in range(0, len(batch), PEEK_BATCH):  # fixed-size batches, the last one padded
         chunk = batch[start : start + PEEK_BATCH]

@@ -1,9 +1,21 @@
 #!/usr/bin/env python
-"""Benchmark featx extract against the bare network and a naive per-image loop.
+"""Benchmark featx extract against the bare network, its decode ceiling and a naive loop.
 
-Prints figures; asserts nothing.  Uses ../shared/datasets/ants_bees when it
-exists, else generated JPEGs of realistic size.  All in one process, same
-machine, same batch size; medians over --repeats runs.
+Prints every figure it reports and each ratio with both sides measured in the same run,
+interleaved (A, B, A, B, ...), medians over ``--repeats``.  Uses ../shared/datasets/ants_bees when
+it exists, else generated JPEGs of realistic size.
+
+Sections:
+  - bare networks on pre-decoded batches: Keras and LiteRT (the ceilings)
+  - decode only (file -> network input, no network) against the number of decode threads:
+    the decode ceiling of this machine, GPU machines included
+  - featx extract end to end (files -> HDF5 rows) per engine, with the engine already loaded,
+    and its ratio to that engine's bare network; LiteRT with the default decode pool and with
+    the former fixed 2 threads; codes of each engine against Keras
+  - the study's naive loop (decode one, predict one)
+  - memory: peak RSS of whole extract processes over N and 8N tiny images with a stub engine
+    (the pipeline, journal and cache alone: the network's own memory is constant), so growth in
+    the number of images is visible
 
     python scripts/bench_extract.py [--data DIR] [--backbone mobilenet_v2] [--repeats 3]
 """
@@ -11,7 +23,10 @@ machine, same batch size; medians over --repeats runs.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
 import json
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -24,21 +39,22 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from featx import _tf  # noqa: E402
-from featx.backbones.registry import get_backbone  # noqa: E402
+from featx.config import ExtractorConfig  # noqa: E402
 from featx.datasets import discover  # noqa: E402
+from featx.engines import KerasEngine, litert_available, make_engine  # noqa: E402
 from featx.extract import extract, load_features  # noqa: E402
 from featx.images import load_image  # noqa: E402
+from featx.preprocess import available_cores, decode_workers, load_for_network  # noqa: E402
 
 
-def photo_folder(n: int, folder: Path, seed: int = 0) -> Path:
-    """Realistic-size JPEGs (about 500x375, photo-like content) when no real data is present."""
+def photo_folder(n: int, folder: Path, seed: int = 0, size=(500, 375)) -> Path:
+    """Photo-like JPEGs (default about 500x375) when no real data is present."""
     import cv2
 
     rng = np.random.default_rng(seed)
     for i in range(n):
         small = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
-        img = cv2.resize(small, (500, 375), interpolation=cv2.INTER_CUBIC)
+        img = cv2.resize(small, size, interpolation=cv2.INTER_CUBIC)
         img = cv2.add(img, rng.integers(0, 20, img.shape, dtype=np.uint8))
         cls = folder / f"class{i % 2}"
         cls.mkdir(parents=True, exist_ok=True)
@@ -46,36 +62,71 @@ def photo_folder(n: int, folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def variants(paths, copies: int, folder: Path) -> Path:
-    """Distinct images (flipped / re-encoded) so that content keys do not repeat."""
-    import cv2
-
-    for c in range(copies):
-        for i, p in enumerate(paths):
-            img = cv2.imread(str(p))
-            if c % 2:
-                img = cv2.flip(img, 1)
-            img[0, 0] = (c, c, c)
-            out = folder / f"class{i % 2}"
-            out.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(out / f"{c}_{i:05d}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 92 - c])
-    return folder
-
-
-RSS_CHILD = """
-import resource, sys, json
+MEMORY_CHILD = """
+import json, sys
+import numpy as np
+import featx.cache
+from featx.config import ExtractorConfig
 from featx.extract import extract
-extract(sys.argv[1], backbone=sys.argv[2], cache_dir=sys.argv[3], batch_size=int(sys.argv[4]), progress=False,
-        engine="keras")
-print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+
+def hwm_kb():
+    # VmHWM: this process's own peak (ru_maxrss can carry the forking parent's size across exec)
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+
+before_commit = []
+commit = featx.cache.FeatureCache.commit
+def watched(self, *args, **kwargs):
+    before_commit.append(hwm_kb())  # the last one: the pipeline has run, the final fold has not
+    return commit(self, *args, **kwargs)
+featx.cache.FeatureCache.commit = watched
+
+class Stub:
+    '''Codes of the right shape without a network: the pipeline, journal and cache alone.'''
+    name = "stub"
+    threads = 1
+    def run(self, batch):
+        return {"pre_logits": np.full((len(batch), 1280), float(batch.mean()), np.float32)}
+
+report = extract(sys.argv[1], ExtractorConfig("mobilenet_v2"), cache_dir=sys.argv[2], engine=Stub(),
+                 progress=False)
+print(json.dumps({"computed": report.computed, "rss_kb": hwm_kb(), "pipeline_kb": before_commit[-1]}))
 """
 
 
-def peak_rss_mb(data, backbone, batch_size) -> float:
-    with tempfile.TemporaryDirectory() as cache:
-        out = subprocess.run([sys.executable, "-c", RSS_CHILD, str(data), backbone, cache, str(batch_size)],
-                             cwd=ROOT, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1]) / 1024
+def memory_child(folder: Path, cache: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(folder), str(cache)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def memory_section(small_n: int, tmp: Path) -> None:
+    """Memory in the number of images: the pipeline, journal and cache alone (stub engine)."""
+    folder = photo_folder(8 * small_n, tmp / "tiny", seed=1, size=(40, 30))
+    few_folder = tmp / "tiny-n"
+    for p in sorted(folder.rglob("*.jpg"))[:small_n]:
+        (few_folder / p.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, few_folder / p.parent.name / p.name)
+    a = memory_child(few_folder, tmp / "mem-n")
+    b = memory_child(folder, tmp / "mem-8n")
+    held = 7 * small_n * 1280 * 4 / 1e6
+    print(f"\nmemory (stub engine, 1280 float32 per image), whole process: peak RSS {a['rss_kb'] / 1024:.0f} MB "
+          f"for {a['computed']} images, {b['rss_kb'] / 1024:.0f} MB for {b['computed']}; growth "
+          f"{(b['rss_kb'] - a['rss_kb']) / 1024:.1f} MB for {7 * small_n} more images "
+          f"(holding their codes would add {held:.0f} MB)")
+    print(f"  of which the pipeline (peak before the final cache commit): {a['pipeline_kb'] / 1024:.0f} MB vs "
+          f"{b['pipeline_kb'] / 1024:.0f} MB, growth {(b['pipeline_kb'] - a['pipeline_kb']) / 1024:.1f} MB; "
+          f"the rest is the commit folding the journal into the cache file")
+
+
+def rate(fn, images: int, repeats: int) -> float:
+    """Median images per second of ``fn()`` (which handles ``images`` images)."""
+    values = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        values.append(images / (time.perf_counter() - t0))
+    return statistics.median(values)
 
 
 def main() -> None:
@@ -85,9 +136,17 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--naive-images", type=int, default=48)
+    ap.add_argument("--memory-images", type=int, default=500, help="N for the N vs 8N memory check")
+    ap.add_argument("--cache", default=None,
+                    help="a cache folder whose engines/ holds the converted model "
+                         "(default: convert in a temporary one)")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--memory-only", action="store_true", help="only the memory section (no network is built)")
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--engines", default="keras,litert", help="comma-separated engines to time")
+    ap.add_argument("--workers", default=None,
+                    help="comma-separated decode thread counts for the decode-only table "
+                         "(default 1, 2, 4, ... up to twice the cores)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="featx-bench-"))
@@ -95,98 +154,128 @@ def main() -> None:
     data = Path(args.data) if args.data else (shared if shared.exists() else photo_folder(400, tmp / "photos"))
     paths = discover(data).paths
     n = len(paths)
-    spec = get_backbone(args.backbone)
-    print(f"data: {data} ({n} images), backbone {spec.name}, batch {args.batch_size}, repeats {args.repeats}")
+    bs = args.batch_size
+    engines = [e for e in args.engines.split(",") if e != "litert" or litert_available()]
+    config = ExtractorConfig(args.backbone)
+    spec = config.spec
+    cores = available_cores()
+    print(f"data: {data} ({n} images), backbone {spec.name}, batch {bs}, repeats {args.repeats}, "
+          f"{cores} cores available (machine shared with other jobs: compare ratios, not absolute figures)")
 
-    # -- ceiling: the bare network on pre-decoded tensors ---------------------------
-    _tf.keras()
-    t0 = time.perf_counter()
-    model = spec.feature_model(["pre_logits"])
-    build_s = time.perf_counter() - t0
-    batch = spec.preprocess([load_image(p, spec.input_size) for p in paths[: args.batch_size]])
-    model.predict_on_batch(batch)  # trace once
-    ceiling = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        reps = max(1, n // args.batch_size)
-        for _ in range(reps):
-            model.predict_on_batch(batch)
-        ceiling.append(reps * args.batch_size / (time.perf_counter() - t0))
-    ceiling_ips = statistics.median(ceiling)
-    print(f"ceiling (bare network, pre-decoded): {ceiling_ips:.1f} img/s  (model build {build_s:.1f}s)")
-    if "litert" in args.engines.split(","):
-        from featx.extract import extractor_config
-        from featx.inference import make_engine
-
-        lite = make_engine(spec, ["pre_logits"], lambda: model, extractor_config(spec.name), args.batch_size,
-                           "litert", tmp / "bare", gpu=False)
-        rates = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            for _ in range(max(1, n // args.batch_size)):
-                lite.run(batch)
-            rates.append(max(1, n // args.batch_size) * args.batch_size / (time.perf_counter() - t0))
-        print(f"LiteRT bare network, pre-decoded: {statistics.median(rates):.1f} img/s, "
-              f"{statistics.median(rates) / ceiling_ips:.2f}x the Keras ceiling")
-
-    # -- featx end to end, per engine ---------------------------------------------------
-    e2e = {}
-    codes = {}
-    for engine in args.engines.split(","):
-        cache = tmp / f"cache-{spec.name}-{engine}"
-        first = extract(data, backbone=spec.name, cache_dir=cache, batch_size=args.batch_size, progress=False,
-                        engine=engine)
-        runs, rerun_frac = [], []
-        for r in range(args.repeats):
-            for f in cache.glob("*.h5"):
-                f.unlink()  # rows go, the converted model in cache/engines stays
-            report = extract(data, backbone=spec.name, cache_dir=cache, batch_size=args.batch_size,
-                             progress=False, engine=engine)
-            runs.append(report)
-            t0 = time.perf_counter()
-            again = extract(data, backbone=spec.name, cache_dir=cache, batch_size=args.batch_size, progress=False,
-                            engine=engine)
-            assert again.computed == 0
-            rerun_frac.append((time.perf_counter() - t0) / report.seconds)
-        ips = statistics.median(r.images_per_second for r in runs)
-        e2e[engine] = ips
-        codes[engine] = load_features(data, spec.name, cache_dir=cache, extract_missing=False).codes["pre_logits"]
-        print(f"featx extract --engine {engine} ({runs[0].engine}), files to HDF5: {ips:.1f} img/s "
-              f"(median wall {statistics.median(r.seconds for r in runs):.1f}s incl. model load); "
-              f"ratio to the Keras ceiling {ips / ceiling_ips:.2f}; first run {first.seconds:.1f}s "
-              f"(includes any one-time conversion)")
-        print(f"  re-run on the unchanged folder: {statistics.median(rerun_frac) * 100:.2f}% of a first run "
-              f"(target < 2%)")
-    if "keras" in codes:
-        for engine, c in codes.items():
-            if engine != "keras":
-                print(f"  codes {engine} vs keras: max abs difference {np.abs(c - codes['keras']).max():.2e}")
-    e2e_ips = max(e2e.values())
-
-    # -- naive loop: decode one, predict one (the study's way) ---------------------------
-    if args.skip_naive:
+    if args.memory_only:
+        memory_section(args.memory_images, tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
         return
-    sub = paths[: args.naive_images]
-    model.predict(spec.preprocess([load_image(sub[0])]), verbose=0)
-    naive = []
-    for _ in range(args.repeats):
+
+    # -- the engines, loaded once (the converted model is made here if it is missing) -----------
+    t0 = time.perf_counter()
+    keras = KerasEngine(config)
+    print(f"Keras feature model built in {time.perf_counter() - t0:.1f}s")
+    loaded = {"keras": keras}
+    if "litert" in engines:
         t0 = time.perf_counter()
-        for p in sub:
-            model.predict(spec.preprocess([load_image(p)]), verbose=0)
-        naive.append(len(sub) / (time.perf_counter() - t0))
-    naive_ips = statistics.median(naive)
-    print(f"naive loop (decode one, predict one, {len(sub)} images): {naive_ips:.1f} img/s; "
-          f"featx (fastest engine) speed-up {e2e_ips / naive_ips:.1f}x (target >= 3x)")
+        loaded["litert"] = make_engine(config, bs, "litert", args.cache or tmp / "engines-home", gpu=False,
+                                       model=keras.model)
+        print(f"LiteRT engine ready in {time.perf_counter() - t0:.1f}s (includes the one-time conversion), "
+              f"{loaded['litert'].name}, {getattr(loaded['litert'], 'threads', '?')} interpreter threads")
+    batch = np.stack([load_for_network(spec, p) for p in paths[:bs]])
+    reps = max(1, n // bs)
 
+    # -- ceilings and pipeline, interleaved per repeat -------------------------------------------------
+    auto_workers = decode_workers(None, engine_threads=getattr(loaded.get("litert"), "threads", 1))
+    runs = {f"bare {e}": [] for e in engines}
+    runs.update({f"e2e {e}": [] for e in engines})
+    if "litert" in engines:
+        runs["e2e litert, 2 decode threads (former default)"] = []
+    cpu_ms = {k: [] for k in runs}  # process CPU time per image: what a loaded machine cannot inflate
+    for e in engines:
+        loaded[e].run(batch)  # warm
+    for _ in range(args.repeats):
+        for e in engines:
+            engine = loaded[e]
+            c0, t0 = time.process_time(), time.perf_counter()
+            for _ in range(reps):
+                engine.run(batch)
+            runs[f"bare {e}"].append(reps * bs / (time.perf_counter() - t0))
+            cpu_ms[f"bare {e}"].append((time.process_time() - c0) * 1000 / (reps * bs))
+            variants = [("", None)] + ([(", 2 decode threads (former default)", 2)] if e == "litert" else [])
+            for suffix, workers in variants:
+                cache = tmp / f"cache-{e}{workers or ''}"
+                shutil.rmtree(cache, ignore_errors=True)
+                c0 = time.process_time()
+                report = extract(data, config, cache_dir=cache, batch_size=bs, progress=False, engine=engine,
+                                 workers=workers)
+                assert report.computed == n - len(report.failures), report.summary()
+                runs[f"e2e {e}{suffix}"].append(report.images_per_second)
+                cpu_ms[f"e2e {e}{suffix}"].append((time.process_time() - c0) * 1000 / report.computed)
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    cpu = {k: statistics.median(v) for k, v in cpu_ms.items()}
+    keras_workers = decode_workers(None, engine_threads=keras.threads)
+    print()
+    print(f"| what (median of {args.repeats}) | img/s (wall) | ratio (wall) | CPU ms per image | "
+          f"ratio (CPU: bare / this) |")
+    print("|---|---|---|---|---|")
+    for e in engines:
+        print(f"| bare {e} network, pre-decoded batches | {med[f'bare {e}']:.1f} | "
+              f"{med[f'bare {e}'] / med['bare keras']:.2f}x bare Keras | {cpu[f'bare {e}']:.2f} | |")
+    for e in engines:
+        w = auto_workers if e == "litert" else keras_workers
+        print(f"| featx extract, {e} engine, files to HDF5 ({w} decode threads) | {med[f'e2e {e}']:.1f} | "
+              f"{med[f'e2e {e}'] / med[f'bare {e}']:.2f}x bare {e} | {cpu[f'e2e {e}']:.2f} | "
+              f"{cpu[f'bare {e}'] / cpu[f'e2e {e}']:.2f} |")
+    if "litert" in engines:
+        key = "e2e litert, 2 decode threads (former default)"
+        print(f"| featx extract, litert engine, 2 decode threads (former default) | {med[key]:.1f} | "
+              f"{med[key] / med['bare litert']:.2f}x bare litert; default pool {med['e2e litert'] / med[key]:.2f}x "
+              f"this | {cpu[key]:.2f} | {cpu['bare litert'] / cpu[key]:.2f} |")
+        if "keras" in engines:
+            print(f"| featx extract: litert vs keras, both end to end | | "
+                  f"{med['e2e litert'] / med['e2e keras']:.2f}x | "
+                  f"| {cpu['e2e keras'] / cpu['e2e litert']:.2f}x |")
+    print("(issue 13's goal for LiteRT end to end vs bare: >= 0.85. The CPU column bounds it: on a machine whose "
+          "cores are all busy, wall ratio ~ CPU ratio; decode's own CPU cost is in the table below.)")
+    print("raw img/s: " + json.dumps({k: [round(v, 1) for v in vals] for k, vals in runs.items()}))
+    print("raw CPU ms/img: " + json.dumps({k: [round(v, 2) for v in vals] for k, vals in cpu_ms.items()}))
 
-    # -- memory: N vs 4N distinct images, each in a fresh process ---------------------------
+    if "keras" in engines:
+        ref = load_features(data, config, cache_dir=tmp / "cache-keras", extract_missing=False).codes["pre_logits"]
+        for e in engines:
+            if e != "keras":
+                got = load_features(data, config, cache_dir=tmp / f"cache-{e}", extract_missing=False)
+                print(f"codes {e} vs keras: max abs difference {np.abs(got.codes['pre_logits'] - ref).max():.2e} "
+                      f"(parity bound 1e-4)")
+
+    # -- decode ceiling: file -> network input, no network --------------------------------------------
+    counts = [int(w) for w in args.workers.split(",")] if args.workers else \
+        sorted({1, 2, 4, *range(8, 2 * cores + 1, 8), 2 * cores} - {0})
+    sub = paths[: min(n, 400)]
+    print()
+    print(f"| decode threads | decode-only img/s ({len(sub)} files, median of {args.repeats}) | ratio to 1 thread | "
+          f"CPU ms per image |")
+    print("|---|---|---|---|")
+    base = None
+    for w in counts:
+        with cf.ThreadPoolExecutor(w) as pool:
+            c0 = time.process_time()
+            ips = rate(lambda: list(pool.map(lambda p: load_for_network(spec, p), sub)), len(sub), args.repeats)
+            cpu_decode = (time.process_time() - c0) * 1000 / (len(sub) * args.repeats)
+        base = base or ips
+        print(f"| {w} | {ips:.1f} | {ips / base:.2f}x | {cpu_decode:.2f} |")
+
+    # -- naive loop: decode one, predict one (the study's way) ----------------------------------------
+    if not args.skip_naive:
+        few = paths[: args.naive_images]
+        model = keras.model
+        model.predict(spec.preprocess([load_image(few[0])]), verbose=0)
+        naive = rate(lambda: [model.predict(spec.preprocess([load_image(p)]), verbose=0) for p in few], len(few),
+                     args.repeats)
+        best = max(med[f"e2e {e}"] for e in engines)
+        print(f"\nnaive loop (decode one, predict one, Keras, {len(few)} images): {naive:.1f} img/s; featx "
+              f"(fastest engine, {best:.1f} img/s) {best / naive:.1f}x")
+
     if not args.skip_memory:
-        small = variants(paths[:100], 1, tmp / "n")
-        large = variants(paths[:100], 4, tmp / "4n")
-        rss_n = peak_rss_mb(small, spec.name, args.batch_size)
-        rss_4n = peak_rss_mb(large, spec.name, args.batch_size)
-        print(f"peak RSS: {rss_n:.0f} MB for 100 images, {rss_4n:.0f} MB for 400; growth "
-              f"{(rss_4n / rss_n - 1) * 100:.1f}% (target < 10%)")
+        memory_section(args.memory_images, tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from featx.backbones.registry import get_backbone  # noqa: E402
-from featx.extract import extractor_config  # noqa: E402
-from featx.inference import LiteRTEngine, make_engine  # noqa: E402
+from featx.config import ExtractorConfig  # noqa: E402
+from featx.engines import LiteRTEngine, make_engine  # noqa: E402
 
 
 def main() -> None:
@@ -33,11 +32,9 @@ def main() -> None:
     taps = args.taps.split(",")
     with tempfile.TemporaryDirectory() as cache:
         for name in args.backbones.split(","):
-            spec = get_backbone(name)
             warnings = []
             start = time.perf_counter()
-            engine = make_engine(spec, taps, lambda: spec.feature_model(taps, weights=None),
-                                 extractor_config(name, weights=None), args.batch_size, "litert", cache,
+            engine = make_engine(ExtractorConfig(name, taps, weights=None), args.batch_size, "litert", cache,
                                  gpu=False, warn=warnings.append)
             seconds = time.perf_counter() - start
             record = Path(cache, "engines")
@@ -47,7 +44,8 @@ def main() -> None:
                 info = json.loads(engine.path.with_suffix(".json").read_text())
                 diffs = ", ".join(f"{t} {d:.1e}" for t, d in info["max_diff"].items())
                 print(f"{name}: converted in {info['convert_seconds']:.0f}s ({seconds:.0f}s with the check), "
-                      f"{engine.path.stat().st_size / 1e6:.0f} MB; max |LiteRT - Keras|: {diffs}; parity ok")
+                      f"{engine.path.stat().st_size / 1e6:.0f} MB, {info['input']} input; "
+                      f"max |LiteRT - Keras|: {diffs}; parity ok")
             else:
                 print(f"{name}: fell back to Keras: {'; '.join(warnings)} ({record})")
 

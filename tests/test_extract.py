@@ -98,9 +98,9 @@ def test_bad_files_are_reported_and_skipped(reference, tmp_path, capsys):
     write_image(trunc, make_photo(6, (300, 400)))
     trunc.write_bytes(trunc.read_bytes()[:300])
     code = main(["extract", str(data), "--cache", str(tmp_path / "c"), "--taps", ",".join(TAPS)])
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert code == 3
-    assert "8 extracted" in out and "4 skipped" in out and "1 not an image" in out
+    assert "8 extracted" in out and "4 skipped" in out and "1 not an image" in err  # the scan's count: stderr
     for name in ("empty.png", "corrupt.jpg", "tiny.png", "truncated.jpg"):
         assert any(line.startswith("skipped") and name in line for line in out.splitlines()), name
     feats = load_features(data, taps=TAPS, cache_dir=tmp_path / "c")
@@ -144,7 +144,7 @@ def test_sigkill_mid_run_leaves_a_readable_cache_and_resumes(tmp_path):
     deadline = time.time() + 120
     journal = None
     while time.time() < deadline and proc.poll() is None:
-        parts = list(cache_dir.glob("*.journal/part-*.npz"))
+        parts = list(cache_dir.glob("*/journal/part-*.npz"))
         if len(parts) >= 3:
             journal = parts[0].parent
             break
@@ -153,7 +153,7 @@ def test_sigkill_mid_run_leaves_a_readable_cache_and_resumes(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert journal is not None
-    cache = FeatureCache(next(cache_dir.glob("*.h5.journal")).with_suffix(""))
+    cache = FeatureCache(journal.parent)
     assert cache.verify() == []
     partial = cache.keys("pre_logits")
     assert 0 < len(partial) < 60
@@ -176,7 +176,8 @@ def test_cache_cli_ls_info_verify(reference, tmp_path, capsys):
     assert main(["cache", "info", str(feats.cache_file)]) == 0
     assert '"backbone": "mobilenet_v2"' in capsys.readouterr().out
     assert main(["cache", "verify", str(feats.cache_file)]) == 0
-    data = feats.cache_file.read_bytes()
-    feats.cache_file.write_bytes(data[: len(data) // 3])
+    segment = next((feats.cache_file / "segments").glob("seg-*.h5"))  # the cache is a folder of segments
+    data = segment.read_bytes()
+    segment.write_bytes(data[: len(data) // 3])
     assert main(["cache", "verify", str(feats.cache_file)]) == 1
     assert "cannot read" in capsys.readouterr().out

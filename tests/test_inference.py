@@ -1,22 +1,22 @@
 import numpy as np
 import pytest
 
-import featx.inference as inference
-from featx.backbones.registry import get_backbone
-from featx.extract import extract, extractor_config, load_features
+import featx.engines.litert as litert
+from featx.config import ExtractorConfig
+from featx.engines import KerasEngine, LiteRTEngine, make_engine
+from featx.engines.litert import converted_path, probe_batch
+from featx.extract import extract, load_features
 from featx.fit import fit_head, predict
-from featx.inference import KerasEngine, LiteRTEngine, converted_path, make_engine, probe_batch
 
-pytestmark = pytest.mark.skipif(not inference.litert_available(), reason="ai-edge-litert is not installed")
+pytestmark = pytest.mark.skipif(not litert.litert_available(), reason="ai-edge-litert is not installed")
 
 OFFLINE = ["mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 
 
 def engine_for(name, taps, cache_dir, engine="litert", warnings=None, batch=2):
-    spec = get_backbone(name)
-    config = extractor_config(name)
-    return spec, make_engine(spec, taps, lambda: spec.feature_model(taps), config, batch, engine, cache_dir,
-                             gpu=False, warn=(warnings.append if warnings is not None else None))
+    config = ExtractorConfig(name, taps)
+    return config.spec, make_engine(config, batch, engine, cache_dir, gpu=False,
+                                    warn=(warnings.append if warnings is not None else None))
 
 
 PARITY_TAPS = ["stage2", "stage4", "features", "pre_logits", "logits"]
@@ -32,8 +32,8 @@ def test_litert_matches_keras_on_every_tap(name, engines_dir):
     taps = PARITY_TAPS
     spec, engine = engine_for(name, taps, engines_dir)
     assert isinstance(engine, LiteRTEngine)
-    x = probe_batch(spec, 2) * 0.5  # not the probe the conversion was checked on
-    expected = spec.feature_model(taps).predict_on_batch(x)
+    x = probe_batch(spec, 2) // 2  # uint8, not the probe the conversion was checked on
+    expected = spec.feature_model(taps).predict_on_batch(spec.normalize(x))
     got = engine.run(x)
     for tap in taps:
         assert got[tap].shape == expected[tap].shape
@@ -41,18 +41,18 @@ def test_litert_matches_keras_on_every_tap(name, engines_dir):
 
 
 def test_parity_failure_falls_back_to_keras_and_warns(tmp_path, monkeypatch):
-    real_convert = inference.convert
+    real_convert = litert.convert
 
-    def perturbed(model, batch_size, size, path):
+    def perturbed(model, spec, path):
         layer = model.get_layer("logits")
         w, b = layer.get_weights()
         layer.set_weights([w, b + 0.01])  # a converted model that no longer matches
         try:
-            return real_convert(model, batch_size, size, path)
+            return real_convert(model, spec, path)
         finally:
             layer.set_weights([w, b])
 
-    monkeypatch.setattr(inference, "convert", perturbed)
+    monkeypatch.setattr(litert, "convert", perturbed)
     warnings = []
     _, engine = engine_for("mobilenet_v2", ["logits"], tmp_path, warnings=warnings)
     assert isinstance(engine, KerasEngine)
@@ -67,11 +67,11 @@ def test_converted_model_is_reused_and_rebuilt_when_damaged(engines_dir, tmp_pat
 
     _, first = engine_for("efficientnet_lite0", PARITY_TAPS, engines_dir)  # converted by the parity test
     shutil.copytree(engines_dir / "engines", tmp_path / "engines")
-    path = converted_path(tmp_path, extractor_config("efficientnet_lite0"), PARITY_TAPS, 2)
+    path = converted_path(tmp_path, ExtractorConfig("efficientnet_lite0", PARITY_TAPS))
     assert path.name == first.path.name and path.exists()
     calls = []
-    real_convert = inference.convert
-    monkeypatch.setattr(inference, "convert", lambda *a: calls.append(a) or real_convert(*a))
+    real_convert = litert.convert
+    monkeypatch.setattr(litert, "convert", lambda *a: calls.append(a) or real_convert(*a))
     _, second = engine_for("efficientnet_lite0", PARITY_TAPS, tmp_path)
     assert isinstance(second, LiteRTEngine) and calls == []  # reused, not converted again
     data = bytearray(path.read_bytes())
@@ -115,11 +115,9 @@ def test_predict_gives_the_same_classes_with_every_engine(tmp_path, engines_dir)
 
 
 def test_auto_picks_litert_on_a_cpu_and_keras_on_a_gpu(engines_dir):
-    spec = get_backbone("mobilenet_v2")
-    config = extractor_config("mobilenet_v2")
-    build = lambda: spec.feature_model(PARITY_TAPS)  # noqa: E731
-    cpu = make_engine(spec, PARITY_TAPS, build, config, 2, "auto", engines_dir, gpu=False)
-    gpu = make_engine(spec, PARITY_TAPS, build, config, 2, "auto", engines_dir, gpu=True)
+    config = ExtractorConfig("mobilenet_v2", PARITY_TAPS)
+    cpu = make_engine(config, 2, "auto", engines_dir, gpu=False)
+    gpu = make_engine(config, 2, "auto", engines_dir, gpu=True)
     assert (cpu.name, gpu.name) == ("litert", "keras")
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from conftest import ROOT
 from featx.cache import FeatureCache
+from featx.engines.ray import RayEngine
 from featx.extract import extract, load_features
 from test_extract import make_dataset
 
@@ -33,8 +34,8 @@ def local(data, tmp_path_factory):
 
 def test_ray_gives_the_local_engines_rows_and_failures(data, local, tmp_path):
     local_report, local_feats = local
-    report = extract(data, cache_dir=tmp_path, taps=["pre_logits", "stage3"], batch_size=4, engine="ray",
-                     num_workers=1)
+    report = extract(data, cache_dir=tmp_path, taps=["pre_logits", "stage3"], batch_size=4,
+                     engine=RayEngine(num_workers=1))
     assert report.cache_file.name == local_report.cache_file.name
     assert report.computed == local_report.computed == 8
     assert sorted(p.name for p, _ in report.failures) == sorted(p.name for p, _ in local_report.failures)
@@ -49,7 +50,7 @@ def test_ray_gives_the_local_engines_rows_and_failures(data, local, tmp_path):
 
 def test_a_killed_worker_is_retried_and_the_result_is_complete(data, local, tmp_path):
     marker = tmp_path / "crashed-once"
-    report = extract(data, cache_dir=tmp_path / "c", batch_size=4, engine="ray", _ray_crash_marker=str(marker))
+    report = extract(data, cache_dir=tmp_path / "c", batch_size=4, engine=RayEngine(crash_marker=str(marker)))
     assert marker.exists()  # a worker did die mid-run
     assert report.computed == 8 and len(report.failures) == 2
     feats = load_features(data, cache_dir=tmp_path / "c", extract_missing=False)
@@ -58,9 +59,23 @@ def test_a_killed_worker_is_retried_and_the_result_is_complete(data, local, tmp_
 
 DRIVER = textwrap.dedent("""
     import sys
+    import featx.engines.ray
     from featx.extract import extract
+    featx.engines.ray.SEGMENT_ROWS = 2  # a segment per batch of 2: several shards to interrupt
     extract(sys.argv[1], cache_dir=sys.argv[2], batch_size=2, engine="ray")
 """)
+
+
+def settle(cache_dir, quiet=3.0, limit=60.0):
+    """Wait until no new segment has appeared in ``incoming/`` for ``quiet`` seconds."""
+    last, since, end = None, time.time(), time.time() + limit
+    while time.time() < end:
+        now = sorted(p.name for p in cache_dir.glob("*/incoming/inc-*.h5"))
+        if now != last:
+            last, since = now, time.time()
+        elif time.time() - since >= quiet:
+            return
+        time.sleep(0.2)
 
 
 def test_an_interrupted_run_resumes_without_recomputing_finished_shards(tmp_path):
@@ -71,13 +86,14 @@ def test_an_interrupted_run_resumes_without_recomputing_finished_shards(tmp_path
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
-        if len(list(cache_dir.glob("*.journal/part-*.npz"))) >= 2:
+        if len(list(cache_dir.glob("*/incoming/inc-*.h5"))) >= 2:
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be interrupted"
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
     proc.wait()
-    cache = FeatureCache(next(cache_dir.glob("*.h5.journal")).with_suffix(""))
+    settle(cache_dir)  # a worker still busy when the driver died may finish its segment
+    cache = FeatureCache(next(cache_dir.glob("*/incoming")).parent)
     done = cache.keys("pre_logits")
     assert 0 < len(done) < 40
     report = extract(data, cache_dir=cache_dir, batch_size=2, engine="ray")
@@ -90,4 +106,4 @@ def test_views_with_ray_are_refused_before_any_work(data, tmp_path):
 
     with pytest.raises(FeatxError, match="--views: augmented views run on the local engine"):
         extract(data, cache_dir=tmp_path, engine="ray", views=2)
-    assert not list(tmp_path.glob("*.h5"))
+    assert not list(tmp_path.iterdir())

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from featx.errors import FeatxError
+
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 _STORAGE_DTYPES = {
@@ -33,8 +35,8 @@ _STORAGE_DTYPES = {
 }
 
 
-class PthFormatError(ValueError):
-    """The file is not a readable PyTorch checkpoint."""
+class PthFormatError(FeatxError, ValueError):
+    """The file is not a readable PyTorch checkpoint (one line naming the file)."""
 
 
 class UnsafePthError(PthFormatError):
@@ -62,14 +64,37 @@ class _Tensor:
     def __init__(self, storage: _Storage, offset: int, size, stride):
         self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
 
-    def to_numpy(self) -> np.ndarray:
-        flat = self.storage.array
+    def to_numpy(self, source: str = "<pth>") -> np.ndarray:
+        """Copy the tensor out of its storage after checking that every index stays inside it.
+
+        Offsets, sizes and strides must be non-negative integers, as many strides as sizes,
+        no more elements than the storage holds, and the largest index
+        ``offset + sum((size - 1) * stride)`` inside the storage; anything else is a
+        :class:`PthFormatError` (a crafted stride would otherwise read process memory).
+        """
+        storage = self.storage
+        flat = getattr(storage, "array", None) if isinstance(storage, _Storage) else None
         if flat is None:
-            raise PthFormatError("a tensor's storage is missing from the file")
+            raise PthFormatError(f"{source}: a tensor's storage is missing from the file")
+
+        def index(v):
+            return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+        if not (index(self.offset) and all(map(index, self.size)) and all(map(index, self.stride))
+                and len(self.size) == len(self.stride) and len(self.size) <= 32):
+            raise PthFormatError(f"{source}: a tensor has a negative or malformed offset, size or stride "
+                                 f"(offset {self.offset!r}, size {self.size!r}, stride {self.stride!r}); "
+                                 "the file is corrupt or crafted")
+        numel = 1
+        for n in self.size:
+            numel *= n
+        if numel == 0:
+            return np.zeros(self.size, dtype=flat.dtype.newbyteorder("="))
+        largest = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
+        if largest >= flat.size or numel > flat.size:
+            raise PthFormatError(f"{source}: a tensor of size {self.size} reaches past the end of its storage "
+                                 f"({flat.size} elements); the file is corrupt or crafted")
         itemsize = flat.dtype.itemsize
-        needed = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride)) + 1
-        if min(self.size, default=1) > 0 and needed > flat.size:
-            raise PthFormatError("a tensor reaches past the end of its storage")
         view = np.lib.stride_tricks.as_strided(
             flat[self.offset :],
             shape=self.size,
@@ -143,6 +168,8 @@ def _load_legacy(f, source: str):
         if len(header) != 8:
             raise PthFormatError(f"{source}: file is truncated")
         numel = int(np.frombuffer(header, dtype="<i8")[0])
+        if numel < 0:
+            raise PthFormatError(f"{source}: a storage has a negative size")
         raw = f.read(numel * storage.dtype.itemsize)
         if len(raw) != numel * storage.dtype.itemsize:
             raise PthFormatError(f"{source}: file is truncated")
@@ -158,7 +185,11 @@ def _load_zip(path: Path, source: str):
         prefix = pkl[: -len("data.pkl")]
 
         def load_storage(key, dtype):
-            return _Storage(dtype, np.frombuffer(zf.read(f"{prefix}data/{key}"), dtype=dtype))
+            info = zf.getinfo(f"{prefix}data/{key}")
+            if info.file_size > max(1 << 20, 1000 * info.compress_size):  # a zip bomb, not weights
+                raise PthFormatError(f"{source}: storage {key} claims {info.file_size:,} bytes from "
+                                     f"{info.compress_size:,}; the file is corrupt or crafted")
+            return _Storage(dtype, np.frombuffer(zf.read(info), dtype=dtype))
 
         return _TensorUnpickler(io.BytesIO(zf.read(pkl)), source, load_storage).load()
 
@@ -166,8 +197,14 @@ def _load_zip(path: Path, source: str):
 def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     """Return the tensors of a ``.pth`` state dict as ``{name: numpy array}``.
 
-    Raises :class:`UnsafePthError` when the pickle references anything beyond
-    tensor rebuilding, and :class:`PthFormatError` for damaged files.
+    Raises
+    ------
+    UnsafePthError
+        the pickle references anything beyond tensor rebuilding.
+    PthFormatError
+        damaged or crafted files: bad magic, truncation, negative or out-of-range offsets,
+        sizes or strides, inconsistent storages; a missing or unreadable file.  Both are
+        :class:`featx.errors.FeatxError`: one line naming the file.
     """
     path = Path(path)
     source = str(path)
@@ -175,14 +212,17 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
         if zipfile.is_zipfile(path):
             state = _load_zip(path, source)
         else:
-            with open(path, "rb") as f:
-                state = _load_legacy(f, source)
+            # in memory: a length field in the file then never asks the OS for more than the file holds
+            state = _load_legacy(io.BytesIO(path.read_bytes()), source)
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise PthFormatError(f"{source}: expected a state dict, found {type(state).__name__}")
+        return {str(k): v.to_numpy(source) for k, v in state.items() if isinstance(v, _Tensor)}
     except PthFormatError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError, IndexError) as exc:
-        raise PthFormatError(f"{source}: not a readable PyTorch checkpoint ({exc})") from exc
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise PthFormatError(f"{source}: expected a state dict, found {type(state).__name__}")
-    return {str(k): v.to_numpy() for k, v in state.items() if isinstance(v, _Tensor)}
+    except OSError as exc:
+        raise PthFormatError(f"{source}: cannot read ({(exc.strerror or str(exc)).lower()})") from None
+    except Exception as exc:  # noqa: BLE001 - any other failure of a hostile pickle is a format error
+        detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise PthFormatError(f"{source}: not a readable PyTorch checkpoint ({detail})") from None

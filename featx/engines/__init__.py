@@ -1,0 +1,92 @@
+"""Inference engines: the same feature model run by Keras, LiteRT or Ray.
+
+Every local engine has one small interface::
+
+    engine.name        # "keras" or "litert" (recorded in the cache's provenance)
+    engine.batch_size  # the batch size it is planned for (any size works), None: no plan
+    engine.run(batch)  # (B, S, S, 3) uint8 RGB -> {tap: (B, d) codes}
+
+Inputs come from :func:`featx.preprocess.load_for_network`; normalisation is
+the engine's business.  :func:`make_engine` picks one: ``auto`` is LiteRT when
+it is installed and no GPU is visible (on a GPU, Keras with its
+mixed-precision option is faster).  Ray (:mod:`featx.engines.ray`) is not a
+local engine but a scale-out runner built on these.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from featx.engines.keras import KerasEngine
+from featx.engines.litert import PARITY_ATOL, LiteRTEngine, is_converted, litert_available, load_or_convert
+from featx.errors import FeatxError
+
+ENGINES = ("auto", "keras", "litert")
+
+__all__ = ["ENGINES", "PARITY_ATOL", "KerasEngine", "LiteRTEngine", "is_converted", "litert_available", "make_engine",
+           "uses_litert"]
+
+
+def uses_litert(engine: str = "auto", gpu: bool | None = None) -> bool:
+    """Whether ``engine`` resolves to LiteRT here.
+
+    Raises
+    ------
+    FeatxError
+        Unknown engine, or ``litert`` asked for but not installed.
+    """
+    from featx import _tf
+
+    if engine not in ENGINES:
+        raise FeatxError(f"expected one of {', '.join(ENGINES)}, got {engine!r}", param="engine")
+    if engine == "litert" and not litert_available():
+        raise FeatxError("litert: LiteRT is not installed; run: pip install ai-edge-litert", param="engine")
+    if engine == "keras":
+        return False
+    return engine == "litert" or (litert_available() and not (gpu if gpu is not None else _tf.gpu_available()))
+
+
+def make_engine(config, batch_size: int, engine: str = "auto", cache_dir=None, gpu: bool | None = None,
+                warn=None, model=None, threads: int | None = None, announce=None, convert: bool = True):
+    """The engine to run ``config``'s network with.
+
+    Parameters
+    ----------
+    config : ExtractorConfig
+    batch_size : int
+        Batch size the engine will mostly be given (LiteRT plans for it; one
+        conversion serves every batch size).
+    engine : {"auto", "keras", "litert"}
+    cache_dir : path, optional
+        The cache folder, where converted models are stored; without it, Keras runs.
+    gpu : bool, optional
+        Override GPU detection (default: :func:`featx._tf.gpu_available`).
+    warn, announce : callable(str), optional
+        One-line warnings / progress notes (default: stderr).
+    model : keras.Model, optional
+        An already built feature model for ``config``.
+    threads : int, optional
+        LiteRT interpreter threads (default: the cores available).
+    convert : bool
+        With ``engine="auto"``: False uses LiteRT only when its checked
+        conversion already exists (no one-time conversion; Keras otherwise).
+
+    Returns
+    -------
+    KerasEngine or LiteRTEngine
+
+    Raises
+    ------
+    FeatxError
+        Unknown engine, or LiteRT asked for but not installed.
+    """
+    if config.mixed_precision:
+        engine = "keras"
+    if not uses_litert(engine, gpu) or cache_dir is None:
+        return KerasEngine(config, model)
+    if engine == "auto" and not convert and not is_converted(config, cache_dir):
+        return KerasEngine(config, model)
+    warn = warn or (lambda msg: print(f"featx: warning: {msg}", file=sys.stderr))
+    build = (lambda: model) if model is not None else config.feature_model
+    return load_or_convert(config, batch_size, cache_dir, build,
+                           warn, threads, announce)

@@ -3,18 +3,24 @@
 The driver hashes the files and works out what the cache lacks, exactly as the local engine
 does.  Ray Data then streams those images through CPU decode tasks (the local loader and the
 backbone's own resize) into ``map_batches`` over an actor pool in which each actor builds the
-feature model once (LiteRT or Keras, as locally).  Every batch that comes back is written by the
-driver as one journal part of the cache -- the shard, and the unit of resumption: a rerun after
-a killed driver finds those rows already present and skips them; a killed worker is restarted by
-Ray and its batch retried.  Folding the journal into the HDF5 file is the local engine's commit,
-so nothing downstream can tell which engine computed a row.
+feature model once (LiteRT or Keras, as locally).  Each actor writes every batch it computes as
+one whole segment (``SEGMENT_ROWS`` images, in network batches of ``batch_size``) into the cache
+folder's ``incoming/`` (temporary name, fsync, rename) and sends
+back only keys and errors, never codes.  The driver's one job at the end is the commit: it adopts
+those segments into the manifest by renaming them, without copying a row.  A segment is the shard
+and the unit of resumption: a killed worker loses at most the batch it was computing (Ray
+restarts it and retries the batch); a killed driver leaves whole segments in ``incoming/``, which
+the next run's first commit adopts, so the rerun computes only what is missing.  The rows are
+the local engine's (same loader, same engine, same dtype), so nothing downstream can tell which
+engine computed a row.
 
-Images and the cache folder must be on storage every node can read (the driver writes the
-cache).  ``address=None`` starts a local Ray with this machine's CPUs.
+Images and the cache folder must be on storage every node can read and write (the workers write
+the segments).  ``address=None`` starts a local Ray with this machine's CPUs.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +28,13 @@ import numpy as np
 from featx.errors import FeatxError
 
 
+SEGMENT_ROWS = 256  # images per segment a worker writes: the unit of loss and of resumption
+
+
 def _decode_batch(batch: dict, backbone: str) -> dict:
     """CPU stage: files -> resized uint8 images (errors travel as text, never raise)."""
     from featx.backbones.registry import get_backbone
-    from featx.extract import _load_for_network
+    from featx.preprocess import load_for_network
 
     spec = get_backbone(backbone)
     size = spec.input_size
@@ -33,7 +42,9 @@ def _decode_batch(batch: dict, backbone: str) -> dict:
     errors = []
     for i, path in enumerate(batch["path"]):
         try:
-            images[i] = _load_for_network(spec, Path(str(path)))
+            key = batch["key"][i]
+            key = key.decode() if isinstance(key, bytes) else str(key)  # the bytes decoded must be this content
+            images[i] = load_for_network(spec, Path(str(path)), expected_key=key)
             errors.append("")
         except Exception as exc:  # noqa: BLE001 - reported per image, like the local engine
             errors.append(str(exc).removeprefix(f"{path}: ") or type(exc).__name__)
@@ -43,18 +54,18 @@ def _decode_batch(batch: dict, backbone: str) -> dict:
 class _Embedder:
     """One per actor: builds the backbone once, then embeds batch after batch."""
 
-    def __init__(self, backbone, taps, pooling, weights, batch_size, engine, cache_dir, crash_marker=None):
-        from featx.backbones.registry import get_backbone
-        from featx.extract import extractor_config
-        from featx.inference import make_engine
+    def __init__(self, backbone, taps, pooling, weights, batch_size, engine, cache_dir, cache_folder, cache_config,
+                 crash_marker=None):
+        from featx.config import ExtractorConfig
+        from featx.engines import make_engine
 
-        self.spec = get_backbone(backbone)
-        self.taps = list(taps)
+        config = ExtractorConfig(backbone, taps, pooling, "float32", weights)
+        self.spec = config.spec
+        self.taps = list(config.taps)
         self.batch_size = batch_size
         self.crash_marker = crash_marker
-        self.runner = make_engine(self.spec, self.taps, lambda: self.spec.feature_model(self.taps, pooling, weights),
-                                  extractor_config(backbone, pooling, "float32", weights), batch_size, engine,
-                                  cache_dir)
+        self.cache_folder, self.cache_config = cache_folder, cache_config
+        self.runner = make_engine(config, batch_size, engine, cache_dir)
 
     def __call__(self, batch: dict) -> dict:
         if self.crash_marker and not Path(self.crash_marker).exists():
@@ -69,25 +80,57 @@ class _Embedder:
             chunk = images[start : start + self.batch_size]
             padded = np.zeros((self.batch_size, *chunk.shape[1:]), np.uint8)
             padded[: len(chunk)] = chunk
-            codes = self.runner.run(self.spec.normalize(padded))
+            codes = self.runner.run(padded)
             for t in self.taps:
                 out[t].append(np.asarray(codes[t][: len(chunk)], np.float32))
-        result = {"key": batch["key"], "path": batch["path"], "error": batch["error"], "ok": ok}
-        for t in self.taps:
-            result[f"codes__{t}"] = np.concatenate(out[t])
-        return result
+        if ok.any():  # the batch's rows: one whole segment, written here, adopted by the driver's commit
+            from featx.cache import FeatureCache, TapRows
+
+            dtype = self.cache_config["dtype"]
+            FeatureCache(self.cache_folder, self.cache_config).add_segment(
+                {t: TapRows(np.asarray(batch["key"][ok], dtype="S32"), np.concatenate(out[t])[ok].astype(dtype))
+                 for t in self.taps})
+        return {"key": batch["key"], "path": batch["path"], "error": batch["error"], "ok": ok}
 
 
-def extract_ray(dataset, spec, taps, pooling, dtype, weights, cache, todo: list, batch_size: int,
-                address=None, num_workers: int = 1, gpus_per_worker: float = 0, engine: str = "auto",
-                crash_marker=None):
-    """Compute ``todo`` [(key, path)] on Ray; returns failures [(path, reason)] and the engine name."""
+@dataclass
+class RayEngine:
+    """Ray's options, carried by the engine object that :func:`featx.extract.extract` accepts.
+
+    Parameters
+    ----------
+    address : str, optional
+        A Ray cluster (default: start one on this machine with its CPUs).
+    num_workers : int
+        Backbone actors (>= 1).
+    gpus_per_worker : float
+        GPUs per actor (0: CPU actors).
+    engine : {"auto", "keras", "litert"}
+        The local engine inside each actor (default ``$FEATX_ENGINE`` or auto).
+    crash_marker : str, optional
+        Tests only: the first actor exits once, as a lost worker would.
+    """
+
+    address: str | None = None
+    num_workers: int = 1
+    gpus_per_worker: float = 0
+    engine: str = "auto"
+    crash_marker: str | None = None
+    name = "ray"
+
+    def extract(self, config, cache, todo: list, batch_size: int) -> list:
+        """Compute ``todo`` [(key, path)] for ``config`` into ``cache``; returns failures [(path, reason)]."""
+        return extract_ray(config, cache, todo, batch_size, self.address, self.num_workers, self.gpus_per_worker,
+                           self.engine, self.crash_marker)
+
+
+def extract_ray(config, cache, todo: list, batch_size: int, address=None, num_workers: int = 1,
+                gpus_per_worker: float = 0, engine: str = "auto", crash_marker=None):
+    """Compute ``todo`` [(key, path)] on Ray; returns failures [(path, reason)]."""
     try:
         import ray
     except ImportError:
         raise FeatxError("--engine ray needs its extra: pip install 'featx[ray]'") from None
-    from featx.cache import TapRows
-
     if num_workers < 1:
         raise FeatxError(f"--num-workers: expected 1 or more, got {num_workers}")
     import logging
@@ -105,23 +148,22 @@ def extract_ray(dataset, spec, taps, pooling, dtype, weights, cache, todo: list,
         items = [{"key": k, "path": str(p)} for k, p in todo]
         ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // batch_size))
         ds = ds.map_batches(_decode_batch, batch_size=batch_size, batch_format="numpy",
-                            fn_kwargs={"backbone": spec.name})
-        ds = ds.map_batches(
-            _Embedder, batch_size=batch_size, batch_format="numpy", concurrency=num_workers,
+                            fn_kwargs={"backbone": config.backbone})
+        ds = ds.map_batches(  # an actor batch is one segment: SEGMENT_ROWS images, in network batches
+            _Embedder, batch_size=max(batch_size, SEGMENT_ROWS), batch_format="numpy", concurrency=num_workers,
             num_gpus=gpus_per_worker or None,
-            fn_constructor_kwargs=dict(backbone=spec.name, taps=taps, pooling=pooling, weights=weights,
+            fn_constructor_kwargs=dict(backbone=config.backbone, taps=list(config.taps), pooling=config.pooling,
+                                       weights=config.weights,
                                        batch_size=batch_size, engine=inner, cache_dir=str(cache.path.parent),
+                                       cache_folder=str(cache.path), cache_config=cache.config,
                                        crash_marker=crash_marker),
             max_restarts=3, max_task_retries=3,
         )
         failures = []
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):  # keys and errors only
             ok = batch["ok"].astype(bool)
             for path, err in zip(batch["path"][~ok], batch["error"][~ok]):
                 failures.append((Path(str(path)), str(err)))
-            if ok.any():  # one journal part per batch: the shard that a rerun skips
-                cache.append({t: TapRows(np.asarray(batch["key"][ok], dtype="S32"),
-                                         batch[f"codes__{t}"][ok].astype(dtype)) for t in taps})
         return failures
     finally:
         if started_here:
