@@ -27,18 +27,20 @@ from featx.runs import append_run, history_logger, plot_curves, runs_log_path
 ARCHS = ("cnn1", "cnn6")
 
 
-def build_baseline(arch: str, n_classes: int, size: int = 96, seed: int = 0, augment: bool = True):
+def build_baseline(arch: str, n_classes: int, size: int = 96, seed: int = 0, augment: bool = False):
     """cnn1: Conv32 -> MaxPool -> Dense1024 -> Dropout(0.5) -> softmax.
-    cnn6: 2x Conv32, 2x Conv64, 2x Conv128, each pair pooled with dropout 0.25 -> Dense512 -> Dropout(0.5)."""
-    from featx.augment import study_augmentation
+    cnn6: 2x Conv32, 2x Conv64, 2x Conv128, each pair pooled with dropout 0.25 -> Dense512 -> Dropout(0.5).
 
+    Input: ``size`` x ``size`` x 3 raw 0-255 values (the network rescales).  Augmentation is not a layer:
+    :func:`train_baseline` applies the study's (:data:`featx.augment.STUDY`) to the training batches;
+    ``seed`` and ``augment`` are accepted for old callers and ignored.
+    """
     keras = _tf.keras()
     L = keras.layers
     if arch not in ARCHS:
-        raise FeatxError(f"--arch: expected one of {', '.join(ARCHS)}, got {arch!r}")
+        raise FeatxError(f"expected one of {', '.join(ARCHS)}, got {arch!r}", param="arch")
     inputs = keras.Input((size, size, 3), name="image")
-    x = study_augmentation(seed)(inputs) if augment else inputs
-    x = L.Rescaling(1 / 255.0, name="rescale")(x)
+    x = L.Rescaling(1 / 255.0, name="rescale")(inputs)
     if arch == "cnn1":
         x = L.Conv2D(32, 3, activation="relu", name="conv1")(x)
         x = L.MaxPooling2D(2, name="pool1")(x)
@@ -72,6 +74,8 @@ def train_baseline(data, arch: str = "cnn1", size: int = 96, epochs: int = 20, b
     keras = _tf.keras()
     from sklearn.utils.class_weight import compute_class_weight
 
+    if arch not in ARCHS:
+        raise FeatxError(f"expected one of {', '.join(ARCHS)}, got {arch!r}", param="arch")
     cache_dir = Path(cache_dir or default_cache_dir())
     dataset = discover(data)
     if not dataset.labelled or len(dataset.class_names) < 2:
@@ -97,13 +101,11 @@ def train_baseline(data, arch: str = "cnn1", size: int = 96, epochs: int = 20, b
     images, labels, split = np.stack(images), labels[good], split[good]
     parts = {s: (images[split == s], labels[split == s]) for s in SPLITS}
     keras.utils.set_random_seed(seed)
-    from featx.augment import study_augmentation
+    from featx.augment import STUDY
+    from featx.finetune import batches
 
-    core = build_baseline(arch, len(dataset.class_names), size, seed, augment=False)
-    inputs = keras.Input((size, size, 3), name="image")
-    # augmentation for training only; the core network is what gets saved (Keras cannot
-    # reload RandomShear's saved config, and augmentation is the identity at inference)
-    model = keras.Model(inputs, core(study_augmentation(seed)(inputs)), name=f"{arch}_train")
+    core = build_baseline(arch, len(dataset.class_names), size)
+    model = core  # the study's augmentation runs in the input pipeline, for training only
     model.compile(keras.optimizers.RMSprop(learning_rate), "sparse_categorical_crossentropy", metrics=["accuracy"])
     name = dataset.root.name
     out_dir = Path(out_dir or Path("featx-out") / f"{name}-{arch}")
@@ -119,14 +121,19 @@ def train_baseline(data, arch: str = "cnn1", size: int = 96, epochs: int = 20, b
         weights = {i: float(v) for i, v in enumerate(w)}
     fit_start = time.perf_counter()
     try:
-        history = model.fit(*parts["train"], validation_data=parts["val"] if has_val else None, epochs=epochs,
-                            batch_size=batch_size, class_weight=weights, callbacks=callbacks,
+        train = batches(*parts["train"], None, batch_size, True, seed, STUDY)
+        val = batches(*parts["val"], None, batch_size, False, seed) if has_val else None
+        history = model.fit(train, validation_data=val, epochs=epochs, class_weight=weights, callbacks=callbacks,
                             verbose=2 if echo is print else 0).history
     except KeyboardInterrupt:
         echo("interrupted: evaluating the model as it is")
         history = {}
     train_seconds = time.perf_counter() - fit_start
     core.save(out_dir / "model.keras")
+    # how to feed the model, for featx predict (featx.finetune.predict_finetuned)
+    (out_dir / "featx.json").write_text(json.dumps({"kind": "baseline", "arch": arch, "size": size,
+                                                    "class_names": list(dataset.class_names), "split_id": sid},
+                                                   indent=2))
     acc = {s: float((core.predict(parts[s][0], verbose=0).argmax(1) == parts[s][1]).mean()) if len(parts[s][1])
            else None for s in SPLITS}
     metrics = {"dataset": name, "arch": arch, "size": size, "split_id": sid,

@@ -443,14 +443,16 @@ def cmd_finetune(args) -> int:
         check_file(args.init_head, "--init-head")
     result = finetune(
         args.data, backbone=args.backbone, taps=args.taps, unfreeze=args.unfreeze, init_head=args.init_head,
-        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, momentum=args.momentum,
+        recipe=args.recipe, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+        momentum=args.momentum, warmup=args.warmup, augment=args.augment,
         class_weight=_class_weight(args.class_weight), patience=args.patience,
         weights=_weights(args.weights), cache_dir=args.cache, out_dir=args.out, val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction, seed=args.seed, trust=args.trust_bundle,
+        test_fraction=args.test_fraction, seed=args.seed, trust=args.trust_bundle, progress=args.progress,
     )
     m = result["metrics"]
-    print(f"{m['dataset']}: fine-tuned {m['backbone']} ({m['unfreeze']}), {plural(m['epochs_run'], 'epoch')} in "
-          f"{m['train_seconds']:.0f}s: {_accuracies(m)}")
+    print(f"{m['dataset']}: fine-tuned {m['backbone']} ({m['recipe']} recipe, {m['unfreeze']}), "
+          f"{plural(m['epochs_run'], 'epoch')} in {m['train_seconds']:.0f}s: {_accuracies(m)}")
+    print(f"test accuracy {m['accuracy_text']['test']}; {m['total_seconds']:.0f}s in all")
     print(f"model: {result['model']}  (history.csv, curves.png, metrics.json beside it)")
     return 0
 
@@ -773,12 +775,26 @@ def build_parser() -> FeatxParser:
                         "Inception/Xception, top:2 otherwise)")
     p.add_argument("--init-head", default=None, metavar="BUNDLE",
                    help="a dense-head bundle from fit-head (default: train one on the cache first)")
-    p.add_argument("--epochs", type=positive_int, default=10, metavar="N", help="training epochs at most")
-    p.add_argument("--batch-size", type=positive_int, default=16, metavar="N", help="images per training step")
-    p.add_argument("--lr", type=positive_float, default=1e-4, help="SGD learning rate")
-    p.add_argument("--momentum", type=nonnegative_float, default=0.9, help="SGD momentum")
-    p.add_argument("--patience", type=count, default=3, metavar="N",
-                   help="stop after N epochs without a better validation loss")
+    p.add_argument("--recipe", default="default", choices=["default", "study"],
+                   help="default: head warm-up, then AdamW with a cosine schedule, light augmentation, a few "
+                        "epochs; study: the 2017 recipe (SGD 1e-4, momentum 0.9, the study's augmentation) "
+                        "(default: default)")
+    p.add_argument("--epochs", type=positive_int, default=None, metavar="N",
+                   help="training epochs at most (default: the recipe's, 4 or 10)")
+    p.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
+                   help="images per training step (default: the recipe's, 32 or 16)")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="peak learning rate (default: the recipe's, 1e-4 for both: AdamW peak, SGD constant)")
+    p.add_argument("--momentum", type=nonnegative_float, default=None,
+                   help="SGD momentum, study recipe (default: 0.9)")
+    p.add_argument("--warmup", type=nonnegative_float, default=None, metavar="EPOCHS",
+                   help="head-only warm-up before unfreezing, in epochs (default: the recipe's, 0.25 or 0)")
+    p.add_argument("--augment", default=None, choices=["light", "study", "none"],
+                   help="training augmentation, Keras 1.2.2 semantics (default: the recipe's, light or study)")
+    p.add_argument("--patience", type=count, default=None, metavar="N",
+                   help="stop after N epochs without a better validation loss (default: the recipe's, 2 or 3)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="per-step progress bar with images/s and ETA (default: when stderr is a terminal)")
     _class_weight_option(p, "balanced")
     _weights_option(p)
     _cache_option(p)

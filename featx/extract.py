@@ -36,6 +36,7 @@ from featx import __version__, _tf
 from featx.backbones.registry import DEFAULT_BACKBONE
 from featx.cache import FeatureCache, TapRows, cache_path, content_key, default_cache_dir
 from featx.config import ExtractorConfig
+from featx.augment import STUDY
 from featx.datasets import Dataset, Split, discover, from_paths, make_split
 from featx.errors import FeatxError
 from featx.failed import DecodeFailures
@@ -115,7 +116,7 @@ class Features:
         return np.concatenate([self.views[t] for t in taps], axis=2)
 
 
-AUGMENTATION_ID = "study-v1"  # rotation 20, shift 0.2, shear 0.2, zoom 0.2, h-flip, nearest fill
+AUGMENTATION_ID = STUDY.id  # Keras 1.2.2 semantics (was "study-v1": Keras 3 layers); new id, new views cache
 
 
 def view_key(key: str, view: int) -> str:

@@ -50,7 +50,8 @@ def test_help_output_lists_the_vocabulary_and_hides_old_spellings(command, capsy
         assert "--cache DIR" in text and "DIR/engines" in text
     if command in ("fit-head", "predict", "sweep", "finetune", "baseline", "report", "demo"):
         assert "--out" in text
-    defaults = {"finetune": ["(default: 10)", "(default: 16)", "(default: balanced)"],
+    defaults = {"finetune": ["(default: the recipe's, 4 or 10)", "(default: the recipe's, 32 or 16)", "(default: balanced)",
+                             "(default: default)"],
                 "baseline": ["(default: 20)", "(default: cnn1)", "72M parameters"],
                 "serve": ["(default: 8000)", "(default: 5)"],
                 "fit-head": ["(default: none)", "(default: pre_logits)"]}
