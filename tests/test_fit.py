@@ -89,12 +89,12 @@ def test_fit_head_writes_bundle_metrics_plot_and_runs_row(fitted, cache):
 
 
 def test_second_head_reuses_the_cache_and_split(data, cache, fitted, tmp_path, monkeypatch):
-    import featx.extract
+    import featx.engines
 
     def no_network(*a, **k):
         raise AssertionError("the backbone ran again")
 
-    monkeypatch.setattr(featx.extract, "_feature_model", no_network)
+    monkeypatch.setattr(featx.engines, "make_engine", no_network)  # extract imports it when it needs one
     other = fit_head(data, cache_dir=cache, head="knn", out_dir=tmp_path)
     assert other.metrics["split_id"] == fitted.metrics["split_id"]
 
