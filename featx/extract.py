@@ -264,10 +264,10 @@ def extract(data, config: ExtractorConfig | str | None = None, *, cache_dir=None
         raise FeatxError("--views: augmented views run on the local engine; extract them without --engine ray")
     if flip and isinstance(engine, RayEngine):
         raise FeatxError("--tta flip: the mirrored view runs on the local engine; extract it without --engine ray")
-    key = config.cache_key()
+    cache_key = config.cache_key()  # not "key": the loops below name content keys so
     taps = list(config.taps)
     dataset = _as_dataset(data)
-    cache = FeatureCache(cache_path(cache_dir or default_cache_dir(), key), key)
+    cache = FeatureCache(cache_path(cache_dir or default_cache_dir(), cache_key), cache_key)
     memory = DecodeFailures(cache_dir or default_cache_dir())
     start = time.perf_counter()
     hashed = hash_files(dataset.paths)
@@ -332,7 +332,7 @@ def extract(data, config: ExtractorConfig | str | None = None, *, cache_dir=None
             cache.commit(provenance=provenance, failures=[[str(p), r] for p, r in report.failures])
             report.engine = engine_name
     if views:
-        vcache = FeatureCache(cache_path(cache.path.parent, views_config(key)), views_config(key))
+        vcache = FeatureCache(cache_path(cache.path.parent, views_config(cache_key)), views_config(cache_key))
         with vcache:
             vcache.commit()
             wanted = [view_key(k, v) for k in report.keys if k is not None for v in range(1, views + 1)]
@@ -352,7 +352,7 @@ def extract(data, config: ExtractorConfig | str | None = None, *, cache_dir=None
                 vcache.commit(provenance={"featx": __version__, "engine": runner.name, **_tf.versions(device)})
                 report.engine = report.engine or runner.name
     if flip:
-        fcache = FeatureCache(cache_path(cache.path.parent, flip_config(key)), flip_config(key))
+        fcache = FeatureCache(cache_path(cache.path.parent, flip_config(cache_key)), flip_config(cache_key))
         with fcache:
             fcache.commit()
             wanted = [k for k in report.keys if k is not None]
