@@ -26,7 +26,8 @@ reproduced by hand):
    candidates so far are scored again training on both views and averaging
    the two views' probabilities at prediction.
 4. **The dense head** on the best-ranked feature set, last, only when the
-   budget still allows it (:data:`PRIOR_SECONDS_PER_1000` estimates it).
+   budget still allows it (:data:`PRIOR_SECONDS_PER_1000` and
+   :data:`PRIOR_MIN_SECONDS` estimate it).
 
 Candidates run in that order; one is skipped (and listed as skipped) when the
 time spent plus its expected cost would pass ``budget`` seconds.  The winner
@@ -58,6 +59,10 @@ DEFAULT_BUDGET = 45.0
 #: Expected cross-validation seconds per 1,000 images for a family not yet timed in this search
 #: (measured on two shared cores; the others are timed on their first candidate).
 PRIOR_SECONDS_PER_1000 = {"dense": 150.0, "rbf_svm": 5.0}
+
+#: The least a family not yet timed is expected to cost, whatever the rows: a dense head's Keras fits
+#: pay per epoch, not per row (3 folds of 24 images took 19 s on two shared cores: up to 100 epochs each).
+PRIOR_MIN_SECONDS = {"dense": 15.0}
 
 #: (family, {Head parameter: value}) in the order they are tried.
 HEAD_GRID = (
@@ -392,7 +397,8 @@ def select_head(blocks, y, flip=None, budget=None, cv: int = 3, keep_features: i
         elapsed = time.perf_counter() - start
         expected = costs.get(c.family, np.median(list(costs.values())) if costs else 0.0)
         if c.family not in costs and c.family in PRIOR_SECONDS_PER_1000:
-            expected = max(expected, PRIOR_SECONDS_PER_1000[c.family] * len(y) / 1000)
+            expected = max(expected, PRIOR_SECONDS_PER_1000[c.family] * len(y) / 1000,
+                           PRIOR_MIN_SECONDS.get(c.family, 0.0))
         expected *= 2 if c.tta == "flip" else 1
         if rows and elapsed + expected > budget:
             rows.append({"candidate": c.name, "features": "+".join(c.features), "head": c.family,
