@@ -142,10 +142,10 @@ def extractor_config(backbone: str, pooling: str = "avg", dtype: str = "float32"
                      mixed_precision: bool = False) -> dict:
     """Everything that changes the numbers in a cache row (the cache file's key), as a dict.
 
-    Same as ``ExtractorConfig(backbone, pooling=..., ...).cache_key()``.
+    Same as ``ExtractorConfig(backbone, pooling=..., ...).config_key()``.
     """
     return ExtractorConfig(backbone, pooling=pooling, dtype=dtype, weights=weights,
-                           mixed_precision=mixed_precision).cache_key()
+                           mixed_precision=mixed_precision).config_key()
 
 
 def _as_dataset(data) -> Dataset:
@@ -264,10 +264,10 @@ def extract(data, config: ExtractorConfig | str | None = None, *, cache_dir=None
         raise FeatxError("--views: augmented views run on the local engine; extract them without --engine ray")
     if flip and isinstance(engine, RayEngine):
         raise FeatxError("--tta flip: the mirrored view runs on the local engine; extract it without --engine ray")
-    cache_key = config.cache_key()  # not "key": the loops below name content keys so
+    config_key = config.config_key()  # not "key": the loops below name content keys so
     taps = list(config.taps)
     dataset = _as_dataset(data)
-    cache = FeatureCache(cache_path(cache_dir or default_cache_dir(), cache_key), cache_key)
+    cache = FeatureCache(cache_path(cache_dir or default_cache_dir(), config_key), config_key)
     memory = DecodeFailures(cache_dir or default_cache_dir())
     start = time.perf_counter()
     hashed = hash_files(dataset.paths)
@@ -332,7 +332,7 @@ def extract(data, config: ExtractorConfig | str | None = None, *, cache_dir=None
             cache.commit(provenance=provenance, failures=[[str(p), r] for p, r in report.failures])
             report.engine = engine_name
     if views:
-        vcache = FeatureCache(cache_path(cache.path.parent, views_config(cache_key)), views_config(cache_key))
+        vcache = FeatureCache(cache_path(cache.path.parent, views_config(config_key)), views_config(config_key))
         with vcache:
             vcache.commit()
             wanted = [view_key(k, v) for k in report.keys if k is not None for v in range(1, views + 1)]
@@ -352,7 +352,7 @@ def extract(data, config: ExtractorConfig | str | None = None, *, cache_dir=None
                 vcache.commit(provenance={"featx": __version__, "engine": runner.name, **_tf.versions(device)})
                 report.engine = report.engine or runner.name
     if flip:
-        fcache = FeatureCache(cache_path(cache.path.parent, flip_config(cache_key)), flip_config(cache_key))
+        fcache = FeatureCache(cache_path(cache.path.parent, flip_config(config_key)), flip_config(config_key))
         with fcache:
             fcache.commit()
             wanted = [k for k in report.keys if k is not None]
@@ -520,7 +520,7 @@ def load_features(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), 
                                     extract_options.pop("mixed_precision", False))
     taps = list(extractor.taps)
     dataset = _as_dataset(data)
-    config = extractor.cache_key()
+    config = extractor.config_key()
     if extract_missing:
         report = extract(dataset, extractor, cache_dir=cache_dir, views=views, flip=flip, **extract_options)
         keys, failures, path = report.keys, report.failures, report.cache_file
