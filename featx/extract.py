@@ -142,10 +142,10 @@ def extractor_config(backbone: str, pooling: str = "avg", dtype: str = "float32"
                      mixed_precision: bool = False) -> dict:
     """Everything that changes the numbers in a cache row (the cache file's key), as a dict.
 
-    Same as ``ExtractorConfig(backbone, pooling=..., ...).config_key()``.
+    Same as ``ExtractorConfig(backbone, pooling=..., ...).cache_key()``.
     """
     return ExtractorConfig(backbone, pooling=pooling, dtype=dtype, weights=weights,
-                           mixed_precision=mixed_precision).config_key()
+                           mixed_precision=mixed_precision).cache_key()
 
 
 def _as_dataset(data) -> Dataset:
@@ -264,7 +264,7 @@ def extract(data, config: ExtractorConfig | str | None = None, *, cache_dir=None
         raise FeatxError("--views: augmented views run on the local engine; extract them without --engine ray")
     if flip and isinstance(engine, RayEngine):
         raise FeatxError("--tta flip: the mirrored view runs on the local engine; extract it without --engine ray")
-    config_key = config.config_key()  # not "key": the loops below name content keys so
+    config_key = config.cache_key()
     taps = list(config.taps)
     dataset = _as_dataset(data)
     cache = FeatureCache(cache_path(cache_dir or default_cache_dir(), config_key), config_key)
@@ -520,7 +520,7 @@ def load_features(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), 
                                     extract_options.pop("mixed_precision", False))
     taps = list(extractor.taps)
     dataset = _as_dataset(data)
-    config = extractor.config_key()
+    config = extractor.cache_key()
     if extract_missing:
         report = extract(dataset, extractor, cache_dir=cache_dir, views=views, flip=flip, **extract_options)
         keys, failures, path = report.keys, report.failures, report.cache_file
