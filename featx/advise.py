@@ -1,36 +1,71 @@
-"""Which route fits a dataset: CS231n's four cases of transfer learning.
+"""Which route fits a dataset, decided by measurement and explained with CS231n's four cases.
 
-Two questions decide it.  Is the dataset *small* (few images per class: a
-network fine-tuned end to end would overfit) or *large*?  Is it *similar* to
-ImageNet (the pretrained classifier recognises its images with confidence, so
-the top codes already describe them) or *different*?  Optionally a layer
-sweep adds direct evidence: when an earlier tap beats ``pre_logits``, the
-top layers are too ImageNet-specific for this data.
+The decision comes from the cached codes themselves:
+
+1. every tap of the backbone (and every backbone, when several are given)
+   is ranked by a transferability score computed on the train+val images
+   (never the test images) in seconds: LogME (You et al., ICML 2021,
+   :func:`featx.selection.logme`) by default, or a 3-fold cross-validated
+   logistic probe (``score="probe"``);
+2. the best few by that score, and ``pre_logits``, are then measured with the
+   cross-validated probe (logistic, best C of three), which gives an accuracy; the recommended tap is the
+   one with the best probe accuracy (ties go to the deeper tap);
+3. fine-tuning is recommended only when there is enough data for it (a
+   median of ``large_per_class`` images per class or more) *and* the best
+   cached probe accuracy leaves clear room (below ``1 - room``); otherwise a
+   head on the cached codes of the recommended tap.
+
+CS231n's quadrant then explains the outcome rather than deciding it:
 
 =========  ================================  ==============================
-           similar to ImageNet               different from ImageNet
+           top codes fit (similar data)      an earlier tap fits (different)
 =========  ================================  ==============================
 small      linear head on ``pre_logits``     head on an earlier tap
-large      fine-tune the top blocks          fine-tune everything
+large      fine-tune the top blocks          fine-tune more of the network
 =========  ================================  ==============================
+
+"Similar" is read from the measurement (is the best tap the top one?), not
+from how confident the ImageNet classifier is: fine-grained classes that
+ImageNet lumps together get a low top-1 probability and still transfer well.
+The ImageNet classifier's confidence is reported as context only.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from featx.backbones.registry import DEFAULT_BACKBONE, get_backbone
 from featx.datasets import Dataset, discover
 from featx.errors import FeatxError
-from featx.extract import load_features
 from featx.peek import softmax
+
+SCORES = ("logme", "probe")
+TOP_TAPS = ("pre_logits", "features")  # the codes a linear probe reads by default
 
 
 @dataclass
 class Advice:
-    case: str  # e.g. "small, similar"
+    """What ``advise`` found and recommends; ``str(advice)`` is the readable report.
+
+    Attributes
+    ----------
+    case : str
+        CS231n's quadrant, e.g. ``"small, similar"`` (explanation, decided by measurement).
+    route : str
+        The recommended route in words.
+    commands : list of str
+        Commands to run next, with the caller's options (cache, seed, fractions) carried in.
+    evidence : dict
+        Counts, per-tap scores (``scores``: ``{"backbone/tap": {"logme": float, "probe": float|None}}``),
+        the best tap and its probe accuracy, the ImageNet classifier's confidence (context only).
+    """
+
+    case: str
     route: str
     commands: list
     evidence: dict = field(default_factory=dict)
@@ -38,23 +73,47 @@ class Advice:
     def text(self) -> str:
         ev = self.evidence
         lines = [
-            f"case: {self.case} -> {self.route}",
-            f"evidence: {ev['images']} images in {ev['classes']} classes, median {ev['median_per_class']:.0f} "
-            f"per class ({'>=' if ev['large'] else '<'} {ev['large_per_class']} counts as large); "
-            f"ImageNet classifier's mean top-1 probability {ev['imagenet_confidence']:.2f} over "
-            f"{ev['sampled']} images ({'>=' if ev['confidence_says_similar'] else '<'} "
-            f"{ev['similar_confidence']} counts as similar), mean normalised entropy {ev['imagenet_entropy']:.2f}",
+            f"{ev['dataset']}: {ev['images']} images in {ev['classes']} classes, median {ev['median_per_class']:.0f} "
+            f"per class: {'large' if ev['large'] else 'small'} (large means a median of at least "
+            f"{ev['large_per_class']} per class, enough to fine-tune without overfitting)",
+            f"transferability of each tap on the {ev['rows_scored']} train+val images "
+            f"(LogME: higher is better; probe: {ev['probe_folds']}-fold CV accuracy of a logistic head, best C):",
         ]
-        if "sweep" in ev:
-            accs = ", ".join(f"{t} {a:.3f}" for t, a in ev["sweep"].items())
-            lines.append(f"sweep (validation accuracy by tap): {accs}; best {ev['best_tap']}")
+        width = max(len(k) for k in ev["scores"])
+        for name, sc in sorted(ev["scores"].items(), key=lambda kv: -kv[1]["logme"]):
+            probe = "" if sc.get("probe") is None else f"  probe {sc['probe']:.3f}"
+            mark = "  <- best" if name == ev["best"] else ""
+            lines.append(f"  {name:<{width}}  LogME {sc['logme']:7.3f}{probe}{mark}")
+        room = 1 - ev["best_probe"]
+        lines.append(f"best cached probe accuracy {ev['best_probe']:.3f}: "
+                     + (f"{room:.3f} of room, {'more' if room > ev['room'] else 'not more'} than the "
+                        f"{ev['room']:.2f} that makes fine-tuning worth its cost"))
+        if ev.get("imagenet_confidence") is not None:
+            lines.append(f"context: the ImageNet classifier's mean top-1 probability is "
+                         f"{ev['imagenet_confidence']:.2f} over {ev['sampled']} images (not used to decide: "
+                         "fine-grained classes score low and still transfer well)")
+        lines.append(f"CS231n's case: {self.case} -> {self.route}")
         lines.append("recommended:")
         lines += [f"  {c}" for c in self.commands]
         return "\n".join(lines)
 
+    def __str__(self) -> str:
+        return self.text()
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, default=float)
+
 
 def imagenet_similarity(dataset: Dataset, backbone: str, cache_dir=None, sample: int = 300, seed: int = 0, **kw):
-    """Mean top-1 probability and normalised entropy of the ImageNet classifier."""
+    """Mean top-1 probability and normalised entropy of the ImageNet classifier on a sample of images.
+
+    Returns
+    -------
+    (confidence, entropy, sampled) : (float, float, int)
+        Mean max softmax probability in [0, 1], mean entropy divided by log(1000) in [0, 1], images used.
+    """
+    from featx.extract import load_features
+
     paths = list(dataset.paths)
     if len(paths) > sample:
         rng = np.random.default_rng(seed)
@@ -65,53 +124,172 @@ def imagenet_similarity(dataset: Dataset, backbone: str, cache_dir=None, sample:
     return float(p.max(axis=1).mean()), float(entropy.mean()), len(paths)
 
 
-def advise(data, backbone: str = DEFAULT_BACKBONE, cache_dir=None, sample: int = 300, with_sweep: bool = False,
-           large_per_class: int = 500, similar_confidence: float = 0.5, seed: int = 0, **extract_options) -> Advice:
-    spec = get_backbone(backbone)
-    if "logits" not in spec.tap_names:
-        raise FeatxError(f"--backbone: {backbone} has no ImageNet classifier to judge similarity with")
+PROBE_C = (0.01, 0.1, 1.0)
+
+
+def probe_accuracy(X, y, folds: int = 3, seed: int = 0) -> float:
+    """Cross-validated accuracy of the best-regularised linear probe on ``X``.
+
+    A logistic head on standardised columns for each C in :data:`PROBE_C`, mean stratified
+    ``folds``-fold accuracy, the best C's score (a fixed C favours some dimensionalities over others).
+    """
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    from featx.heads import Head
+
+    _, counts = np.unique(y, return_counts=True)
+    k = max(2, min(folds, int(counts.min())))
+    cv = StratifiedKFold(k, shuffle=True, random_state=seed)
+    return max(float(cross_val_score(Head("logistic", standardize=True, options={"C": C}), X, y, cv=cv,
+                                     n_jobs=1 if len(y) < 1000 else 2).mean()) for C in PROBE_C)
+
+
+def measure_taps(blocks: dict, y, score: str = "logme", probe_top: int = 2, seed: int = 0):
+    """Rank code blocks by transferability and pick the best by probe accuracy.
+
+    Parameters
+    ----------
+    blocks : dict of str -> (backbone, tap, array of shape (n, d))
+        Candidate codes of the same n images, listed shallow to deep (ties go to the later one).
+    y : array of shape (n,)
+        Labels.
+    score : {"logme", "probe"}
+        ``logme``: LogME on every block, then the probe on the ``probe_top`` best and on every
+        ``pre_logits``; ``probe``: the probe on every block.
+
+    Returns
+    -------
+    (scores, best) : (dict, str)
+        ``scores[name] = {"logme": float, "probe": float or None}``; ``best`` the name with the best probe.
+    """
+    from featx.selection import logme
+
+    scores = {name: {"logme": logme(X, y), "probe": None} for name, (_, _, X) in blocks.items()}
+    ranked = sorted(scores, key=lambda k: -scores[k]["logme"])[:probe_top]
+    for name, (_, t, X) in blocks.items():
+        if score == "probe" or name in ranked or t == "pre_logits":
+            scores[name]["probe"] = probe_accuracy(X, y, seed=seed)
+    probed = {k: v["probe"] for k, v in scores.items() if v["probe"] is not None}
+    top = max(probed.values())
+    order = {n: i for i, n in enumerate(blocks)}
+    best = max((k for k, v in probed.items() if v >= top - 1e-9), key=lambda k: order[k])
+    return scores, best
+
+
+def _carry(options: dict) -> str:
+    """The caller's options as command-line flags, so a recommended command uses the same cache and split."""
+    flags = []
+    for flag, value, default in (("--cache", options.get("cache_dir"), None),
+                                 ("--val-fraction", options.get("val_fraction"), 0.2),
+                                 ("--test-fraction", options.get("test_fraction"), 0.2),
+                                 ("--seed", options.get("seed"), 0)):
+        if value is not None and value != default:
+            flags.append(f"{flag} {value}")
+    return (" " + " ".join(flags)) if flags else ""
+
+
+def advise(data, backbone=DEFAULT_BACKBONE, cache_dir=None, sample: int = 300, score: str = "logme",
+           large_per_class: int = 500, room: float = 0.05, probe_top: int = 2, max_rows: int = 3000,
+           val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0, out=None, with_sweep=None,
+           **extract_options) -> Advice:
+    """Recommend a route for ``data`` from measured transferability of its cached codes.
+
+    Parameters
+    ----------
+    data : str, Path or Dataset
+        A labelled dataset folder (class folders, or train/val/test of class folders).
+    backbone : str or list of str
+        One backbone, or several (``"a,b"``) to rank their taps together.
+    score : {"logme", "probe"}
+        How every tap is ranked first; the ``probe_top`` best (and ``pre_logits``) get the probe.
+    large_per_class : int
+        Median images per class from which fine-tuning is considered.
+    room : float
+        Fine-tuning is recommended only when the best probe accuracy is below ``1 - room``.
+    max_rows : int
+        Train+val images scored at most (a stratified sample beyond it), to keep advise to seconds.
+    out : str or Path, optional
+        Folder to write ``advice.json`` and ``advice.txt`` into.
+    with_sweep : ignored
+        Kept for callers of the old API: every tap is now always measured.
+
+    Returns
+    -------
+    Advice
+
+    Raises
+    ------
+    FeatxError
+        An unknown backbone or score, or a dataset without at least 2 labelled classes.
+    """
+    from featx.fit import backbone_list, labelled_codes
+
+    if score not in SCORES:
+        raise FeatxError(f"expected one of {', '.join(SCORES)}, got {score!r}", param="score")
+    start = time.perf_counter()
+    backbones = backbone_list(backbone)
     dataset = data if isinstance(data, Dataset) else discover(data)
     if not dataset.labelled or len(dataset.class_names) < 2:
         raise FeatxError(f"{dataset.root}: advise needs a labelled dataset with at least 2 class folders")
     counts = np.bincount(dataset.labels, minlength=len(dataset.class_names))
-    confidence, entropy, sampled = imagenet_similarity(dataset, backbone, cache_dir, sample, seed, **extract_options)
     large = bool(np.median(counts) >= large_per_class)
-    similar = confidence >= similar_confidence
-    evidence = {
-        "images": int(counts.sum()), "classes": len(counts), "median_per_class": float(np.median(counts)),
-        "large_per_class": large_per_class, "large": large,
-        "imagenet_confidence": confidence, "imagenet_entropy": entropy, "sampled": sampled,
-        "similar_confidence": similar_confidence, "confidence_says_similar": similar,
-    }
-    best_tap = "stage4" if "stage4" in spec.tap_names else spec.tap_names[-3]
-    if with_sweep:
-        from featx.fit import sweep
+    blocks = {}
+    y = None
+    for b in backbones:
+        spec = get_backbone(b)
+        taps = [t for t in spec.tap_names if t != "logits"]
+        codes = labelled_codes(dataset, b, taps, cache_dir=cache_dir, val_fraction=val_fraction,
+                               test_fraction=test_fraction, seed=seed, **extract_options)
+        rows = np.flatnonzero(np.isin(codes.split, ["train", "val"]))
+        if len(rows) > max_rows:
+            from sklearn.model_selection import train_test_split
 
-        candidates = [t for t in spec.tap_names if t != "logits"]
-        table = sweep(dataset, backbone, candidates, cache_dir=cache_dir, seed=seed, **extract_options)
-        scores = dict(zip(table["tap"], table["val_acc"].fillna(table["test_acc"])))
-        evidence["sweep"] = scores
-        top = max(scores.values())
-        best_tap = [t for t, a in scores.items() if a >= top - 1e-9][-1]  # ties go to the deeper tap
-        evidence["best_tap"] = best_tap
-        if scores.get("pre_logits", 0.0) < top - 0.02:
-            similar = False  # an earlier layer is clearly better: the top codes do not fit this data
+            rows = np.sort(train_test_split(rows, train_size=max_rows, stratify=codes.y[rows],
+                                            random_state=seed)[0])
+        y = codes.y[rows]
+        for t in taps:
+            name = t if len(backbones) == 1 else f"{b}/{t}"
+            blocks[name] = (b, t, codes.features.codes[t][rows])
+    scores, best = measure_taps(blocks, y, score=score, probe_top=probe_top, seed=seed)
+    top = scores[best]["probe"]
+    best_backbone, best_tap, _ = blocks[best]
+    similar = best_tap in TOP_TAPS
+    fine_tune = large and (1 - top) > room
+    extra = _carry({"cache_dir": cache_dir, "val_fraction": val_fraction, "test_fraction": test_fraction,
+                    "seed": seed})
     data_arg = str(dataset.root)
-    b = f"--backbone {backbone}"
-    if not large and similar:
-        route = "a linear classifier on the top codes (pre_logits)"
-        commands = [f"featx fit-head {data_arg} {b} --tap pre_logits --head logistic"]
-    elif not large:
-        route = ("a classifier on codes from an earlier layer" if not with_sweep else
-                 f"a classifier on the tap the sweep measured best ({best_tap})")
-        commands = [f"featx fit-head {data_arg} {b} --tap {best_tap} --head logistic"]
-        if not with_sweep:
-            commands.append(f"featx sweep {data_arg} {b}    # to choose the tap by measurement")
-    elif similar:
-        route = "fine-tune the top blocks, starting from a head trained on the cache"
-        commands = [f"featx finetune {data_arg} {b} --unfreeze top:2"]
+    b_arg = f"--backbone {best_backbone}"
+    head_cmd = f"featx fit-head {data_arg} {b_arg} --taps {best_tap} --head auto{extra}"
+    if not fine_tune:
+        route = (f"a head on the cached codes of {best_tap}"
+                 + ("" if similar else " (an earlier tap than the top codes)")
+                 + ("; the best cached probe leaves too little room for fine-tuning to pay" if large else
+                    "; too few images per class to fine-tune without overfitting"))
+        commands = [head_cmd]
     else:
-        route = "fine-tune the whole network, starting from a head trained on the cache"
-        commands = [f"featx finetune {data_arg} {b} --unfreeze all"]
+        unfreeze = "top:2" if similar else "all"
+        route = (f"fine-tune {'the top blocks' if similar else 'the whole network'}, starting from a head "
+                 f"trained on the cache (the best cached probe reaches only {top:.3f})")
+        commands = [head_cmd + "    # the cached baseline first",
+                    f"featx finetune {data_arg} {b_arg} --taps {best_tap} --unfreeze {unfreeze}{extra}"]
     case = f"{'large' if large else 'small'}, {'similar' if similar else 'different'}"
-    return Advice(case, route, commands, evidence)
+    evidence = {
+        "dataset": Path(dataset.root).name, "images": int(counts.sum()), "classes": len(counts),
+        "median_per_class": float(np.median(counts)), "large_per_class": large_per_class, "large": large,
+        "rows_scored": int(len(y)), "probe_folds": 3, "score": score, "scores": scores, "best": best,
+        "best_backbone": best_backbone, "best_tap": best_tap, "best_probe": top, "room": room,
+        "imagenet_confidence": None, "sampled": 0,
+    }
+    spec = get_backbone(backbones[0])
+    if "logits" in spec.tap_names:
+        conf, entropy, sampled = imagenet_similarity(dataset, backbones[0], cache_dir, sample, seed,
+                                                     **extract_options)
+        evidence.update(imagenet_confidence=conf, imagenet_entropy=entropy, sampled=sampled)
+    evidence["seconds"] = time.perf_counter() - start
+    advice = Advice(case, route, commands, evidence)
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "advice.json").write_text(advice.to_json())
+        (out / "advice.txt").write_text(advice.text() + "\n")
+    return advice

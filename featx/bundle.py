@@ -28,8 +28,21 @@ from featx.errors import FeatxError
 MAGIC = b"FEATX-BUNDLE-1\n"
 
 
+VIEWS = ("clean", "flip")
+
+
 @dataclass
 class Bundle:
+    """A fitted head and the extractors whose codes it reads.
+
+    ``extractor`` is the first (often only) extractor; ``extractors`` lists
+    them all when the head reads several backbones (fusion).  ``layout`` is
+    the head's design matrix, block by block: ``{"extractor": i, "tap": t,
+    "view": "clean"|"flip"}`` in column order (``None``: the first
+    extractor's taps, clean view).  :meth:`design` builds that matrix from
+    codes, so ``predict`` and ``serve`` feed the head the same columns.
+    """
+
     head: object
     extractor: dict  # backbone, weights (as given), weights_id, taps, pooling, dtype
     class_names: list
@@ -37,6 +50,55 @@ class Bundle:
     metrics: dict = field(default_factory=dict)
     kind: str = "head"  # "head" on cached codes; "finetuned" for an end-to-end Keras model
     featx_version: str = __version__
+    extractors: list | None = None  # every extractor, in order (None: [extractor])
+    layout: list | None = None  # blocks of the design matrix (None: extractor's taps, clean view)
+
+    def all_extractors(self) -> list:
+        """Every extractor, in order; ``extractor`` is always the first."""
+        return [self.extractor] + list(getattr(self, "extractors", None) or [])[1:]
+
+    def blocks(self) -> list:
+        layout = getattr(self, "layout", None)
+        return list(layout or [{"extractor": 0, "tap": t, "view": "clean"} for t in self.extractor["taps"]])
+
+    def needs_flip(self) -> bool:
+        """True when the head itself reads the mirrored images' codes (trained with flip TTA)."""
+        return any(b["view"] == "flip" for b in self.blocks())
+
+    def design(self, codes: list, swap_views: bool = False):
+        """The head's input matrix from per-extractor codes.
+
+        Parameters
+        ----------
+        codes : list of dict
+            One per extractor (order of :meth:`all_extractors`): ``{"clean": {tap: (n, d) array},
+            "flip": {tap: (n, d) array} or None}``.
+        swap_views : bool
+            Read each block from the other view (clean <-> flip): the design of the mirrored images,
+            for flip test-time augmentation of a head that was not trained with it.
+
+        Returns
+        -------
+        ndarray of shape (n, sum of block widths), float32
+
+        Raises
+        ------
+        FeatxError
+            When a block's view or tap is missing from ``codes``.
+        """
+        import numpy as np
+
+        parts = []
+        for b in self.blocks():
+            view = b["view"]
+            if swap_views:
+                view = "flip" if view == "clean" else "clean"
+            got = (codes[b["extractor"]].get(view) or {}).get(b["tap"])
+            if got is None:
+                raise FeatxError(f"the bundle's head reads {view} codes of tap {b['tap']} from extractor "
+                                 f"{b['extractor']}, which were not computed")
+            parts.append(np.asarray(got, dtype=np.float32))
+        return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
 
     def predict_proba(self, X):
         return self.head.predict_proba(X)

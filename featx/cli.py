@@ -329,18 +329,25 @@ def _check_fractions(args) -> None:
                          "nothing to train on; keep their sum below 1")
 
 
+def _backbone_names(args) -> list[str]:
+    """``--backbones`` (or a comma list in ``--backbone``) as a list of names."""
+    return [b.strip() for b in (getattr(args, "backbones", None) or args.backbone).split(",") if b.strip()]
+
+
 def cmd_fit_head(args) -> int:
     from featx.fit import fit_head
 
     check_folder(args.data, "DATA")
-    check_extractor(args, args.taps)
+    for name in _backbone_names(args):
+        check_extractor(argparse.Namespace(**{**vars(args), "backbone": name}), args.taps)
     _check_fractions(args)
     check_out_folder(args.out)
     result = fit_head(
-        args.data, backbone=args.backbone, taps=args.taps, head=args.head, pooling=args.pooling,
-        dtype=args.dtype, weights=_weights(args.weights), cache_dir=args.cache, out_dir=args.out,
-        class_weight=_class_weight(args.class_weight), l2=args.l2, standardize=args.standardize, pca=args.pca,
-        val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed, views=args.views,
+        args.data, backbone=args.backbones or args.backbone, taps=args.taps, head=args.head,
+        pooling=args.pooling, dtype=args.dtype, weights=_weights(args.weights), cache_dir=args.cache,
+        out_dir=args.out, class_weight=_class_weight(args.class_weight), l2=args.l2, standardize=args.standardize,
+        pca=args.pca, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
+        views=args.views, refit=args.refit, fuse=args.fuse, tta=args.tta, budget=args.budget, recipe=args.recipe,
         engine=args.engine, batch_size=args.batch_size, workers=args.workers,
     )
     print(result.report)
@@ -401,10 +408,15 @@ def cmd_advise(args) -> int:
     from featx.advise import advise
 
     check_folder(args.data, "DATA")
-    check_extractor(args)
-    advice = advise(args.data, backbone=args.backbone, cache_dir=args.cache, sample=args.sample,
-                    with_sweep=args.sweep, large_per_class=args.large_per_class, seed=args.seed)
-    print(advice.text())
+    for name in _backbone_names(args):
+        check_extractor(argparse.Namespace(**{**vars(args), "backbone": name}))
+    check_out_folder(args.out)
+    advice = advise(args.data, backbone=_backbone_names(args), cache_dir=args.cache, sample=args.sample,
+                    score=args.score, large_per_class=args.large_per_class, room=args.room, seed=args.seed,
+                    val_fraction=args.val_fraction, test_fraction=args.test_fraction, out=args.out)
+    print(advice)
+    if args.out:
+        print(f"written: {Path(args.out) / 'advice.json'}, {Path(args.out) / 'advice.txt'}")
     return 0
 
 
@@ -672,7 +684,26 @@ def build_parser() -> FeatxParser:
     p = command("fit-head", "train a classifier head on the cached codes of DATA")
     p.add_argument("data", metavar="DATA", help="folder of class folders (or train/val/test)")
     _extractor_options(p)
-    p.add_argument("--head", default="logistic", metavar="NAME", help="the classifier: " + ", ".join(head_names()))
+    p.add_argument("--head", default="logistic", metavar="NAME",
+                   help="the classifier: " + ", ".join(head_names()) + ", or auto (cross-validated choice of head, "
+                        "regularisation, scaling, taps and flip TTA within --budget)")
+    p.add_argument("--backbones", default=None, metavar="A[,B]",
+                   help="several backbones, fused as --fuse says (a comma list in --backbone works too) "
+                        "(default: --backbone alone)")
+    p.add_argument("--fuse", default="concat", choices=["concat", "mean"],
+                   help="with several backbones: one head on the concatenated codes, or one head per backbone "
+                        "with their probabilities averaged")
+    p.add_argument("--tta", default="none", choices=["none", "flip", "views"],
+                   help="flip: train on each image and its mirror and average both (one more cached view); "
+                        "views: train on and average the --views K (default 4) augmented views")
+    p.add_argument("--budget", type=positive_float, default=None, metavar="SECONDS",
+                   help="time for --head auto's search (default: 45)")
+    p.add_argument("--refit", action=argparse.BooleanOptionalAction, default=True,
+                   help="train the final model on train+val once validation has chosen C or epochs; "
+                        "--no-refit keeps the model trained on train alone")
+    p.add_argument("--recipe", default="default", choices=["default", "study"],
+                   help="the dense head's settings: featx's measured defaults, or the study's exactly (raw "
+                        "codes, RMSprop 1e-3, 20 epochs)")
     _class_weight_option(p, "none")
     p.add_argument("--l2", action=argparse.BooleanOptionalAction, default=None,
                    help="L2-normalise each row of codes (default: the head's own choice)")
@@ -698,9 +729,9 @@ def build_parser() -> FeatxParser:
     _cache_option(p)
     p.add_argument("--weights", default=None, metavar="FILE",
                    help="the backbone's weights file, when not where the bundle says (default: the bundle's)")
-    p.add_argument("--tta", nargs="?", const="views", default="none", choices=["none", "views"],
-                   help="test-time augmentation: views averages over cached augmented views of each image "
-                        "(a bare --tta means views)")
+    p.add_argument("--tta", nargs="?", const="views", default="none", choices=["none", "flip", "views"],
+                   help="test-time augmentation: flip averages over each image and its mirror (one cached view); "
+                        "views over cached augmented views (a bare --tta means views)")
     _engine_option(p)
     _batch_options(p)
     _trust_option(p)
@@ -715,16 +746,23 @@ def build_parser() -> FeatxParser:
     _verbose_option(p)
     p.set_defaults(func=cmd_sweep)
 
-    p = command("advise", "which route fits DATA (CS231n's four cases)")
+    p = command("advise", "which route fits DATA, from measured transferability of every tap")
     p.add_argument("data", metavar="DATA", help="folder of class folders (or train/val/test)")
     _backbone_option(p)
+    p.add_argument("--backbones", default=None, metavar="A[,B]",
+                   help="rank the taps of several backbones together (default: --backbone alone)")
     _cache_option(p)
+    p.add_argument("--score", default="logme", choices=["logme", "probe"],
+                   help="rank every tap by LogME (seconds) or by a 3-fold cross-validated logistic probe")
+    p.add_argument("--room", type=nonnegative_float, default=0.05,
+                   help="recommend fine-tuning only when the best cached probe accuracy is below 1 - ROOM")
     p.add_argument("--sample", type=positive_int, default=300, metavar="N",
-                   help="images scored by the ImageNet classifier")
-    p.add_argument("--sweep", action="store_true", help="also run a layer sweep as evidence")
+                   help="images the ImageNet classifier scores, shown as context")
+    p.add_argument("--sweep", action="store_true", help=argparse.SUPPRESS)  # old flag: every tap is measured now
     p.add_argument("--large-per-class", type=positive_int, default=500, metavar="N",
                    help="a dataset with at least N images per class (median) counts as large")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sample and the split")
+    _out_option(p, "print only; DIR gets advice.json and advice.txt")
+    _split_options(p)
     _verbose_option(p)
     p.set_defaults(func=cmd_advise)
 

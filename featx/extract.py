@@ -41,11 +41,11 @@ from featx.datasets import Dataset, Split, discover, from_paths, make_split
 from featx.errors import FeatxError
 from featx.failed import DecodeFailures
 from featx.images import ImageError, read_bytes
-from featx.preprocess import (CHANGED, MIN_IMAGE_SIDE, VANISHED, FileChangedError, decode_workers, load_for_network,
-                              load_network_inputs)
+from featx.preprocess import (CHANGED, FLIP, MIN_IMAGE_SIDE, VANISHED, FileChangedError, decode_workers,
+                              load_for_network, load_network_inputs)
 
 __all__ = ["CHANGED", "MIN_IMAGE_SIDE", "VANISHED", "ExtractReport", "ExtractorConfig", "Features", "FileChangedError",
-           "extract", "extractor_config", "hash_files", "load_features", "load_network_inputs"]
+           "extract", "extractor_config", "flip_config", "hash_files", "load_features", "load_network_inputs"]
 
 LARGE_FLAT_DIM = 100_000  # warn when pooling='none' stores more numbers than this per image
 
@@ -94,6 +94,7 @@ class Features:
     config: dict
     failures: list
     views: dict | None = None  # tap -> (n, K, d): codes of K augmented views per image
+    flipped: dict | None = None  # tap -> (n, d): codes of each image mirrored left-right (flip=True)
     split_id: str | None = None
     split_report: Split | None = None  # leakage and label conflicts found while splitting
     given_splits: np.ndarray | None = None  # the split FOLDER of each row, when the dataset has them
@@ -130,6 +131,11 @@ def view_seed(key: str, view: int) -> int:
 def views_config(config: dict) -> dict:
     """The configuration of a cache holding augmented views: its own file."""
     return {**config, "views": AUGMENTATION_ID}
+
+
+def flip_config(config: dict) -> dict:
+    """The configuration of a cache holding the left-right mirrored view: its own file, same keys."""
+    return {**config, "views": FLIP}
 
 
 def extractor_config(backbone: str, pooling: str = "avg", dtype: str = "float32", weights="imagenet",
@@ -188,7 +194,8 @@ def image_keys(data) -> tuple[Dataset, list]:
 
 def extract(data, config: ExtractorConfig | str | None = None, *, cache_dir=None, batch_size: int = 32,
             workers: int | None = None, views: int = 0, engine=None, progress: bool | None = None,
-            flush_rows: int = 1, retry_failed: bool = False, **config_fields) -> ExtractReport:
+            flush_rows: int = 1, retry_failed: bool = False, flip: bool = False,
+            **config_fields) -> ExtractReport:
     """Compute and cache the codes that ``cache_dir`` lacks for ``data``.
 
     Parameters
@@ -219,6 +226,9 @@ def extract(data, config: ExtractorConfig | str | None = None, *, cache_dir=None
     retry_failed : bool
         Also try files whose exact bytes failed to decode in an earlier run (by default
         they are reported as skipped again without loading the network).
+    flip : bool
+        Also cache the codes of each image mirrored left-right (flip test-time
+        augmentation; one more view, in a cache of its own with the same keys).
 
     Returns
     -------
@@ -252,6 +262,8 @@ def extract(data, config: ExtractorConfig | str | None = None, *, cache_dir=None
         engine = RayEngine(**ray_options)
     if views and isinstance(engine, RayEngine):
         raise FeatxError("--views: augmented views run on the local engine; extract them without --engine ray")
+    if flip and isinstance(engine, RayEngine):
+        raise FeatxError("--tta flip: the mirrored view runs on the local engine; extract it without --engine ray")
     config_key = config.cache_key()
     taps = list(config.taps)
     dataset = _as_dataset(data)
@@ -338,6 +350,24 @@ def extract(data, config: ExtractorConfig | str | None = None, *, cache_dir=None
                 report.computed_views = len(todo)
                 device = "CPU" if runner.name == "litert" else None
                 vcache.commit(provenance={"featx": __version__, "engine": runner.name, **_tf.versions(device)})
+                report.engine = report.engine or runner.name
+    if flip:
+        fcache = FeatureCache(cache_path(cache.path.parent, flip_config(config_key)), flip_config(config_key))
+        with fcache:
+            fcache.commit()
+            wanted = [k for k in report.keys if k is not None]
+            present = {t: fcache.keys(t, among=wanted) for t in taps}
+            todo = {}
+            for path, key in zip(dataset.paths, report.keys):
+                if key is not None and key not in todo and any(key not in present[t] for t in taps):
+                    todo[key] = (path, FLIP, key)
+            if todo:
+                runner = get_runner(len(todo))
+                _run(config, runner, list(todo.items()), fcache, min(batch_size, len(todo)), workers, progress,
+                     flush_rows)
+                report.computed_views += len(todo)
+                device = "CPU" if runner.name == "litert" else None
+                fcache.commit(provenance={"featx": __version__, "engine": runner.name, **_tf.versions(device)})
                 report.engine = report.engine or runner.name
     report.seconds = time.perf_counter() - start
     return report
@@ -452,7 +482,7 @@ def _run(config, runner, items, cache, batch_size, workers, progress, flush_rows
 def load_features(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), pooling: str = "avg",
                   cache_dir=None, dtype: str = "float32", weights="imagenet", extract_missing: bool = True,
                   views: int = 0, val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0,
-                  **extract_options) -> Features:
+                  flip: bool = False, **extract_options) -> Features:
     """The cached codes of ``data`` (extracting what is missing first, by default), with fit-head's split.
 
     Parameters
@@ -465,6 +495,9 @@ def load_features(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), 
         Run the backbone on images the cache lacks (else they are reported as failures).
     views : int
         Also load that many cached augmented views per image.
+    flip : bool
+        Also load (extracting when allowed) the codes of each image mirrored left-right
+        (``Features.flipped``, rows aligned with ``codes``).
     val_fraction, test_fraction, seed :
         The split, exactly as ``featx fit-head`` makes it (:func:`featx.datasets.make_split`):
         for labelled data ``Features.split`` holds 'train' / 'val' / 'test' per row and
@@ -489,7 +522,7 @@ def load_features(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), 
     dataset = _as_dataset(data)
     config = extractor.cache_key()
     if extract_missing:
-        report = extract(dataset, extractor, cache_dir=cache_dir, views=views, **extract_options)
+        report = extract(dataset, extractor, cache_dir=cache_dir, views=views, flip=flip, **extract_options)
         keys, failures, path = report.keys, report.failures, report.cache_file
     else:
         path = cache_path(cache_dir or default_cache_dir(), config)
@@ -509,6 +542,9 @@ def load_features(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), 
         vcache = FeatureCache(cache_path(path.parent, views_config(config)))
         vkeys = [view_key(k, v) for k in ok_keys for v in range(1, views + 1)]
         view_codes = {t: vcache.read(t, vkeys).reshape(len(ok_keys), views, -1) for t in taps}
+    flipped = None
+    if flip:
+        flipped = {t: FeatureCache(cache_path(path.parent, flip_config(config))).read(t, ok_keys) for t in taps}
     labels = dataset.labels[ok] if dataset.labels is not None else None
     given = dataset.splits[ok] if dataset.splits is not None else None
     paths = [dataset.paths[i] for i in ok]
@@ -527,6 +563,7 @@ def load_features(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), 
         config=config,
         failures=failures,
         views=view_codes,
+        flipped=flipped,
         split_id=split.id if split is not None else None,
         split_report=split,
         given_splits=given,

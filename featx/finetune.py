@@ -208,9 +208,9 @@ def build_classifier(spec, base, n_classes: int, head=None):
     out = keras.layers.Dense(n_classes, activation="softmax", name="head_softmax")(x)
     classifier = keras.Model(inputs, out, name=f"{spec.name}_finetuned")
     if dense is not None:
-        src = dense.model_
-        classifier.get_layer("head_dense").set_weights(src.get_layer("dense").get_weights())
-        classifier.get_layer("head_softmax").set_weights(src.get_layer("softmax").get_weights())
+        # the dense head keeps its weights as numpy arrays (coefs_, intercepts_), not a Keras model
+        classifier.get_layer("head_dense").set_weights([dense.coefs_[0], dense.intercepts_[0]])
+        classifier.get_layer("head_softmax").set_weights([dense.coefs_[1], dense.intercepts_[1]])
     return classifier
 
 
@@ -474,9 +474,10 @@ def finetune(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), unfre
                                    f"{codes.name}-{backbone}-finetune") / "init-head", seed)
     elif init_head is None:
         echo("training the dense head on the cached codes first (pass --init-head to reuse one)")
+        # refit=False: early stopping below judges on the validation images, which the head must not have seen
         init_head = fit_head(data, backbone, [tap], head="dense", weights=weights, cache_dir=cache_dir,
                              out_dir=Path(out_dir) / "init-head" if out_dir else None,
-                             val_fraction=val_fraction, test_fraction=test_fraction, seed=seed).bundle
+                             val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, refit=False).bundle
     bundle = load_bundle(init_head, trust=trust)
     if bundle.extractor["backbone"] != backbone or bundle.extractor["taps"] != [tap]:
         raise FeatxError(f"the bundle is for {bundle.extractor['backbone']}/"

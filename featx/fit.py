@@ -24,6 +24,7 @@ from featx.datasets import Dataset, Split, discover, from_paths
 from featx.errors import FeatxError
 from featx.extract import Features, load_features
 from featx.heads import make_head
+from featx.stats import format_accuracy, small_test_warning, wilson_interval
 from featx.runs import append_run, plot_confusion, plot_sweep, runs_log_path
 
 SPLITS = ("train", "val", "test")
@@ -54,7 +55,7 @@ class LabelledCodes:
 
 def labelled_codes(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), pooling="avg", dtype="float32",
                    weights="imagenet", cache_dir=None, val_fraction=0.2, test_fraction=0.2, seed=0, views=0,
-                   **extract_options) -> LabelledCodes:
+                   flip=False, **extract_options) -> LabelledCodes:
     cache_dir = Path(cache_dir or default_cache_dir())
     dataset = data if isinstance(data, Dataset) else discover(data)
     if not dataset.labelled:
@@ -67,7 +68,8 @@ def labelled_codes(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), poolin
         )
     start = time.perf_counter()
     feats = load_features(dataset, backbone, taps, pooling, cache_dir, dtype, weights, views=views,
-                          val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, **extract_options)
+                          val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, flip=flip,
+                          **extract_options)
     seconds = time.perf_counter() - start
     if feats.split is None:
         first = f" (first: {feats.failures[0][0]}: {feats.failures[0][1]})" if feats.failures else ""
@@ -85,89 +87,272 @@ class FitResult:
     metrics: dict
     out_dir: Path
     report: str
+    selection: object = None  # featx.selection.SelectionResult for --head auto
 
 
 def _accuracy(model, X, y):
     return float((model.predict(X) == y).mean()) if len(y) else None
 
 
+TTA_MODES = ("none", "flip", "views")
+FUSE_MODES = ("concat", "mean")
+
+
+def backbone_list(backbone) -> list[str]:
+    """``"a,b"`` or ``["a", "b"]`` -> ``["a", "b"]`` (order kept, repeats dropped)."""
+    names = backbone.split(",") if isinstance(backbone, str) else list(backbone)
+    names = list(dict.fromkeys(n.strip() for n in names if n and n.strip()))
+    if not names:
+        raise FeatxError("give at least one backbone name", param="backbone")
+    for n in names:
+        get_backbone(n)
+    return names
+
+
+def _common_rows(codes_list):
+    """Row indices into each backbone's codes for the images every backbone could read, in the first's order."""
+    if len(codes_list) == 1:
+        return [np.arange(len(codes_list[0].y))]
+    index = [{k: i for i, k in enumerate(c.features.keys)} for c in codes_list]
+    keys = [k for k in codes_list[0].features.keys if all(k in ix for ix in index[1:])]
+    return [np.asarray([ix[k] for k in keys], dtype=int) for ix in index]
+
+
+def accuracy_summary(y_true, y_pred) -> dict:
+    """Accuracy with its 95% Wilson interval, test-set size and the small-test warning, as saved in metrics."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    n = int(len(y_true))
+    correct = int((y_true == y_pred).sum())
+    low, high = wilson_interval(correct, n)
+    per_class_min = int(np.unique(y_true, return_counts=True)[1].min()) if n else 0
+    return {"accuracy": correct / n if n else None, "correct": correct, "n": n, "interval95": [low, high],
+            "smallest_class": per_class_min, "text": format_accuracy(correct, n),
+            "warning": small_test_warning(n, per_class_min)}
+
+
 def fit_head(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), head="logistic", pooling="avg",
              dtype="float32", weights="imagenet", cache_dir=None, out_dir=None, class_weight=None, l2=None,
              standardize=None, pca=None, val_fraction=0.2, test_fraction=0.2, seed=0, head_params=None,
-             views=0, **extract_options) -> FitResult:
-    """Train ``head`` on the cached codes of ``data`` and write its outputs.
+             views=0, refit: bool = True, fuse: str = "concat", tta: str = "none", budget=None,
+             recipe: str = "default", **extract_options) -> FitResult:
+    """Train ``head`` on the cached codes of ``data``, evaluate it once on test, and write its outputs.
 
-    ``views``: also train on that many cached augmented views of each training
-    image (validation and test stay clean images).
+    Parameters
+    ----------
+    backbone : str or list of str
+        One backbone, or several (``"a,b"``): their codes are concatenated (``fuse="concat"``) or one head
+        per backbone is trained and their probabilities averaged (``fuse="mean"``).
+    head : str
+        ``logistic``, ``linear_svm``, ``rbf_svm``, ``knn``, ``dense`` or ``auto`` (cross-validated selection
+        within ``budget`` seconds, :func:`featx.selection.select_head`).
+    refit : bool
+        Default True: once validation has chosen (C, a dense head's epochs; for auto the cross-validation
+        over train+val chooses), the final model is trained on train+val, as ``GridSearchCV(refit=True)``.
+        False: the final model is the one trained on train alone.
+    tta : {"none", "flip", "views"}
+        ``flip``: train on each image and its mirror and average both at prediction (one cached view);
+        ``views``: train on ``views`` (default 4) cached augmented views too and average them at prediction.
+    recipe : {"default", "study"}
+        The dense head's settings: featx's measured defaults, or the study's exactly (raw codes, 20 epochs).
+    views : int
+        Also train on that many cached augmented views of each training image (single heads only:
+        ``head="auto"`` selects and refits on the clean images, and the flipped ones with ``tta="flip"``).
+
+    Returns
+    -------
+    FitResult
+        Bundle path, metrics (also in ``metrics.json``: row counts of the final fit, test accuracy with
+        its 95% Wilson interval and size), output folder, printable report.
+
+    Raises
+    ------
+    FeatxError
+        Unknown head, backbone, tap, fuse or tta value; a dataset with fewer than 2 classes.
     """
     from sklearn.metrics import classification_report
 
+    from featx.selection import BlockHead, select_head
+
     cache_dir = Path(cache_dir or default_cache_dir())
+    if tta not in TTA_MODES:
+        raise FeatxError(f"expected one of {', '.join(TTA_MODES)}, got {tta!r}", param="tta")
+    if fuse not in FUSE_MODES:
+        raise FeatxError(f"expected one of {', '.join(FUSE_MODES)}, got {fuse!r}", param="fuse")
+    if tta == "views":
+        views = views or 4
+    backbones = backbone_list(backbone)
+    params = dict(head_params or {})
+    if recipe != "default":
+        params["recipe"] = recipe
     model = make_head(head, class_weight=class_weight, l2=l2, standardize=standardize, pca=pca,
-                      random_state=seed, **(head_params or {}))
+                      random_state=seed, **params)
     model._pipeline(2, 2)  # validate the head's options before any extraction
     taps = [taps] if isinstance(taps, str) else list(taps)
-    codes = labelled_codes(data, backbone, taps, pooling, dtype, weights, cache_dir, val_fraction, test_fraction,
-                           seed, views=views, **extract_options)
-    parts = {s: codes.part(s) for s in SPLITS}
-    Xv, yv = parts["val"]
-    yte = parts["test"][1]
-    Xtr, ytr = codes.part("train", with_views=True)
+    flip = tta == "flip"
+    codes_list = [labelled_codes(data, b, taps, pooling, dtype, weights, cache_dir, val_fraction, test_fraction,
+                                 seed, views=views, flip=flip, **extract_options) for b in backbones]
+    codes = codes_list[0]
+    rows = _common_rows(codes_list)
+    y_all, split = codes.y[rows[0]], codes.split[rows[0]]
+    names, clean, flipped = [], {}, {}
+    for b, c, r in zip(backbones, codes_list, rows):
+        for t in taps:
+            name = t if len(backbones) == 1 else f"{b}/{t}"
+            names.append(name)
+            clean[name] = c.features.codes[t][r]
+            if flip:
+                flipped[name] = c.features.flipped[t][r]
+    layout = [{"extractor": i, "tap": t, "view": "clean"} for i in range(len(backbones)) for t in taps]
+    if flip:
+        layout += [{"extractor": i, "tap": t, "view": "flip"} for i in range(len(backbones)) for t in taps]
+    X_all = np.concatenate([clean[n] for n in names] + [flipped[n] for n in names if flip], axis=1)
+    masks = {s: split == s for s in SPLITS}
+    parts = {s: (X_all[masks[s]], y_all[masks[s]]) for s in SPLITS}
+    n = {s: int(masks[s].sum()) for s in SPLITS}
+
+    def with_views(names_of_splits):
+        """Design rows of these splits, plus their augmented views (views > 0, one backbone only)."""
+        mask = np.isin(split, names_of_splits)
+        X, y = X_all[mask], y_all[mask]
+        if views and len(backbones) == 1 and not flip:
+            V = codes.features.X_views(taps)[rows[0]][mask]
+            X = np.concatenate([X, V.reshape(-1, V.shape[-1])])
+            y = np.concatenate([y, np.repeat(y, V.shape[1])])
+        return X, y
+
+    fit_splits = ["train", "val"] if refit and n["val"] else ["train"]
+    selection = None
+    val_acc = None
     start = time.perf_counter()
-    model.fit(Xtr, ytr, validation_data=(Xv, yv) if len(yv) else None)
+    if head == "auto":
+        fmask = np.isin(split, fit_splits)
+        sel_blocks = {k: v[fmask] for k, v in clean.items()}
+        sel_flip = {k: v[fmask] for k, v in flipped.items()} if flip else None
+        selection = select_head(sel_blocks, y_all[fmask], flip=sel_flip, budget=budget, fuse=fuse,
+                                class_weight=class_weight, random_state=seed)
+        final = selection.estimator
+        chosen = {"candidate": selection.best.name}
+        if "val" not in fit_splits and n["val"]:
+            val_acc = _accuracy(final, *parts["val"])
+    else:
+        one_block = len(names) == 1 and not flip
+        if one_block:
+            estimator = model
+        else:
+            widths = [clean[nm].shape[1] for nm in names]
+            off = np.concatenate([[0], np.cumsum(widths)]).astype(int)
+            total = int(off[-1])
+            rng = [(int(off[i]), int(off[i + 1])) for i in range(len(names))]
+            groups = [[r] for r in rng] if fuse == "mean" else [rng]
+            fgroups = [[(a + total, b + total) for a, b in g] for g in groups] if flip else None
+            estimator = BlockHead(model, groups, fgroups)
+        Xtr, ytr = with_views(["train"])
+        Xv, yv = parts["val"]
+        estimator.fit(Xtr, ytr, validation_data=(Xv, yv) if len(yv) else None)
+        val_acc = _accuracy(estimator, Xv, yv)
+        chosen = getattr(estimator, "chosen_", {})
+        final = estimator
+        if "val" in fit_splits:
+            Xf, yf = with_views(fit_splits)
+            final = estimator.frozen().fit(Xf, yf)
     fit_seconds = time.perf_counter() - start
 
-    eval_split = "test" if len(yte) else "val"
+    eval_split = "test" if n["test"] else "val"
     Xe, ye = parts[eval_split]
-    pred = model.predict(Xe) if len(ye) else np.array([])
-    report = classification_report(ye, pred, labels=codes.features.class_names, zero_division=0,
+    pred = final.predict(Xe) if len(ye) else np.array([])
+    if tta == "views" and len(ye) and len(backbones) == 1:
+        V = codes.features.X_views(taps)[rows[0]][masks[eval_split]]
+        per_view = final.predict_proba(V.reshape(-1, V.shape[-1])).reshape(len(ye), V.shape[1], -1)
+        proba = (final.predict_proba(Xe) + per_view.sum(axis=1)) / (V.shape[1] + 1)
+        pred = np.asarray(final.classes_)[proba.argmax(axis=1)]
+    class_names = codes.features.class_names
+    report = classification_report(ye, pred, labels=class_names, zero_division=0,
                                    output_dict=True) if len(ye) else {}
+    summary = accuracy_summary(ye, pred)
     dataset_name = codes.name
+    accuracy = {"train": _accuracy(final, *parts["train"]),
+                "val": val_acc if "val" not in fit_splits or head != "auto" else None,
+                "test": summary["accuracy"] if eval_split == "test" else None}
+    if eval_split == "val":
+        accuracy["val"] = summary["accuracy"]
+    label = head + (f"+views{views}" if views else "") + ("+flip" if flip else "") + \
+        (f"+{fuse}" if len(backbones) > 1 and fuse != "concat" else "") + \
+        ("" if recipe == "default" or head != "dense" else f"-{recipe}")
     metrics = {
         "dataset": dataset_name,
-        "backbone": backbone, "taps": taps, "head": head, "pooling": pooling, "views": views,
+        "backbone": "+".join(backbones), "backbones": backbones, "taps": taps, "head": head, "pooling": pooling,
+        "views": views, "tta": tta, "fuse": fuse, "recipe": recipe,
         "split_id": codes.split_id,
-        "n": {s: int(len(parts[s][1])) for s in SPLITS},
-        "accuracy": {s: _accuracy(model, *parts[s]) for s in SPLITS},
+        "n": n,
+        "refit": "val" in fit_splits,
+        "n_fit": {s: (n[s] if s in fit_splits else 0) for s in SPLITS},
+        "chosen": chosen,
+        "accuracy": accuracy,
+        "val_note": ("validation accuracy of the model trained on train alone, before the refit on train+val"
+                     if "val" in fit_splits and head != "auto" else None),
         "evaluated_on": eval_split,
+        eval_split: {k: v for k, v in summary.items() if k != "text"},
         "per_class": {c: {"precision": report[c]["precision"], "recall": report[c]["recall"],
-                          "support": int(report[c]["support"])} for c in codes.features.class_names} if report else {},
+                          "support": int(report[c]["support"])} for c in class_names} if report else {},
         "fit_seconds": fit_seconds,
-        "extract_seconds": codes.extract_seconds,
-        "skipped_images": [[str(p), r] for p, r in codes.features.failures],
+        "extract_seconds": sum(c.extract_seconds for c in codes_list),
+        "skipped_images": [[str(p), r] for c in codes_list for p, r in c.features.failures],
         "leakage": codes.split_report.leakage,
         "label_conflicts": codes.split_report.label_conflicts,
     }
-    label = head + (f"+views{views}" if views else "")
-    out_dir = Path(out_dir or Path("featx-out") / f"{dataset_name}-{backbone}-{'+'.join(taps)}-{label}")
+    if selection is not None:
+        best = selection.table[selection.table["candidate"] == selection.best.name].iloc[0]
+        metrics["cv"] = {"mean": float(best["cv_mean"]), "sd": float(best["cv_sd"]),
+                         "rows": int(np.isin(split, fit_splits).sum()), "budget_s": budget,
+                         "seconds": selection.seconds, "logme": selection.logme}
+    out_dir = Path(out_dir or Path("featx-out") / f"{dataset_name}-{'+'.join(backbones)}-{'+'.join(taps)}-{label}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    extractor = {"backbone": backbone, "weights": None if weights is None else str(weights),
-                 "weights_id": codes.features.config["weights"], "taps": taps, "pooling": pooling, "dtype": dtype}
-    bundle_path = save_bundle(Bundle(model, extractor, list(codes.features.class_names), codes.split_id, metrics),
-                              out_dir / "model.featx")
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    extractors = [{"backbone": b, "weights": None if weights is None else str(weights),
+                   "weights_id": c.features.config["weights"], "taps": taps, "pooling": pooling, "dtype": dtype}
+                  for b, c in zip(backbones, codes_list)]
+    bundle_path = save_bundle(Bundle(final, extractors[0], list(class_names), codes.split_id, metrics,
+                                     extractors=extractors, layout=layout), out_dir / "model.featx")
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    if selection is not None:
+        selection.table.to_csv(out_dir / "selection.csv", index=False, float_format="%.4f")
     if len(ye):
-        plot_confusion(ye, pred, codes.features.class_names, out_dir / "confusion.png",
-                       f"{dataset_name}: {backbone}/{'+'.join(taps)}/{head} ({eval_split})")
+        plot_confusion(ye, pred, class_names, out_dir / "confusion.png",
+                       f"{dataset_name}: {'+'.join(backbones)}/{'+'.join(taps)}/{head} ({eval_split})")
     append_run(runs_log_path(cache_dir), {
-        "dataset": dataset_name, "route": "cached", "backbone": backbone, "taps": "+".join(taps), "head": label,
-        "split_id": codes.split_id, **{f"n_{s}": metrics["n"][s] for s in SPLITS},
-        **{f"{s}_acc": metrics["accuracy"][s] for s in SPLITS},
-        "extract_s": codes.extract_seconds, "fit_s": fit_seconds, "output": str(bundle_path),
+        "dataset": dataset_name, "route": "cached", "backbone": "+".join(backbones), "taps": "+".join(taps),
+        "head": label, "split_id": codes.split_id, **{f"n_{s}": n[s] for s in SPLITS},
+        **{f"{s}_acc": accuracy[s] for s in SPLITS},
+        "extract_s": metrics["extract_seconds"], "fit_s": fit_seconds, "output": str(bundle_path),
     })
-    return FitResult(bundle_path, metrics, out_dir, _report_text(metrics))
+    text = _report_text(metrics, summary)
+    if selection is not None:
+        text = f"selection ({selection.seconds:.0f}s, {metrics['cv']['rows']} images, " \
+               f"{len(selection.table)} candidates; saved to selection.csv):\n{selection.text()}\n" + text
+    return FitResult(bundle_path, metrics, out_dir, text, selection)
 
 
-def _report_text(m: dict) -> str:
+def _report_text(m: dict, summary: dict) -> str:
     acc = m["accuracy"]
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    fit_rows = m["n_fit"]["train"] + m["n_fit"]["val"]
+    refit = (f"final model trained on train+val ({fit_rows} images)" if m["refit"]
+             else f"final model trained on train only ({fit_rows} images; --no-refit)")
+    chosen = ", ".join(f"{k} {v}" for k, v in m["chosen"].items()) if isinstance(m["chosen"], dict) else ""
     lines = [
         f"{m['dataset']}: {m['backbone']}/{'+'.join(m['taps'])} -> {m['head']} head"
-        f"{' on ' + str(m['views']) + ' augmented views too' if m.get('views') else ''} "
+        f"{' on ' + str(m['views']) + ' augmented views too' if m.get('views') else ''}"
+        f"{' with flip TTA' if m.get('tta') == 'flip' else ''} "
         f"(split {m['split_id']}: {m['n']['train']} train, {m['n']['val']} val, {m['n']['test']} test)",
-        f"accuracy: train {fmt(acc['train'])}  val {fmt(acc['val'])}  test {fmt(acc['test'])}",
-        f"fit {m['fit_seconds']:.2f}s (codes ready in {m['extract_seconds']:.1f}s)",
+        f"{refit}{'; chosen: ' + chosen if chosen else ''}",
+        f"{m['evaluated_on']} accuracy {summary['text']}  95% Wilson interval",
+        f"train {fmt(acc['train'])}"
+        + (f"  val {fmt(acc['val'])}" + (" (before refit)" if m["refit"] else "") if acc["val"] is not None
+           and m["evaluated_on"] == "test" else "")
+        + (f"  cv {m['cv']['mean']:.3f} ± {m['cv']['sd']:.3f}" if "cv" in m else ""),
     ]
+    if summary["warning"]:
+        lines.append(summary["warning"])
+    lines.append(f"fit {m['fit_seconds']:.2f}s (codes ready in {m['extract_seconds']:.1f}s)")
     if m["per_class"]:
         lines.append(f"  {'per class (' + m['evaluated_on'] + ')':<24} {'precision':>9} {'recall':>7} {'support':>8}")
         for c, r in m["per_class"].items():
@@ -177,9 +362,9 @@ def _report_text(m: dict) -> str:
 
 # ---- prediction ---------------------------------------------------------------------------
 
-def extractor_weights(bundle: Bundle, weights=None):
-    """The weights to rebuild a bundle's extractor with, checked against the bundle."""
-    ext = bundle.extractor
+def extractor_weights(bundle: Bundle, weights=None, extractor: dict | None = None):
+    """The weights to rebuild a bundle's extractor with (default its first), checked against the bundle."""
+    ext = extractor or bundle.extractor
     spec = get_backbone(ext["backbone"])
     chosen = weights if weights is not None else ext["weights"]
     if chosen not in (None, "imagenet") and not Path(chosen).is_file():
@@ -194,9 +379,24 @@ def extractor_weights(bundle: Bundle, weights=None):
     return chosen
 
 
+def bundle_proba(bundle: Bundle, codes: list, tta: str = "none") -> np.ndarray:
+    """Class probabilities from per-extractor codes, shared by ``predict`` and ``serve``.
+
+    ``codes``: one ``{"clean": {tap: (n, d)}, "flip": {tap: (n, d)} or None}`` per extractor.
+    ``tta="flip"`` on a head not trained with it averages the head over the image and its mirror
+    (a head trained with flip TTA always does).
+    """
+    proba = bundle.predict_proba(bundle.design(codes))
+    if tta == "flip" and not bundle.needs_flip():
+        proba = (proba + bundle.predict_proba(bundle.design(codes, swap_views=True))) / 2
+    return proba
+
+
 def predict(bundle, images, top: int | None = None, out=None, cache_dir=None, trust: bool = False,
             weights=None, tta="none", **extract_options):
     """Class probabilities for ``images`` as a DataFrame, one row per image read; CSV at ``out``.
+
+    Every extractor of the bundle runs (a fused bundle reads several backbones).
 
     Parameters
     ----------
@@ -209,9 +409,11 @@ def predict(bundle, images, top: int | None = None, out=None, cache_dir=None, tr
         Also give the 2nd..``top``-th classes and their probabilities (``1 <= top <= n_classes``).
     out : str or Path, optional
         Write the table there as CSV (probabilities with :data:`PROBABILITY_FORMAT`).
-    tta : {"none", "views"}
-        ``"views"``: average over the image and its cached augmented views (as many as the head was
-        trained with, else 4).  ``True``/``False`` are read as ``"views"``/``"none"``.
+    tta : {"none", "flip", "views"}
+        ``"flip"``: average over the image and its mirror (one more cached view); ``"views"``: over the
+        image and its cached augmented views (as many as the head was trained with, else 4).
+        ``True``/``False`` are read as ``"views"``/``"none"``.  A bundle trained with flip TTA always
+        reads the mirrored view.
 
     Returns
     -------
@@ -227,29 +429,47 @@ def predict(bundle, images, top: int | None = None, out=None, cache_dir=None, tr
         A bundle that cannot be loaded, ``top`` or ``tta`` out of range, missing weights.
     """
     tta = {True: "views", False: "none", None: "none"}.get(tta, tta)
-    if tta not in ("none", "views"):
-        raise FeatxError(f"expected 'none' or 'views', got {tta!r}", param="tta")
+    if tta not in TTA_MODES:
+        raise FeatxError(f"expected one of {', '.join(TTA_MODES)}, got {tta!r}", param="tta")
     if not isinstance(bundle, Bundle) and str(bundle).endswith(".keras"):
         from featx.finetune import predict_finetuned
 
         return predict_finetuned(bundle, images, top=top, out=out)
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle, trust=trust)
-    ext = bundle.extractor
+    extractors = bundle.all_extractors()
     if top is not None and not 1 <= top <= len(bundle.class_names):
         raise FeatxError(f"expected 1..{len(bundle.class_names)}, got {top}", param="top")
+    if tta == "views" and len(extractors) > 1:
+        raise FeatxError("a bundle of several backbones averages the flip view only; use tta='flip'", param="tta")
     dataset = prediction_dataset(images)
     views = (bundle.metrics.get("views") or 4) if tta == "views" else 0
-    feats = load_features(dataset, ext["backbone"], ext["taps"], ext["pooling"], cache_dir, ext["dtype"],
-                          extractor_weights(bundle, weights), views=views, **extract_options)
+    flip = tta == "flip" or bundle.needs_flip()
+    feats = [load_features(dataset, ext["backbone"], ext["taps"], ext["pooling"], cache_dir, ext["dtype"],
+                           extractor_weights(bundle, weights if i == 0 else None, ext), views=views, flip=flip,
+                           **extract_options) for i, ext in enumerate(extractors)]
+    index = [{str(p): j for j, p in enumerate(f.paths)} for f in feats]
+    paths = [p for p in feats[0].paths if all(str(p) in ix for ix in index[1:])]
+    failures = list(dict.fromkeys((str(p), r) for f in feats for p, r in f.failures))
     classes = np.asarray(bundle.head.classes_)
-    proba = bundle.predict_proba(feats.X(ext["taps"])) if feats.paths else np.zeros((0, len(classes)))
-    if views and feats.paths:
-        V = feats.X_views(ext["taps"])
-        per_view = bundle.predict_proba(V.reshape(-1, V.shape[-1])).reshape(len(proba), views, -1)
-        proba = (proba + per_view.sum(axis=1)) / (views + 1)
-    table = prediction_table(feats.paths, proba, classes, top, out, true_labels=true_labels(feats, classes))
-    table.attrs["failures"] = feats.failures
+    first = np.asarray([index[0][str(p)] for p in paths], dtype=int)
+    labels = true_labels(feats[0], classes)
+    if not paths:
+        proba = np.zeros((0, len(classes)))
+    else:
+        codes = []
+        for f, ix in zip(feats, index):
+            r = np.asarray([ix[str(p)] for p in paths])
+            codes.append({"clean": {t: c[r] for t, c in f.codes.items()},
+                          "flip": {t: c[r] for t, c in f.flipped.items()} if f.flipped else None})
+        proba = bundle_proba(bundle, codes, tta)
+        if views:
+            V = feats[0].X_views(extractors[0]["taps"])[first]
+            per_view = bundle.predict_proba(V.reshape(-1, V.shape[-1])).reshape(len(proba), views, -1)
+            proba = (proba + per_view.sum(axis=1)) / (views + 1)
+    table = prediction_table(paths, proba, classes, top, out,
+                             true_labels=None if labels is None else np.asarray(labels)[first])
+    table.attrs["failures"] = failures
     return table
 
 

@@ -4,7 +4,7 @@ Each head is a :class:`~sklearn.pipeline.Pipeline` of scikit-learn parts:
 optional row L2-normalisation, standardisation and PCA, then the classifier.
 They work on any 2-D array, not only featx caches, and compose with
 ``GridSearchCV``.  ``dense`` is the study's head (Dense(1024, relu) ->
-softmax, RMSprop) as a Keras model wrapped in :class:`DenseHead`.
+softmax, RMSprop), trained in Keras and evaluated in numpy (:class:`DenseHead`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.decomposition import PCA
-from sklearn.linear_model import LogisticRegressionCV
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
@@ -38,15 +38,40 @@ _DEFAULT_SCALING = {
 }
 
 
-class DenseHead(ClassifierMixin, BaseEstimator):
-    """The study's head: Dense(hidden, relu) -> Dropout -> softmax, trained with RMSprop.
+DENSE_RECIPES = ("default", "study")
 
-    Early stopping watches ``validation_data`` when :meth:`fit` is given it
-    (featx passes the dataset's validation split), else a stratified
-    ``validation_fraction`` of the training rows.
+# The study's head exactly: raw codes, Dense(1024, relu) -> Dropout(0.5) -> softmax, RMSprop(1e-3),
+# batch 32, a fixed 20 epochs, no early stopping.  ``recipe="study"`` selects it.
+STUDY_DENSE = {"hidden": 1024, "dropout": 0.5, "learning_rate": 1e-3, "epochs": 20, "batch_size": 32,
+               "patience": None, "validation_fraction": 0.0}
+
+
+def _relu_softmax(X, coefs, intercepts):
+    """The dense head's forward pass in numpy: (n, d) float -> (n, classes) float64 probabilities."""
+    h = np.maximum(X @ coefs[0] + intercepts[0], 0.0)
+    z = h @ coefs[1] + intercepts[1]
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class DenseHead(ClassifierMixin, BaseEstimator):
+    """The study's head: Dense(hidden, relu) -> Dropout -> softmax, trained with RMSprop in Keras.
+
+    Training needs Keras; prediction does not: after :meth:`fit` the weights
+    are numpy arrays (``coefs_``, ``intercepts_``, as scikit-learn's MLP
+    stores them) and :meth:`predict_proba` is a numpy forward pass, so a
+    bundle with a dense head loads and predicts without TensorFlow.
+
+    Early stopping (``patience`` epochs without a better validation loss;
+    ``None`` turns it off and trains all ``epochs``) watches
+    ``validation_data`` when :meth:`fit` is given it (featx passes the
+    dataset's validation split), else a stratified ``validation_fraction`` of
+    the training rows.  ``best_epoch_`` is the epoch it kept: refitting on
+    train+val trains that many epochs (:meth:`Head.frozen`).
     """
 
-    def __init__(self, hidden=1024, dropout=0.5, learning_rate=1e-3, epochs=100, batch_size=32,
+    def __init__(self, hidden=1024, dropout=0.5, learning_rate=3e-5, epochs=100, batch_size=32,
                  patience=8, validation_fraction=0.1, class_weight=None, random_state=0):
         self.hidden = hidden
         self.dropout = dropout
@@ -69,7 +94,10 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         if len(self.classes_) < 2:
             raise ValueError(f"DenseHead needs at least 2 classes, got {len(self.classes_)} class")
         yi = self._encoder.transform(y)
-        if validation_data is not None:
+        stopping = self.patience is not None
+        if not stopping:
+            Xv = yv = None
+        elif validation_data is not None:
             Xv, yv = validation_data
             Xv = np.asarray(Xv, dtype=np.float32)
             yv = self._encoder.transform(yv)
@@ -99,15 +127,21 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         history = model.fit(X, yi, validation_data=None if Xv is None else (Xv, yv), epochs=self.epochs,
                             batch_size=self.batch_size, class_weight=weights, callbacks=callbacks,
                             verbose=0, shuffle=True)
-        self.model_ = model
         self.history_ = {k: [float(v) for v in vals] for k, vals in history.history.items()}
         self.n_iter_ = len(history.history["loss"])
+        if "val_loss" in self.history_:
+            self.best_epoch_ = int(np.argmin(self.history_["val_loss"])) + 1
+        else:
+            self.best_epoch_ = self.n_iter_
+        dense, softmax = model.get_layer("dense"), model.get_layer("softmax")
+        self.coefs_ = [np.asarray(dense.kernel, dtype=np.float32), np.asarray(softmax.kernel, dtype=np.float32)]
+        self.intercepts_ = [np.asarray(dense.bias, dtype=np.float32), np.asarray(softmax.bias, dtype=np.float32)]
         return self
 
     def predict_proba(self, X):
-        check_is_fitted(self, "model_")
+        check_is_fitted(self, "coefs_")
         X = validate_data(self, X, dtype=np.float32, reset=False)
-        return np.asarray(self.model_.predict(X, batch_size=256, verbose=0), dtype=np.float64)
+        return _relu_softmax(X.astype(np.float64), self.coefs_, self.intercepts_)
 
     def predict(self, X):
         proba = self.predict_proba(X)
@@ -122,15 +156,27 @@ class LogisticCV(LogisticRegressionCV):
         return ClassifierMixin.score(self, X, y, sample_weight=sample_weight)
 
 
+SVM_C_GRID = {"linear_svm": (0.01, 0.1, 1.0, 10.0), "rbf_svm": (1.0, 10.0, 100.0)}
+
+
 class Head(ClassifierMixin, BaseEstimator):
     """A featx head: feature scaling plus one classifier, as one scikit-learn estimator.
 
-    ``kind``: logistic (C chosen by cross-validated log-loss), linear_svm,
-    rbf_svm (both with calibrated probabilities), knn or dense.  ``l2`` and
-    ``standardize`` default per kind (None); ``pca`` reduces to that many
-    dimensions; ``options`` go to the classifier (for instance ``{"epochs": 20}``
-    for dense, ``{"C": 0.1}`` for the SVMs).  Cross-validation folds adapt to
-    the smallest class, so heads also fit on a handful of images.
+    ``kind``: logistic (C chosen by cross-validated log-loss), linear_svm and
+    rbf_svm (C chosen by cross-validated accuracy over :data:`SVM_C_GRID`,
+    then probabilities calibrated), knn, dense, or auto (cross-validated
+    selection over families, regularisation, scaling and feature blocks:
+    :func:`featx.selection.select_head`).  ``l2`` and ``standardize`` default
+    per kind (None); ``pca`` reduces to that many dimensions; ``options`` go to
+    the classifier (for instance ``{"epochs": 20}`` or ``{"recipe": "study"}``
+    for dense, ``{"C": 0.1}`` to fix an SVM's or the logistic head's C,
+    ``{"budget": 30}`` for auto).  Cross-validation folds adapt to the
+    smallest class, so heads also fit on a handful of images.
+
+    After :meth:`fit`, ``chosen_`` holds what validation chose (``C``, or a
+    dense head's ``epochs``) and :meth:`frozen` returns an unfitted copy with
+    those choices fixed: fitting it on train+val is the refit that
+    ``GridSearchCV(refit=True)`` does.
     """
 
     def __init__(self, kind="logistic", class_weight=None, l2=None, standardize=None, pca=None, options=None,
@@ -143,12 +189,19 @@ class Head(ClassifierMixin, BaseEstimator):
         self.options = options
         self.random_state = random_state
 
-    def _pipeline(self, smallest_class: int, n_samples: int) -> Pipeline:
-        if self.kind not in HEADS:
-            raise FeatxError(f"--head: unknown head {self.kind!r}; choose from {', '.join(HEADS)}")
+    def _check(self):
+        if self.kind not in HEADS + ("auto",):
+            raise FeatxError(f"unknown head {self.kind!r}; choose from auto, {', '.join(HEADS)}", param="head")
         if self.class_weight not in (None, "balanced") and not isinstance(self.class_weight, dict):
-            raise FeatxError(f"--class-weight: expected 'balanced' or nothing, got {self.class_weight!r}")
+            raise FeatxError(f"expected 'balanced' or None, got {self.class_weight!r}", param="class_weight")
+        recipe = (self.options or {}).get("recipe", "default")
+        if recipe not in DENSE_RECIPES:
+            raise FeatxError(f"expected one of {', '.join(DENSE_RECIPES)}, got {recipe!r}", param="recipe")
+
+    def _scaling_steps(self) -> list:
         default_l2, default_std = _DEFAULT_SCALING[self.kind]
+        if self.kind == "dense" and (self.options or {}).get("recipe") == "study":
+            default_std = False  # the study trained on raw codes
         steps = []
         if default_l2 if self.l2 is None else self.l2:
             steps.append(("l2", Normalizer()))
@@ -156,41 +209,85 @@ class Head(ClassifierMixin, BaseEstimator):
             steps.append(("scale", StandardScaler()))
         if self.pca:
             steps.append(("pca", PCA(n_components=self.pca, random_state=self.random_state)))
+        return steps
+
+    def _pipeline(self, smallest_class: int, n_samples: int) -> Pipeline:
+        self._check()
+        if self.kind == "auto":
+            return Pipeline([("clf", "passthrough")])
+        steps = self._scaling_steps()
         steps.append(("clf", self._classifier(dict(self.options or {}), smallest_class, n_samples)))
         return Pipeline(steps)
+
+    def _svm(self, opts, C):
+        cw, seed = self.class_weight, self.random_state
+        if self.kind == "linear_svm":
+            return LinearSVC(C=C, class_weight=cw, random_state=seed, **opts)
+        return SVC(kernel="rbf", C=C, gamma="scale", class_weight=cw, random_state=seed, **opts)
 
     def _classifier(self, opts, smallest, n_samples):
         cw, seed = self.class_weight, self.random_state
         folds = max(2, min(5, smallest))
         if self.kind == "logistic":
+            n_jobs, tol = opts.pop("n_jobs", -1), opts.pop("tol", 1e-3)
+            if "C" in opts:
+                return LogisticRegression(C=opts.pop("C"), class_weight=cw, max_iter=2000, tol=tol,
+                                          random_state=seed, **opts)
             return LogisticCV(
                 Cs=opts.pop("Cs", np.logspace(-4, 1, 6)), cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
-                class_weight=cw, max_iter=2000, tol=opts.pop("tol", 1e-3), n_jobs=opts.pop("n_jobs", -1),
+                class_weight=cw, max_iter=2000, tol=tol, n_jobs=n_jobs,
                 scoring="neg_log_loss", l1_ratios=(0.0,), use_legacy_attributes=False, random_state=seed, **opts)
         if self.kind in ("linear_svm", "rbf_svm"):
             if smallest < 2:
                 raise ValueError("SVM heads calibrate probabilities by cross-validation: every class needs "
                                  "at least 2 training images (1 sample found)")
-            if self.kind == "linear_svm":
-                svm = LinearSVC(C=opts.pop("C", 1.0), class_weight=cw, random_state=seed, **opts)
-            else:
-                svm = SVC(kernel="rbf", C=opts.pop("C", 10.0), gamma="scale", class_weight=cw, random_state=seed,
-                          **opts)
-            return CalibratedClassifierCV(svm, cv=min(3, smallest), ensemble=False)
+            C = opts.pop("C", 1.0 if self.kind == "linear_svm" else 10.0)
+            return CalibratedClassifierCV(self._svm(opts, C), cv=min(3, smallest), ensemble=False)
         if self.kind == "knn":
             # a vote has nothing to re-weight: class_weight does not apply to kNN
             return KNeighborsClassifier(n_neighbors=min(opts.pop("n_neighbors", 5), n_samples), weights="distance",
                                         **opts)
-        return DenseHead(class_weight=cw, random_state=seed, **opts)
+        recipe = opts.pop("recipe", "default")
+        settings = {**(STUDY_DENSE if recipe == "study" else {}), **opts}
+        return DenseHead(class_weight=cw, random_state=seed, **settings)
+
+    def _tune_svm_C(self, X, y, smallest):
+        """C by cross-validated accuracy on the uncalibrated SVM (calibration does not move the argmax much)."""
+        from sklearn.model_selection import GridSearchCV
+
+        opts = {k: v for k, v in (self.options or {}).items() if k != "C"}
+        search = GridSearchCV(Pipeline(self._scaling_steps() + [("clf", self._svm(opts, 1.0))]),
+                              {"clf__C": list(SVM_C_GRID[self.kind])},
+                              cv=StratifiedKFold(min(3, smallest), shuffle=True, random_state=self.random_state))
+        search.fit(X, y)
+        return float(search.best_params_["clf__C"])
 
     def fit(self, X, y, validation_data=None):
         """Fit; ``validation_data=(X_val, y_val)`` drives a dense head's early stopping."""
+        self._check()
         X, y = validate_data(self, X, y, dtype=np.float64)
         check_classification_targets(y)
         self.classes_, counts = np.unique(y, return_counts=True)
         if len(self.classes_) < 2:
             raise ValueError(f"a classifier needs at least 2 classes, got 1 class ({self.classes_[0]!r})")
-        pipeline = self._pipeline(int(counts.min()), len(y))
+        smallest = int(counts.min())
+        if self.kind == "auto":
+            from featx.selection import select_head
+
+            opts = dict(self.options or {})
+            result = select_head({"codes": X}, y, budget=opts.pop("budget", None), class_weight=self.class_weight,
+                                 random_state=self.random_state, **opts)
+            self.pipeline_ = result.estimator
+            self.selection_ = result.table
+            self.chosen_ = {"candidate": result.best.name}
+            return self
+        self.chosen_ = {}
+        options = dict(self.options or {})
+        if self.kind in SVM_C_GRID and "C" not in options and smallest >= 3:
+            options["C"] = self._tune_svm_C(X, y, smallest)
+            self.chosen_["C"] = options["C"]
+        steps = self._scaling_steps() + [("clf", self._classifier(options, smallest, len(y)))]
+        pipeline = Pipeline(steps)
         if self.kind == "dense" and validation_data is not None:
             Xv, yv = validation_data
             prefix = Pipeline(pipeline.steps[:-1]) if len(pipeline.steps) > 1 else None
@@ -199,8 +296,23 @@ class Head(ClassifierMixin, BaseEstimator):
             pipeline.fit(X, y, clf__validation_data=(Xv, yv))
         else:
             pipeline.fit(X, y)
+        clf = pipeline.steps[-1][1]
+        if isinstance(clf, LogisticCV):
+            self.chosen_["C"] = float(np.ravel(clf.C_)[0])
+        if isinstance(clf, DenseHead) and clf.patience is not None:
+            self.chosen_["epochs"] = int(clf.best_epoch_)
         self.pipeline_ = pipeline
         return self
+
+    def frozen(self) -> "Head":
+        """An unfitted copy with what validation chose fixed (C, epochs): the model to refit on train+val."""
+        check_is_fitted(self, "chosen_")
+        if self.kind == "auto":
+            return self  # the selection already refits its winner on everything it was given
+        options = {**(self.options or {}), **{k: v for k, v in self.chosen_.items() if k != "candidate"}}
+        if self.kind == "dense" and "epochs" in self.chosen_:
+            options.update(patience=None, validation_fraction=0.0)
+        return Head(self.kind, self.class_weight, self.l2, self.standardize, self.pca, options, self.random_state)
 
     def predict_proba(self, X):
         check_is_fitted(self, "pipeline_")
@@ -215,6 +327,6 @@ class Head(ClassifierMixin, BaseEstimator):
 def make_head(name: str = "logistic", class_weight=None, l2=None, standardize=None, pca=None, random_state=0,
               **options) -> Head:
     """A fresh, unfitted :class:`Head` (validated when fitted)."""
-    if name not in HEADS:
-        raise FeatxError(f"--head: unknown head {name!r}; choose from {', '.join(HEADS)}")
+    if name not in HEADS + ("auto",):
+        raise FeatxError(f"unknown head {name!r}; choose from auto, {', '.join(HEADS)}", param="head")
     return Head(name, class_weight, l2, standardize, pca, options or None, random_state)

@@ -79,28 +79,42 @@ class Predictor:
             self.engine = "keras"
             return
         bundle = load_bundle(self.path, trust=trust)
-        ext = bundle.extractor
-        self.spec = get_backbone(ext["backbone"])
+        from featx.fit import bundle_proba
+
+        extractors = bundle.all_extractors()
+        self.specs = [get_backbone(ext["backbone"]) for ext in extractors]
+        self.spec = max(self.specs, key=lambda sp: sp.input_size)  # decode at the largest input any one needs
         self.classes = [str(c) for c in bundle.head.classes_]
         metrics = bundle.metrics or {}
-        self.model = {"dataset": metrics.get("dataset"), "backbone": ext["backbone"],
-                      "head": metrics.get("head") or type(bundle.head).__name__, "taps": list(ext["taps"])}
-        weights = extractor_weights(bundle, None)
-        taps = ext["taps"]
-        config = ExtractorConfig(ext["backbone"], taps, ext["pooling"], ext["dtype"], weights)
-        runner = make_engine(config, 1, engine, cache_dir or default_cache_dir())
-        self.engine = runner.name
+        self.model = {"dataset": metrics.get("dataset"), "backbone": "+".join(e["backbone"] for e in extractors),
+                      "head": metrics.get("head") or type(bundle.head).__name__,
+                      "taps": list(dict.fromkeys(t for e in extractors for t in e["taps"]))}
+        flip = bundle.needs_flip()
+        runners = []  # one engine per extractor
+        for ext in extractors:
+            weights = extractor_weights(bundle, None, ext)
+            config = ExtractorConfig(ext["backbone"], ext["taps"], ext["pooling"], ext["dtype"], weights)
+            runners.append((list(ext["taps"]), make_engine(config, 1, engine, cache_dir or default_cache_dir())))
+        self.engine = runners[0][1].name
 
-        def proba(batch):
-            codes = [runner.run(batch[i : i + 1]) for i in range(len(batch))]
-            X = np.concatenate([np.concatenate([c[t] for t in taps], axis=1) for c in codes])
-            return bundle.predict_proba(X)
+        def codes_of(taps, runner, batch):
+            out = [runner.run(batch[i : i + 1]) for i in range(len(batch))]
+            return {t: np.concatenate([o[t] for o in out]) for t in taps}
+
+        def proba(batches):
+            """``batches``: one uint8 batch per extractor, each at its network's input size."""
+            batches = [batches] if isinstance(batches, np.ndarray) else batches
+            codes = [{"clean": codes_of(taps, runner, batch),
+                      "flip": codes_of(taps, runner, np.ascontiguousarray(batch[:, :, ::-1])) if flip else None}
+                     for (taps, runner), batch in zip(runners, batches)]
+            return bundle_proba(bundle, codes)
 
         self._proba = proba
 
     @property
     def backbone(self) -> str:
-        return self.spec.name
+        """The backbone's name (``a+b`` for a bundle of several extractors)."""
+        return "+".join(sp.name for sp in getattr(self, "specs", None) or [self.spec])
 
     @property
     def name(self) -> str:
@@ -110,21 +124,36 @@ class Predictor:
         body += f", {m['head']}" if m.get("head") else ""
         return f"{m['dataset']}: {body}" if m.get("dataset") else f"{self.path.name}: {body}"
 
-    def prepare(self, data: bytes, source: str, max_pixels: int, budget: int) -> np.ndarray:
-        """Decode one upload and shrink it to the network input at once: ``(size, size, 3)`` uint8."""
+    def _shrink(self, image: np.ndarray):
+        """A decoded image at the network input: ``(size, size, 3)`` uint8, or a tuple of one such
+        array per extractor when the bundle has several (each backbone resizes from the decoded image)."""
+        specs = getattr(self, "specs", None) or [self.spec]
+        if len(specs) == 1:
+            return specs[0].resize(image)
+        return tuple(sp.resize(image) for sp in specs)
+
+    def prepare(self, data: bytes, source: str, max_pixels: int, budget: int):
+        """Decode one upload and shrink it to the network input at once: ``(size, size, 3)`` uint8
+        (a tuple of those, one per extractor, for a bundle of several backbones)."""
         from featx.images import decode
 
-        return self.spec.resize(decode(data, source, self.spec.input_size, max_pixels=max_pixels, budget=budget))
+        return self._shrink(decode(data, source, self.spec.input_size, max_pixels=max_pixels, budget=budget))
 
-    def predict_prepared(self, images: list[np.ndarray]) -> np.ndarray:
-        """Class probabilities ``(n, classes)`` for images already at the network input size."""
-        batch = np.stack(images)  # uint8: the engine normalises (LiteRT inside its graph)
+    def predict_prepared(self, images: list) -> np.ndarray:
+        """Class probabilities ``(n, classes)`` float64 for images from :meth:`prepare`.
+
+        Every extractor of the bundle runs; a bundle trained with flip TTA also runs each image's mirror.
+        """
+        if images and isinstance(images[0], tuple):
+            batch = [np.stack([im[i] for im in images]) for i in range(len(images[0]))]
+        else:
+            batch = np.stack(images)  # uint8: the engine normalises (LiteRT inside its graph)
         with self.lock:
             return self._proba(batch)
 
     def predict(self, images: list[np.ndarray]) -> np.ndarray:
         """Class probabilities ``(n, classes)`` for decoded RGB images of any size."""
-        return self.predict_prepared([self.spec.resize(im) for im in images])
+        return self.predict_prepared([self._shrink(im) for im in images])
 
 
 def _page() -> str:

@@ -127,7 +127,7 @@ def test_views_store_k_rows_per_image_and_heads_use_them(data, cache, tmp_path):
     assert not np.allclose(feats.views["pre_logits"][:, 0], feats.codes["pre_logits"])
     again = extract(data, cache_dir=cache, views=2)
     assert again.computed_views == 0  # cached like any row
-    result = fit_head(data, cache_dir=cache, views=2, out_dir=tmp_path)
+    result = fit_head(data, cache_dir=cache, views=2, out_dir=tmp_path, refit=False)
     n_train = result.metrics["n"]["train"]
     head = load_bundle(result.bundle).head
     assert head.pipeline_.named_steps["clf"].n_features_in_ == 1280

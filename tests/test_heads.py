@@ -25,7 +25,7 @@ def synthetic_codes(n_per_class=40, dim=64, classes=("cat", "dog", "eel"), seed=
 @pytest.mark.parametrize("kind", HEADS)
 def test_each_head_learns_separable_codes(kind):
     X, y = synthetic_codes()
-    options = {"epochs": 40, "hidden": 64} if kind == "dense" else {}
+    options = {"epochs": 40, "hidden": 64, "learning_rate": 1e-3} if kind == "dense" else {}
     head = make_head(kind, **options).fit(X[::2], y[::2])
     assert list(head.classes_) == ["cat", "dog", "eel"]
     assert head.score(X[1::2], y[1::2]) >= 0.9
@@ -48,7 +48,8 @@ def test_balanced_class_weight_helps_the_minority_class():
 def test_dense_head_uses_the_validation_split_for_early_stopping():
     X, y = synthetic_codes(shift=1.0)
     noise = np.random.default_rng(1).permutation(y[1::2])  # validation labels the codes cannot predict
-    head = make_head("dense", epochs=200, patience=2, hidden=32).fit(X[::2], y[::2], validation_data=(X[1::2], noise))
+    head = make_head("dense", epochs=200, patience=2, hidden=32, learning_rate=1e-3).fit(
+        X[::2], y[::2], validation_data=(X[1::2], noise))
     history = head.pipeline_.named_steps["clf"].history_
     assert "val_loss" in history
     assert len(history["loss"]) < 50  # stopped once the validation loss stopped improving

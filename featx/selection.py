@@ -1,0 +1,443 @@
+"""Choosing a head by cross-validation: the search a careful practitioner does by hand.
+
+:func:`select_head` scores candidates (feature blocks x head family x its
+main regularisation x scaling x flip test-time augmentation) by stratified
+k-fold cross-validation with scikit-learn's :func:`~sklearn.model_selection.cross_validate`
+on the rows it is given, inside a time budget, and refits the winner on all
+of them (``GridSearchCV(refit=True)``'s semantics).  featx gives it train+val
+and evaluates the winner once on test.
+
+The search space (:data:`HEAD_GRID`, documented so a result can be
+reproduced by hand):
+
+1. **Feature sets.**  Each block (a tap of a backbone) alone, all blocks
+   concatenated, and the two best blocks concatenated, ranked by
+   :func:`logme` (You et al., ICML 2021: the evidence of a Bayesian linear
+   model on the codes, computed in seconds without training, on at most
+   :data:`LOGME_ROWS` rows).  Only the
+   ``keep_features`` best-ranked sets go on to cross-validation.
+2. **Heads.**  The default head (logistic, C=0.1, standardised) on every
+   kept set; then, set by set in the order of that score, the rest of
+   :data:`HEAD_GRID`, diverse families first: linear SVM (C=1, L2 rows), RBF
+   SVM (C=10, standardised), logistic C=0.01, linear SVM C=0.1, logistic C=1,
+   linear SVM C=10, logistic C=0.1 on L2-normalised then standardised rows,
+   RBF SVM C=1, kNN (k=5, cosine).
+3. **Flip TTA.**  When the flipped view's codes are given, the two best
+   candidates so far are scored again training on both views and averaging
+   the two views' probabilities at prediction.
+4. **The dense head** on the best-ranked feature set, last, only when the
+   budget still allows it (:data:`PRIOR_SECONDS_PER_1000` and
+   :data:`PRIOR_MIN_SECONDS` estimate it).
+
+Candidates run in that order; one is skipped (and listed as skipped) when the
+time spent plus its expected cost would pass ``budget`` seconds.  The winner
+is the highest mean CV accuracy; ties go to the earlier (cheaper) candidate.
+
+:class:`BlockHead` is the estimator all of this produces: a head (or one head
+per block, averaged: ``fuse="mean"``) reading column ranges of one design
+matrix, optionally with the flipped view.  A bundle stores it with the
+layout of its design matrix.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.model_selection import StratifiedKFold, cross_validate
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from featx.errors import FeatxError
+from featx.heads import Head
+
+#: Default time budget of ``--head auto`` in seconds: about 1,000 images on two cores fit in it.
+DEFAULT_BUDGET = 45.0
+
+#: Expected cross-validation seconds per 1,000 images for a family not yet timed in this search
+#: (measured on two shared cores; the others are timed on their first candidate).
+PRIOR_SECONDS_PER_1000 = {"dense": 150.0, "rbf_svm": 5.0}
+
+#: The least a family not yet timed is expected to cost, whatever the rows: a dense head's Keras fits
+#: pay per epoch, not per row (3 folds of 24 images took 19 s on two shared cores: up to 100 epochs each).
+PRIOR_MIN_SECONDS = {"dense": 15.0}
+
+#: (family, {Head parameter: value}) in the order they are tried.
+HEAD_GRID = (
+    ("logistic", {"standardize": True, "options": {"C": 0.1}}),
+    ("linear_svm", {"l2": True, "options": {"C": 1.0}}),
+    ("rbf_svm", {"standardize": True, "options": {"C": 10.0}}),
+    ("logistic", {"standardize": True, "options": {"C": 0.01}}),
+    ("linear_svm", {"l2": True, "options": {"C": 0.1}}),
+    ("logistic", {"standardize": True, "options": {"C": 1.0}}),
+    ("linear_svm", {"l2": True, "options": {"C": 10.0}}),
+    ("logistic", {"l2": True, "standardize": True, "options": {"C": 0.1}}),
+    ("rbf_svm", {"standardize": True, "options": {"C": 1.0}}),
+    ("knn", {"options": {"n_neighbors": 5}}),
+    ("dense", {}),
+)
+
+
+# ---- LogME ---------------------------------------------------------------------------------
+
+def logme(X, y) -> float:
+    """LogME transferability score of codes ``X`` for labels ``y`` (You et al., ICML 2021).
+
+    For each class, a Bayesian linear regression from the codes to the
+    one-hot label, with prior precision alpha and noise precision beta set by
+    evidence maximisation (the paper's fixed-point Algorithm 1); the score is
+    the mean over classes of the maximised log evidence per image.  Higher is
+    better; scores compare feature sets on the same images.  Computed from a
+    eigen-decomposition of the smaller Gram matrix, so it costs O(n d min(n, d)) whichever of n and d is larger.
+
+    Parameters
+    ----------
+    X : array of shape (n, d)
+        Codes (any float dtype); computed in float64.
+    y : array of shape (n,)
+        Labels (any type).
+
+    Returns
+    -------
+    float
+        Mean log evidence per image (nats).
+
+    Raises
+    ------
+    FeatxError
+        With fewer than 2 classes or 2 rows.
+    """
+    F = np.asarray(X, dtype=np.float64)
+    labels = np.unique(y, return_inverse=True)[1]
+    n, d = F.shape
+    if n < 2 or labels.max() < 1:
+        raise FeatxError("LogME needs at least 2 images and 2 classes")
+    T = (labels[:, None] == np.arange(labels.max() + 1)[None, :]).astype(np.float64)  # (n, K) one-hot
+    # eigen-decomposition of the smaller Gram matrix (a matrix product, then eigh: far cheaper than an SVD)
+    if n >= d:
+        s, V = np.linalg.eigh(F.T @ F)
+        keep = s > s.max() * 1e-10
+        s, V = s[keep], V[:, keep]
+        proj = (V.T @ (F.T @ T)) / np.sqrt(s)[:, None]  # (r, K): the labels in the codes' left singular basis
+    else:
+        s, U = np.linalg.eigh(F @ F.T)
+        keep = s > s.max() * 1e-10
+        s, U = s[keep], U[:, keep]
+        proj = U.T @ T
+    null_dims = d - len(s)
+    evidences = []
+    eps = 1e-5
+    for k in range(T.shape[1]):
+        t = T[:, k]
+        x2 = proj[:, k] ** 2
+        outside = float(t @ t - x2.sum())  # squared residual no weight vector can explain
+        alpha, beta = 1.0, 1.0
+        lam = alpha / beta
+        for _ in range(11):
+            gamma = float((s / (s + lam)).sum())
+            m2 = float((s * x2 / (s + lam) ** 2).sum())  # |m|^2, m the posterior mean weights
+            res2 = float((x2 * (lam / (s + lam)) ** 2).sum()) + outside  # |t - F m|^2
+            alpha = gamma / (m2 + eps)
+            beta = (n - gamma) / (res2 + eps)
+            new_lam = alpha / beta
+            done = abs(new_lam - lam) / lam < 0.01
+            lam = new_lam
+            if done:
+                break
+        evidence = (d / 2 * np.log(alpha) + n / 2 * np.log(beta)
+                    - 0.5 * (np.log(alpha + beta * s).sum() + null_dims * np.log(alpha))
+                    - beta / 2 * (res2 + eps) - alpha / 2 * (m2 + eps) - n / 2 * np.log(2 * np.pi))
+        evidences.append(evidence / n)
+    return float(np.mean(evidences))
+
+
+# ---- the estimator -------------------------------------------------------------------------
+
+class BlockHead(ClassifierMixin, BaseEstimator):
+    """Heads reading column ranges of one design matrix, their probabilities averaged.
+
+    Parameters
+    ----------
+    head : estimator or list of estimators
+        Cloned once per group (a list gives one estimator per group).
+    groups : list of list of (start, stop)
+        Each group's columns of the clean view, concatenated in order; one
+        group for concatenation, one group per block for ``fuse="mean"``.
+        ``None``: all columns, one group.
+    flip_groups : list of list of (start, stop), optional
+        The same groups' columns in the flipped view.  When given, each head
+        trains on both views (twice the rows) and predicts the mean of the two
+        views' probabilities (flip test-time augmentation).
+    """
+
+    def __init__(self, head=None, groups=None, flip_groups=None):
+        self.head = head
+        self.groups = groups
+        self.flip_groups = flip_groups
+
+    def _groups(self, n_features):
+        return self.groups if self.groups is not None else [[(0, n_features)]]
+
+    @staticmethod
+    def _take(X, ranges):
+        return np.concatenate([X[:, a:b] for a, b in ranges], axis=1) if len(ranges) > 1 else X[:, ranges[0][0]:ranges[0][1]]
+
+    def fit(self, X, y, validation_data=None):
+        X, y = validate_data(self, X, y, dtype=np.float64)
+        check_classification_targets(y)
+        groups = self._groups(X.shape[1])
+        if self.flip_groups is not None and len(self.flip_groups) != len(groups):
+            raise ValueError("flip_groups must list the same groups as groups")
+        heads = self.head if isinstance(self.head, (list, tuple)) else [self.head] * len(groups)
+        if len(heads) != len(groups):
+            raise ValueError(f"{len(heads)} heads for {len(groups)} groups")
+        self.heads_ = []
+        for i, (est, ranges) in enumerate(zip(heads, groups)):
+            est = clone(est if est is not None else Head())
+            Xg, yg = self._take(X, ranges), y
+            if self.flip_groups is not None:
+                Xg = np.concatenate([Xg, self._take(X, self.flip_groups[i])])
+                yg = np.concatenate([y, y])
+            if validation_data is not None and _accepts_validation(est):
+                Xv, yv = validation_data
+                est.fit(Xg, yg, validation_data=(self._take(np.asarray(Xv, dtype=np.float64), ranges), yv))
+            else:
+                est.fit(Xg, yg)
+            self.heads_.append(est)
+        self.classes_ = self.heads_[0].classes_
+        self.chosen_ = [getattr(h, "chosen_", {}) for h in self.heads_]
+        return self
+
+    def predict_proba(self, X):
+        check_is_fitted(self, "heads_")
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        groups = self._groups(X.shape[1])
+        total = np.zeros((len(X), len(self.classes_)))
+        for i, (est, ranges) in enumerate(zip(self.heads_, groups)):
+            p = est.predict_proba(self._take(X, ranges))
+            if self.flip_groups is not None:
+                p = (p + est.predict_proba(self._take(X, self.flip_groups[i]))) / 2
+            total += p
+        return total / len(self.heads_)
+
+    def predict(self, X):
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+    def frozen(self) -> "BlockHead":
+        """An unfitted copy with each head's validated choices fixed (see :meth:`featx.heads.Head.frozen`)."""
+        check_is_fitted(self, "heads_")
+        heads = [h.frozen() if hasattr(h, "frozen") else clone(h) for h in self.heads_]
+        return BlockHead(heads, self.groups, self.flip_groups)
+
+
+def _accepts_validation(est) -> bool:
+    return isinstance(est, Head) and est.kind == "dense"
+
+
+# ---- selection -----------------------------------------------------------------------------
+
+@dataclass
+class Candidate:
+    features: tuple  # block names, concatenated
+    family: str
+    params: dict
+    tta: str = "none"  # or "flip"
+
+    @property
+    def name(self) -> str:
+        p = dict(self.params)
+        opts = p.pop("options", {}) or {}
+        scaling = "+".join(k for k in ("l2", "standardize") if p.get(k)) or "default scaling"
+        reg = ", ".join(f"{k}={v}" for k, v in opts.items())
+        return (f"{'+'.join(self.features)} | {self.family}{' ' + reg if reg else ''} ({scaling})"
+                f"{' | flip TTA' if self.tta == 'flip' else ''}")
+
+
+@dataclass
+class SelectionResult:
+    table: object  # pandas DataFrame: candidate, features, head, cv_mean, cv_sd, fit_s, status
+    best: Candidate
+    estimator: BlockHead  # the winner, fitted on every row select_head was given
+    logme: dict = field(default_factory=dict)  # feature set -> LogME score
+    seconds: float = 0.0
+
+    def text(self, top: int = 12) -> str:
+        t = self.table
+        done = t[t["status"] == "done"].sort_values("cv_mean", ascending=False)
+        lines = [f"{'candidate':<78} {'cv acc':>7} {'± sd':>6} {'fit s':>6}"]
+        for _, r in done.head(top).iterrows():
+            mark = " <- chosen" if r["candidate"] == self.best.name else ""
+            lines.append(f"{r['candidate'][:78]:<78} {r['cv_mean']:7.3f} {r['cv_sd']:6.3f} {r['fit_s']:6.1f}{mark}")
+        skipped = int((t["status"] != "done").sum())
+        if len(done) > top:
+            lines.append(f"... {len(done) - top} more scored (see selection.csv)")
+        if skipped:
+            lines.append(f"{skipped} candidates skipped: time budget spent")
+        return "\n".join(lines)
+
+
+LOGME_ROWS = 1000  # LogME on at most this many rows (stratified): ranking needs no more, and it stays seconds
+
+
+def _feature_sets(blocks: dict, y, keep: int, seed: int = 0) -> tuple[list, dict]:
+    names = list(blocks)
+    if len(y) > LOGME_ROWS:
+        from sklearn.model_selection import train_test_split
+
+        rows = np.sort(train_test_split(np.arange(len(y)), train_size=LOGME_ROWS, stratify=y,
+                                        random_state=seed)[0])
+        blocks, y = {n: blocks[n][rows] for n in names}, y[rows]
+    scores = {(n,): logme(blocks[n], y) for n in names}
+    ranked = sorted(scores, key=lambda k: -scores[k])
+    sets = list(ranked)
+    if len(names) > 1:
+        everything = tuple(names)
+        scores[everything] = logme(np.concatenate([blocks[n] for n in names], axis=1), y)
+        sets.append(everything)
+    if len(names) > 2:
+        pair = tuple(n for n in names if (n,) in ranked[:2])
+        scores[pair] = logme(np.concatenate([blocks[n] for n in pair], axis=1), y)
+        sets.append(pair)
+    sets = sorted(dict.fromkeys(sets), key=lambda k: -scores[k])
+    return sets[:keep], {"+".join(k): v for k, v in scores.items()}
+
+
+def select_head(blocks, y, flip=None, budget=None, cv: int = 3, keep_features: int = 2, families=None,
+                class_weight=None, random_state: int = 0, n_jobs=None, fuse: str = "concat",
+                verbose: bool = False) -> SelectionResult:
+    """Cross-validated choice of a head over the documented search space; the winner refit on all rows.
+
+    Parameters
+    ----------
+    blocks : dict of str -> array of shape (n, d_i)
+        Named code blocks of the same n images (a tap of a backbone each).
+    y : array of shape (n,)
+        Labels.
+    flip : dict of str -> array of shape (n, d_i), optional
+        The same blocks computed on the mirrored images: adds flip-TTA candidates.
+    budget : float, optional
+        Seconds for the whole search (default :data:`DEFAULT_BUDGET`); candidates that would pass it are
+        skipped, the first is always scored.
+    cv : int
+        Stratified folds (fewer when the smallest class is smaller).
+    keep_features : int
+        How many feature sets, ranked by LogME, are cross-validated.
+    families : sequence of str, optional
+        Restrict the head families (default: all of :data:`HEAD_GRID`).
+    n_jobs : int, optional
+        Folds fitted in parallel (default 1 below 1,000 rows, where starting workers costs more than it
+        saves, else 2).
+    fuse : {"concat", "mean"}
+        How a feature set of several blocks is combined: one head on the concatenation, or one head per
+        block with their probabilities averaged.
+
+    Returns
+    -------
+    SelectionResult
+        ``table`` has one row per candidate; ``estimator`` reads the design matrix
+        ``[blocks..., flip blocks...]`` (block order as given).
+
+    Raises
+    ------
+    FeatxError
+        Empty ``blocks``, mismatched row counts, an unknown family, or a class with fewer than 2 images.
+    """
+    import pandas as pd
+
+    start = time.perf_counter()
+    budget = DEFAULT_BUDGET if budget is None else float(budget)
+    if not blocks:
+        raise FeatxError("select_head: no code blocks given")
+    if fuse not in ("concat", "mean"):
+        raise FeatxError(f"expected concat or mean, got {fuse!r}", param="fuse")
+    y = np.asarray(y)
+    names = list(blocks)
+    blocks = {k: np.asarray(v, dtype=np.float64) for k, v in blocks.items()}
+    if any(len(v) != len(y) for v in blocks.values()):
+        raise FeatxError("select_head: every block needs one row per label")
+    if flip is not None and set(flip) != set(names):
+        raise FeatxError("select_head: the flipped view must have the same blocks")
+    grid = [g for g in HEAD_GRID if families is None or g[0] in families]
+    if families is not None and (unknown := set(families) - {g[0] for g in HEAD_GRID}):
+        raise FeatxError(f"unknown head families {', '.join(sorted(unknown))}", param="families")
+    _, counts = np.unique(y, return_counts=True)
+    if counts.min() < 2:
+        raise FeatxError("head='auto': every class needs at least 2 images to cross-validate")
+    if n_jobs is None:
+        n_jobs = 1 if len(y) < 1000 else 2
+    folds = StratifiedKFold(max(2, min(cv, int(counts.min()))), shuffle=True, random_state=random_state)
+
+    # the design matrix: clean blocks, then flipped blocks, in the given order
+    widths = [blocks[n].shape[1] for n in names]
+    offsets = np.concatenate([[0], np.cumsum(widths)]).astype(int)
+    ranges = {n: (int(offsets[i]), int(offsets[i + 1])) for i, n in enumerate(names)}
+    X = np.concatenate([blocks[n] for n in names] + ([np.asarray(flip[n], dtype=np.float64) for n in names]
+                                                      if flip is not None else []), axis=1)
+    total = int(offsets[-1])
+    flip_ranges = {n: (a + total, b + total) for n, (a, b) in ranges.items()}
+
+    sets, scores = _feature_sets(blocks, y, keep_features, random_state)
+
+    def estimator(c: Candidate) -> BlockHead:
+        head = Head(c.family, class_weight=class_weight, random_state=random_state,
+                    **{k: (dict(v) if isinstance(v, dict) else v) for k, v in c.params.items()})
+        if fuse == "mean" and len(c.features) > 1:
+            groups = [[ranges[n]] for n in c.features]
+            fgroups = [[flip_ranges[n]] for n in c.features]
+        else:
+            groups = [[ranges[n] for n in c.features]]
+            fgroups = [[flip_ranges[n] for n in c.features]]
+        return BlockHead(head, groups, fgroups if c.tta == "flip" else None)
+
+    rows, costs = [], {}
+
+    def score(c: Candidate):
+        elapsed = time.perf_counter() - start
+        expected = costs.get(c.family, np.median(list(costs.values())) if costs else 0.0)
+        if c.family not in costs and c.family in PRIOR_SECONDS_PER_1000:
+            expected = max(expected, PRIOR_SECONDS_PER_1000[c.family] * len(y) / 1000,
+                           PRIOR_MIN_SECONDS.get(c.family, 0.0))
+        expected *= 2 if c.tta == "flip" else 1
+        if rows and elapsed + expected > budget:
+            rows.append({"candidate": c.name, "features": "+".join(c.features), "head": c.family,
+                         "tta": c.tta, "cv_mean": np.nan, "cv_sd": np.nan, "fit_s": np.nan, "status": "skipped",
+                         "_c": c})
+            return
+        t0 = time.perf_counter()
+        res = cross_validate(estimator(c), X, y, cv=folds, n_jobs=1 if c.family == "dense" else n_jobs,
+                             error_score="raise")
+        seconds = time.perf_counter() - t0
+        costs[c.family] = seconds
+        acc = res["test_score"]
+        rows.append({"candidate": c.name, "features": "+".join(c.features), "head": c.family, "tta": c.tta,
+                     "cv_mean": float(acc.mean()), "cv_sd": float(acc.std()), "fit_s": seconds, "status": "done",
+                     "_c": c})
+        if verbose:
+            print(f"  {c.name}: {acc.mean():.3f} ± {acc.std():.3f} ({seconds:.1f}s)")
+
+    # the first (default) head on every kept set; then the rest of the grid, on the set that scored best
+    # first (cross-validation, not LogME, decides the order from here on)
+    for fs in sets:
+        score(Candidate(fs, *grid[0]))
+    first = {r["_c"].features: r["cv_mean"] for r in rows if r["status"] == "done"}
+    sets = sorted(sets, key=lambda fs: -first.get(fs, -1.0))
+    for fs in sets:
+        for fam, params in grid[1:]:
+            if fam != "dense":
+                score(Candidate(fs, fam, params))
+    if flip is not None:
+        done = sorted((r for r in rows if r["status"] == "done"), key=lambda r: -r["cv_mean"])[:2]
+        for r in done:
+            c = r["_c"]
+            score(Candidate(c.features, c.family, c.params, "flip"))
+    for fam, params in grid[1:]:  # the dense head last: Keras fits cost the most
+        for fs in sets[:1] if fam == "dense" else ():
+            score(Candidate(fs, fam, params))
+    scored = [r for r in rows if r["status"] == "done"]
+    best_row = max(scored, key=lambda r: r["cv_mean"])  # max keeps the first of equals: the cheaper one
+    best = best_row["_c"]
+    final = estimator(best).fit(X, y)
+    table = pd.DataFrame([{k: v for k, v in r.items() if k != "_c"} for r in rows])
+    return SelectionResult(table, best, final, scores, time.perf_counter() - start)
