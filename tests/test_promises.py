@@ -312,8 +312,11 @@ def test_advise_through_main(tints, multitap, capsys):
     cache, _, _ = multitap
     code, out, _ = _run(["advise", tints, "--cache", cache, "--large-per-class", "5"], capsys)
     assert code == 0
-    assert re.search(r"^case: large, (similar|different) -> ", out, re.M), out
-    assert re.search(r"^\s+featx finetune \S+ --backbone mobilenet_v2 --unfreeze (top:2|all)\b", out, re.M), out
+    assert re.search(r"case: large, (similar|different) -> ", out), out
+    # issue 16: a large set is sent to fine-tuning only when the best cached probe leaves room (--room)
+    finetune = re.search(r"^\s+featx finetune \S+ --backbone mobilenet_v2 --taps \S+ --unfreeze (top:2|all)\b",
+                         out, re.M)
+    assert bool(finetune) != ("too little room" in out), out
 
 
 @pytest.mark.slow
