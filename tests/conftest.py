@@ -89,6 +89,13 @@ def make_photo(seed: int, size=(48, 64)) -> np.ndarray:
     return cv2.resize(small, (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
 
 
+def tinted(seed, tint, size=(40, 52)) -> np.ndarray:
+    """Photo-like images whose colour cast (channel ``tint``: 0 red, 1 green, 2 blue) carries the class."""
+    img = make_photo(seed, size).astype(np.int16) // 2
+    img[:, :, tint] += 120
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
 def write_image(path: Path, rgb: np.ndarray) -> Path:
     import cv2
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import write_image
 from featx.cli import build_parser, main
 from featx.errors import FeatxError
-from test_fit import tinted
+from conftest import tinted
 
 # ---- help: every option described, every default shown -----------------------------------------------
 

@@ -63,7 +63,7 @@ def engines_only(cache, dest):
 
 @pytest.fixture(scope="module")
 def fast(tmp_path_factory):
-    from test_fit import tinted
+    from conftest import tinted
 
     from featx.fit import fit_head
 

@@ -13,7 +13,7 @@ from featx.extract import extract, load_features
 from featx.finetune import apply_unfreeze, build_model, first_trainable_index
 from featx.fit import fit_head, predict
 from featx.report import write_report
-from test_fit import tinted
+from conftest import tinted
 
 
 @pytest.fixture(scope="module")

@@ -265,7 +265,6 @@ def test_predict_refuses_a_model_keras_without_its_description(tmp_path):
 
 def test_fine_tuning_that_never_beats_the_warm_start_gives_it_back(train_test_data, tmp_path):
     """A learning rate that wrecks the network: the saved model is the warm start, the init head exactly."""
-    from featx.bundle import load_bundle
     from featx.finetune import finetune
     from featx.fit import predict
 

@@ -7,7 +7,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 
-from conftest import make_photo, write_image
+from conftest import make_photo, tinted, write_image
 from featx.advise import advise
 from featx.bundle import load_bundle, save_bundle
 from featx.cli import main
@@ -17,11 +17,6 @@ from featx.fit import fit_head, predict, sweep
 from featx.sklearn_api import FeatureExtractor
 
 
-def tinted(seed, tint, size=(40, 52)):
-    """Photo-like images whose colour cast carries the class."""
-    img = make_photo(seed, size).astype(np.int16) // 2
-    img[:, :, tint] += 120
-    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -200,8 +195,6 @@ def test_sweep_reports_every_tap(data, cache, tmp_path):
 
 
 def test_advise_places_the_dataset_in_a_case(data, cache):
-    import re
-
     from featx.backbones.registry import get_backbone
     from featx.images import load_image
 

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, make_photo, write_image
+from conftest import ROOT, tinted, write_image
 from featx.advise import Advice, advise, measure_taps
 from featx.bundle import load_bundle
 from featx.cli import main
@@ -142,10 +142,6 @@ def test_study_recipe_trains_a_fixed_20_epochs_on_raw_codes():
 
 # ---- the cached route end to end ---------------------------------------------------------------
 
-def tinted(seed, tint, size=(40, 52)):
-    img = make_photo(seed, size).astype(np.int16) // 2
-    img[:, :, tint] += 120
-    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
