@@ -263,7 +263,26 @@ class Head(ClassifierMixin, BaseEstimator):
         return float(search.best_params_["clf__C"])
 
     def fit(self, X, y, validation_data=None):
-        """Fit; ``validation_data=(X_val, y_val)`` drives a dense head's early stopping."""
+        """Fit the scaling and the classifier on CNN codes.
+
+        Parameters
+        ----------
+        X : array-like, shape (n_samples, n_features)
+            CNN codes (any float dtype; computed in float64).
+        y : array-like, shape (n_samples,)
+            Class labels; at least two classes.
+        validation_data : tuple (X_val, y_val), optional
+            Drives a dense head's early stopping; ignored by the other kinds.
+
+        Returns
+        -------
+        self : Head
+
+        Raises
+        ------
+        ValueError
+            Fewer than two classes, an unknown ``kind`` or inconsistent shapes.
+        """
         self._check()
         X, y = validate_data(self, X, y, dtype=np.float64)
         check_classification_targets(y)
@@ -315,11 +334,31 @@ class Head(ClassifierMixin, BaseEstimator):
         return Head(self.kind, self.class_weight, self.l2, self.standardize, self.pca, options, self.random_state)
 
     def predict_proba(self, X):
+        """Class probabilities.
+
+        Parameters
+        ----------
+        X : array-like, shape (n_samples, n_features)
+            CNN codes with as many features as seen in :meth:`fit`.
+
+        Returns
+        -------
+        ndarray, shape (n_samples, n_classes), float64
+            Rows sum to 1; columns follow ``classes_``.
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            Before :meth:`fit`.
+        ValueError
+            A different number of features than in :meth:`fit`.
+        """
         check_is_fitted(self, "pipeline_")
         X = validate_data(self, X, dtype=np.float64, reset=False)
         return self.pipeline_.predict_proba(X)
 
     def predict(self, X):
+        """Most probable class per row: ``(n_samples,)``, values from ``classes_``."""
         proba = self.predict_proba(X)
         return self.classes_[np.argmax(proba, axis=1)]
 
