@@ -44,6 +44,8 @@ class HelpFormatter(argparse.HelpFormatter):
             return text
         if action.nargs == 0 and action.default in (False, None):
             return f"{text} (default: off)"
+        if isinstance(action, argparse.BooleanOptionalAction) and action.default in (True, False):
+            return f"{text} (default: {'on' if action.default else 'off'})"
         if action.default is None:
             return text  # the help must say what happens; the --help test catches a missing default
         value = ",".join(map(str, action.default)) if isinstance(action.default, (list, tuple)) else action.default
@@ -695,14 +697,14 @@ def build_parser() -> FeatxParser:
                         "with their probabilities averaged")
     p.add_argument("--tta", default="none", choices=["none", "flip", "views"],
                    help="flip: train on each image and its mirror and average both (one more cached view); "
-                        "views: train on and average the --views K (default 4) augmented views")
+                        "views: train on and average the cached augmented views (extract --views K)")
     p.add_argument("--budget", type=positive_float, default=None, metavar="SECONDS",
                    help="time for --head auto's search (default: 45)")
     p.add_argument("--refit", action=argparse.BooleanOptionalAction, default=True,
                    help="train the final model on train+val once validation has chosen C or epochs; "
                         "--no-refit keeps the model trained on train alone")
     p.add_argument("--recipe", default="default", choices=["default", "study"],
-                   help="the dense head's settings: featx's measured defaults, or the study's exactly (raw "
+                   help="the dense head's settings: featx's measured ones, or the study's exactly (raw "
                         "codes, RMSprop 1e-3, 20 epochs)")
     _class_weight_option(p, "none")
     p.add_argument("--l2", action=argparse.BooleanOptionalAction, default=None,
@@ -721,7 +723,7 @@ def build_parser() -> FeatxParser:
                 description="Classify images with a bundle and print (or write) a CSV of predictions. A folder "
                             "of class folders adds a true_label column and the accuracy with its 95% interval. "
                             + EXIT_STATUS)
-    p.add_argument("bundle", metavar="BUNDLE", help="model.featx from fit-head, or model.keras from finetune")
+    p.add_argument("bundle", metavar="BUNDLE", help="model.featx from fit-head, or model.keras from finetune or baseline")
     p.add_argument("images", nargs="+", metavar="IMAGES_OR_DIR", help="image files or folders")
     _out_option(p, "print the CSV", metavar="FILE")
     p.add_argument("--top", type=positive_int, default=None, metavar="K",
@@ -830,7 +832,7 @@ def build_parser() -> FeatxParser:
     p.set_defaults(func=cmd_report)
 
     p = command("serve", "a web page and JSON API that classify uploaded images with a bundle")
-    p.add_argument("bundle", metavar="BUNDLE", help="model.featx from fit-head, or model.keras from finetune")
+    p.add_argument("bundle", metavar="BUNDLE", help="model.featx from fit-head, or model.keras from finetune or baseline")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
     p.add_argument("--port", type=port_number, default=8000, help="TCP port")
     p.add_argument("--top", type=positive_int, default=5, metavar="K", help="classes returned per image")

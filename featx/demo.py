@@ -54,12 +54,12 @@ def run_demo(out_dir="featx-out/demo", backbone: str = DEFAULT_BACKBONE, cache_d
     echo(f"$ featx extract {data} --backbone {backbone}")
     report = extract(data, backbone=backbone, cache_dir=cache_dir, weights=weights)
     echo(report.summary())
-    echo(f"$ featx fit-head {data} --backbone {backbone} --head {head}")
+    echo(f"$ featx fit-head {data} --backbone {backbone} --head {head} --out {out_dir / f'digits-{backbone}-{head}'}")
     result = fit_head(data, backbone=backbone, head=head, cache_dir=cache_dir, weights=weights,
                       out_dir=out_dir / f"digits-{backbone}-{head}")
     echo(result.report)
     csv = out_dir / "predictions.csv"
-    echo(f"$ featx predict {result.bundle} {unseen} --out {csv}")
+    echo(f"$ featx predict {result.bundle} {unseen} --top 3 --out {csv}")
     table = predict(result.bundle, [unseen], out=csv, top=3, cache_dir=cache_dir, weights=weights)
     truth = table["id"].str.rsplit("_is_", n=1).str[1]
     right = int((truth == table["predicted"].astype(str)).sum())
