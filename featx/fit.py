@@ -234,6 +234,9 @@ def fit_head(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), head="logist
         chosen = {"candidate": selection.best.name}
         if "val" not in fit_splits and n["val"]:
             val_acc = _accuracy(final, *parts["val"])
+        else:  # validation rows were in the CV folds: the chosen candidate's CV accuracy is the estimate
+            t = selection.table
+            val_acc = float(t.loc[t["candidate"] == selection.best.name, "cv_mean"].iloc[0])
     else:
         one_block = len(names) == 1 and not flip
         if one_block:
@@ -271,7 +274,7 @@ def fit_head(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), head="logist
     summary = accuracy_summary(ye, pred)
     dataset_name = codes.name
     accuracy = {"train": _accuracy(final, *parts["train"]),
-                "val": val_acc if "val" not in fit_splits or head != "auto" else None,
+                "val": val_acc,
                 "test": summary["accuracy"] if eval_split == "test" else None}
     if eval_split == "val":
         accuracy["val"] = summary["accuracy"]
@@ -289,7 +292,9 @@ def fit_head(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), head="logist
         "chosen": chosen,
         "accuracy": accuracy,
         "val_note": ("validation accuracy of the model trained on train alone, before the refit on train+val"
-                     if "val" in fit_splits and head != "auto" else None),
+                     if "val" in fit_splits and head != "auto" else
+                     "the chosen candidate's 3-fold cross-validated accuracy on train+val (what selected it)"
+                     if "val" in fit_splits else None),
         "evaluated_on": eval_split,
         eval_split: {k: v for k, v in summary.items() if k != "text"},
         "per_class": {c: {"precision": report[c]["precision"], "recall": report[c]["recall"],

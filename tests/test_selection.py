@@ -217,6 +217,11 @@ def test_fit_head_auto_saves_the_selection_table(data, cache, tmp_path):
     assert table.loc[table["head"] == "dense", "status"].tolist() == ["skipped"]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["head"] == "auto" and metrics["refit"] and "cv" in metrics
+    # the report ranks runs by validation accuracy: for auto that is the chosen candidate's CV accuracy
+    chosen = table.loc[table["candidate"] == metrics["chosen"]["candidate"], "cv_mean"].iloc[0]
+    assert metrics["accuracy"]["val"] == pytest.approx(chosen)
+    runs = pd.read_csv(cache / "runs.csv")
+    assert runs.iloc[-1]["head"] == "auto" and runs.iloc[-1]["val_acc"] == pytest.approx(chosen, abs=1e-4)
 
 
 # ---- advise ------------------------------------------------------------------------------------
