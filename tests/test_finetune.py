@@ -201,8 +201,28 @@ def test_finetune_cli_end_to_end_and_predict_keras_model(data, cache, tmp_path, 
         assert (out / name).exists(), name
     runs = pd.read_csv(cache / "runs.csv")
     assert runs.iloc[-1]["route"] == "finetune"
+    from featx.fit import labelled_codes
+
+    # the fine-tune is judged on the cached route's stored split: same split id in the runs log
+    assert runs.iloc[-1]["split_id"] == labelled_codes(data, cache_dir=cache).split_id
     table = predict(out / "model.keras", [data / "green"], top=2)
     assert len(table) == 6 and set(table["predicted"]) <= {"red", "green", "blue"}
+    # --init-head: a second run starts from the first run's dense head instead of training one
+    init = out / "init-head" / "model.featx"
+    assert init.exists()
+    out2 = tmp_path / "ft2"
+    assert main(["finetune", str(data), "--cache", str(cache), "--epochs", "1", "--batch-size", "8",
+                 "--unfreeze", "top:1", "--init-head", str(init), "--out", str(out2)]) == 0
+    assert not (out2 / "init-head").exists() and (out2 / "model.keras").exists()
+
+
+def test_default_unfreeze_policy_per_family():
+    from featx.finetune import default_policy
+
+    # the study's policies for VGG and Inception/Xception; the top two stages elsewhere
+    assert [default_policy(b) for b in ("vgg16", "vgg19", "inception_v3", "xception")] == \
+        ["all", "all", "from:94", "from:94"]
+    assert {default_policy(b) for b in ("mobilenet_v2", "efficientnet_lite0", "resnet50")} == {"top:2"}
 
 
 @pytest.mark.slow
