@@ -256,3 +256,13 @@ def test_demo_runs_the_main_job_end_to_end(tmp_path):
     assert len(result["predictions"]) == 20 and result["unseen_correct"] >= 8  # 10 classes: chance is 2/20
     assert (tmp_path / "demo" / "predictions.csv").exists()
     assert result["fit"].metrics["n"]["train"] > 0
+
+
+def test_demo_through_main_writes_what_it_names(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--cache", str(tmp_path / "cache"), "--per-class", "5"]) == 0
+    text = capsys.readouterr().out
+    for name in ("model.featx", "metrics.json", "confusion.png", "predictions.csv"):
+        found = list(out.rglob(name))
+        assert found and str(found[0]) in text, name  # written, and named in the outputs it prints
+    assert "unseen images:" in text and "$ featx predict" in text
