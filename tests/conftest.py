@@ -159,3 +159,31 @@ def engine(request, monkeypatch):
         request.getfixturevalue("shared_engines")
     monkeypatch.setenv("FEATX_ENGINE", request.param)
     return request.param
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(server):
+    """Run a ``uvicorn.Server`` in a daemon thread until its ``/health`` answers; returns (thread, url)."""
+    import threading
+    import time
+
+    import httpx
+
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://{server.config.host}:{server.config.port}"
+    for _ in range(200):
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.05)
+    return thread, url

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import make_photo, write_image
+from conftest import free_port, make_photo, start_server, write_image
 from featx.images import DECODE_BUDGET, ImageError, decode, decode_cost, header, load_image, read_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -521,35 +521,21 @@ def fake_predictor(slow: float = 0.0):
     return p
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def hardened():
-    httpx = pytest.importorskip("httpx", reason="the serve tests need httpx (dev extra)")
+    pytest.importorskip("httpx", reason="the serve tests need httpx (dev extra)")
     uvicorn = pytest.importorskip("uvicorn", reason="featx serve needs its extra: pip install 'featx[serve]'")
     from featx.serve import create_app, server_config
 
     predictor = fake_predictor(slow=0.3)
     app = create_app(predictor, top=2, max_bytes=2_000_000, body_timeout=2.0, cors="https://friend.example",
                      decode_slots=2, max_pending=16, max_buffered=4_000_000)
-    port = _free_port()
+    port = free_port()
     records = []
     handler = logging.Handler()
     handler.emit = records.append
     srv = uvicorn.Server(server_config(app, "127.0.0.1", port, header_timeout=1.5))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.05)
+    thread, url = start_server(srv)
     logging.getLogger("uvicorn.error").addHandler(handler)
     yield url, port, predictor, records
     logging.getLogger("uvicorn.error").removeHandler(handler)

@@ -1,24 +1,15 @@
 import io
-import socket
-import threading
-import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import require_extra, write_image
+from conftest import free_port, require_extra, start_server, write_image
 from test_fit import tinted
 
 httpx = require_extra("httpx", "the serve tests' client")
 require_extra("uvicorn", "featx serve")
 require_extra("starlette", "featx serve")
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _jpeg(rgb):
@@ -40,17 +31,9 @@ def server(tmp_path_factory):
             write_image(root / "data" / name / f"{i}.jpg", tinted(200 + 10 * c + i, c))
     result = fit_head(root / "data", cache_dir=root / "cache", out_dir=root / "out")
     app = create_app(Predictor(result.bundle, engine="keras"), top=3, max_bytes=200_000)
-    port = _free_port()
+    port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.05)
+    thread, url = start_server(srv)
     yield url, root
     srv.should_exit = True
     thread.join(timeout=10)
