@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, make_photo, write_image
+from conftest import ROOT, free_port, make_photo, write_image
 from featx.cli import main
 from test_fit import tinted
 
@@ -267,33 +267,44 @@ def _jpeg(rgb) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.skip(reason="under capsys, serve through main() ends with 'I/O operation on closed file' from a context manager's exit (uvicorn.Config rebinds logging to the captured stream); passes with -s; to be traced")
-def test_serve_model_keras_through_main(finetuned_like, monkeypatch, capsys):
+@pytest.mark.slow
+def test_serve_model_keras_through_main(finetuned_like, tmp_path):
+    """``featx serve model.keras`` as a user runs it: a real process (main() behind ``python -m featx.cli``),
+    a real port, then /health and a two-file /predict answered by the fine-tuned model itself.
+
+    A subprocess rather than main() in this process: uvicorn configures logging on the process's streams,
+    which pytest's capture swaps and closes under it."""
     from conftest import require_extra
 
     require_extra("starlette", "featx serve")
-    uvicorn = require_extra("uvicorn", "featx serve")
-    require_extra("httpx", "starlette's test client")
-    from starlette.testclient import TestClient
+    require_extra("uvicorn", "featx serve")
+    httpx = require_extra("httpx", "the HTTP client of this test")
 
-    started = {}
-
-    def run(server, sockets=None):  # stands in for the event loop: record what would be served, return at once
-        started.update(app=server.config.app, host=server.config.host, port=server.config.port,
-                       bound=[s.getsockname()[1] for s in sockets or ()])
-
-    monkeypatch.setattr(uvicorn.Server, "run", run)
-    code, out, _ = _run(["serve", finetuned_like, "--engine", "keras", "--port", "0", "--top", "2"], capsys)
-    assert code == 0 and started["host"] == "127.0.0.1" and started["port"] == 0 and started["bound"][0] > 0
-    assert "mobilenet_v2" in out and "ready" in out
-    client = TestClient(started["app"], base_url="http://127.0.0.1")  # serve on loopback checks the Host header
-    health = client.get("/health").json()
-    assert health["classes"] == ["red", "green", "blue"] and health["backbone"] == "mobilenet_v2"
-    files = [("file", ("g.jpg", _jpeg(tinted(801, 1)), "image/jpeg")),
-             ("file", ("b.jpg", _jpeg(tinted(802, 2)), "image/jpeg"))]
-    body = client.post("/predict", files=files).json()
-    assert [r["predicted"] for r in body["results"]] == ["green", "blue"]
-    assert len(body["results"][0]["top"]) == 2
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([PY, "-m", "featx.cli", "serve", str(finetuned_like), "--engine", "keras",
+                             "--port", str(port), "--top", "2", "--cache", str(tmp_path / "cache")],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, seen = time.monotonic() + 240, []
+        while time.monotonic() < deadline and not (seen and "ready" in seen[-1]):
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                pytest.fail(f"serve exited {proc.returncode}: {''.join(seen)}")
+            seen.append(line)
+        out = "".join(seen)
+        assert "mobilenet_v2" in out and f"http://127.0.0.1:{port}/" in seen[-1], out
+        url = f"http://127.0.0.1:{port}"
+        health = httpx.get(url + "/health", timeout=30).json()
+        assert health["classes"] == ["red", "green", "blue"] and health["backbone"] == "mobilenet_v2"
+        files = [("file", ("g.jpg", _jpeg(tinted(801, 1)), "image/jpeg")),
+                 ("file", ("b.jpg", _jpeg(tinted(802, 2)), "image/jpeg"))]
+        body = httpx.post(url + "/predict", files=files, timeout=60).json()
+        assert [r["predicted"] for r in body["results"]] == ["green", "blue"], body
+        assert len(body["results"][0]["top"]) == 2
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 # ---- every subcommand once through main() -------------------------------------------------------------
