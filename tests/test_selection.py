@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, tinted, write_image
+from conftest import ROOT, make_photo, tinted, write_image
 from featx.advise import Advice, advise, measure_taps
 from featx.bundle import load_bundle
 from featx.cli import main
@@ -202,6 +202,70 @@ def test_two_backbones_with_flip_predict_the_same_labels_in_predict_and_serve(da
     assert list(served) == list(table["predicted"])
     np.testing.assert_allclose(proba.max(axis=1), table["probability"], atol=2e-3)
     assert (table["predicted"] == [p.split("/")[-2] for p in table["file"]]).mean() >= 0.9
+
+
+def test_fuse_mean_averages_the_single_backbone_heads_through_main(data, cache, tmp_path):
+    """--fuse mean: one head per backbone, trained as that backbone's own head, probabilities averaged."""
+    backbones = ("mobilenet_v2", "efficientnet_lite0")
+    code = main(["fit-head", str(data), "--cache", str(cache), "--backbone", ",".join(backbones), "--fuse", "mean",
+                 "--head", "logistic", "--out", str(tmp_path / "mean")])
+    assert code == 0
+    metrics = json.loads((tmp_path / "mean" / "metrics.json").read_text())
+    assert metrics["fuse"] == "mean" and metrics["backbones"] == list(backbones)
+    singles = [fit_head(data, backbone=b, head="logistic", cache_dir=cache, out_dir=tmp_path / b).bundle
+               for b in backbones]
+    fused = predict(tmp_path / "mean" / "model.featx", [data], cache_dir=cache)
+    alone = [predict(b, [data], cache_dir=cache) for b in singles]
+    assert list(fused["file"]) == list(alone[0]["file"]) == list(alone[1]["file"])
+    columns = [c for c in fused.columns if c.startswith("p_")]
+    expected = (alone[0][columns].to_numpy() + alone[1][columns].to_numpy()) / 2
+    np.testing.assert_allclose(fused[columns].to_numpy(), expected, atol=1e-5)
+    assert list(fused["predicted"]) == [c[2:] for c in np.asarray(columns)[expected.argmax(axis=1)]]
+
+
+@pytest.fixture(scope="module")
+def unclear(tmp_path_factory):
+    """Random photos under arbitrary labels: predictions near chance, so averaging views changes some."""
+    root = tmp_path_factory.mktemp("unclear") / "unclear"
+    for i in range(45):
+        write_image(root / "abc"[i % 3] / f"{i}.jpg", make_photo(900 + i, (40, 48)))
+    return root
+
+
+def test_fit_head_tta_views_trains_on_the_views_and_scores_their_mean(unclear, cache, tmp_path):
+    """--tta views: the head sees every cached augmented view as a training row, and the test accuracy it
+    reports is that of the mean over the image and its views (what predict --tta views gives)."""
+    from featx.fit import labelled_codes
+
+    data = unclear
+
+    code = main(["fit-head", str(data), "--cache", str(cache), "--head", "logistic", "--tta", "views",
+                 "--out", str(tmp_path)])
+    assert code == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["tta"] == "views" and metrics["views"] == 4 and metrics["refit"]
+    bundle = load_bundle(tmp_path / "model.featx")
+    n = metrics["n"]
+    assert bundle.head.pipeline_.named_steps["scale"].n_samples_seen_ == 5 * (n["train"] + n["val"])
+    codes = labelled_codes(data, cache_dir=cache, views=4)
+    test = codes.split == "test"
+    X, V = codes.features.X()[test], codes.features.X_views()[test]  # (n, d), (n, 4, d)
+    proba = bundle.head.predict_proba(X) + bundle.head.predict_proba(V.reshape(-1, V.shape[-1])).reshape(
+        len(X), 4, -1).sum(axis=1)
+    expected = np.asarray(bundle.head.classes_)[proba.argmax(axis=1)]
+    def recalls(pred):  # what metrics.json records of the test predictions
+        truth = codes.y[test]
+        precision = [float((truth[pred == c] == c).mean()) if (pred == c).any() else 0.0 for c in "abc"]
+        recall = [float((pred[truth == c] == c).mean()) for c in "abc"]
+        return [int((pred == truth).sum())] + [round(v, 6) for v in precision + recall]
+
+    assert recalls(bundle.head.predict(X)) != recalls(expected)  # else this test could not tell the two apart
+    per_class = metrics["per_class"]
+    assert [metrics["test"]["correct"]] + [round(per_class[c][k], 6) for k in ("precision", "recall") for c in "abc"] \
+        == recalls(expected)
+    table = predict(bundle, [data], cache_dir=cache, tta="views").set_index("file")
+    files = [str(p) for p in np.asarray(codes.features.paths)[test]]
+    assert list(table.loc[files, "predicted"]) == list(expected)
 
 
 def test_fit_head_auto_saves_the_selection_table(data, cache, tmp_path):
