@@ -150,7 +150,7 @@ class Recipe:
 
 RECIPES = {
     # chosen from measurements on cifar10_3k and flowers5 (scripts/bench_finetune.py; README)
-    "default": Recipe("default", epochs=4, batch_size=32, learning_rate=1e-4, optimizer="adamw", schedule="cosine",
+    "default": Recipe("default", epochs=6, batch_size=32, learning_rate=1e-4, optimizer="adamw", schedule="cosine",
                       augment="light", patience=2, warmup=0.25, weight_decay=1e-4, label_smoothing=0.1),
     # Keras 1.2.2 study: SGD(lr=1e-4, momentum=0.9), ImageDataGenerator as in featx.augment.STUDY
     "study": Recipe("study", epochs=10, batch_size=16, learning_rate=1e-4, optimizer="sgd", schedule="constant",

@@ -27,6 +27,10 @@ SUMMARY_COLUMNS = ["dataset", "split_id", "backbone", "route", "head", "taps", "
                    "val_acc", "test_acc", "test_low", "test_high", "seconds", "output"]
 
 
+#: Columns of the runs log that hold numbers (counts, accuracies, seconds).
+NUMERIC_RUN_COLUMNS = ["n_train", "n_val", "n_test", "train_acc", "val_acc", "test_acc", "extract_s", "fit_s"]
+
+
 def _count(value) -> int | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else int(value)
 
@@ -46,7 +50,8 @@ def read_runs(runs_csv):
     FileNotFoundError
         No such file.
     ValueError
-        The log has no runs.
+        The log has no runs, or a row whose counts, accuracies or seconds are not numbers (a stray
+        header line from concatenating two logs, a hand edit): the message names its line.
     """
     import pandas as pd
 
@@ -59,6 +64,14 @@ def read_runs(runs_csv):
     for column in RUN_COLUMNS:
         if column not in runs:
             runs[column] = np.nan
+    for column in NUMERIC_RUN_COLUMNS:
+        values = pd.to_numeric(runs[column], errors="coerce")
+        bad = values.isna() & runs[column].notna()
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ValueError(f"line {row + 2}: {column} is {runs[column].iloc[row]!r}, not a number; "
+                             f"remove or fix that line ({int(bad.sum())} such line(s))")
+        runs[column] = values
     runs["split_id"] = runs["split_id"].astype(str)
     return runs
 

@@ -13,6 +13,8 @@ Sections:
     and its ratio to that engine's bare network; LiteRT with the default decode pool and with
     the former fixed 2 threads; codes of each engine against Keras
   - the study's naive loop (decode one, predict one)
+  - ``--ray``: ``extract(..., engine=RayEngine())`` on a local Ray cluster (start-up included, as a user
+    sees it) against the LiteRT end-to-end rate of the same run
   - memory: peak RSS of whole extract processes over N and 8N tiny images with a stub engine
     (the pipeline, journal and cache alone: the network's own memory is constant), so growth in
     the number of images is visible
@@ -129,6 +131,33 @@ def rate(fn, images: int, repeats: int) -> float:
     return statistics.median(values)
 
 
+def ray_section(data, config, n, bs, repeats, tmp, litert_e2e) -> None:
+    """Whole ``extract`` calls on a local Ray cluster, each into an empty cache, cluster start-up included."""
+    import ray
+
+    from featx.engines.ray import RayEngine
+
+    rates, starts = [], []
+    for r in range(repeats):
+        cache = tmp / f"cache-ray{r}"
+        t0 = time.perf_counter()
+        report = extract(data, config, cache_dir=cache, batch_size=bs, progress=False, engine=RayEngine())
+        seconds = time.perf_counter() - t0
+        assert report.computed == n - len(report.failures), report.summary()
+        rates.append(n / seconds)
+        ray.shutdown()  # the next call starts its own cluster, as a new process would
+        t0 = time.perf_counter()
+        ray.init(num_cpus=available_cores(), include_dashboard=False, log_to_driver=False)
+        starts.append(time.perf_counter() - t0)
+        ray.shutdown()
+    ray_rate = statistics.median(rates)
+    print(f"\nfeatx extract --engine ray, local cluster, 1 worker, whole call into an empty cache (median of "
+          f"{repeats}): {ray_rate:.1f} img/s"
+          + (f", {ray_rate / litert_e2e:.2f}x the LiteRT engine's end-to-end {litert_e2e:.1f} img/s (same run)"
+             if litert_e2e else "")
+          + f"; starting a local Ray cluster alone: median {statistics.median(starts):.1f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None)
@@ -143,6 +172,8 @@ def main() -> None:
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--memory-only", action="store_true", help="only the memory section (no network is built)")
     ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--ray", action="store_true",
+                    help="also time featx extract on a local Ray cluster (extra featx[ray]), whole call")
     ap.add_argument("--engines", default="keras,litert", help="comma-separated engines to time")
     ap.add_argument("--workers", default=None,
                     help="comma-separated decode thread counts for the decode-only table "
@@ -272,6 +303,9 @@ def main() -> None:
         best = max(med[f"e2e {e}"] for e in engines)
         print(f"\nnaive loop (decode one, predict one, Keras, {len(few)} images): {naive:.1f} img/s; featx "
               f"(fastest engine, {best:.1f} img/s) {best / naive:.1f}x")
+
+    if args.ray:
+        ray_section(data, config, n, bs, args.repeats, tmp, med.get("e2e litert"))
 
     if not args.skip_memory:
         memory_section(args.memory_images, tmp)

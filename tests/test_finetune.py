@@ -188,6 +188,20 @@ def test_report_renders_from_a_hand_made_runs_csv(tmp_path):
     assert table.loc[("dogs", "vgg16", "finetune"), "test_acc"] == pytest.approx(0.63)
 
 
+def test_report_on_two_concatenated_runs_logs_names_the_stray_header_line(tmp_path, capsys):
+    """`cat a/runs.csv b/runs.csv > all.csv` leaves b's header as a row: one error line naming it, no traceback."""
+    row = dict(time="t", dataset="dogs", route="cached", backbone="vgg16", taps="stage5", head="logistic",
+               split_id="s1", n_train=8, n_val=2, n_test=4, train_acc=1.0, val_acc=0.5, test_acc=0.5,
+               extract_s=1.0, fit_s=1.0, output="")
+    one = pd.DataFrame([row]).to_csv(index=False)
+    (tmp_path / "all.csv").write_text(one + one)  # header, row, header again, row
+    code = main(["report", "--runs", str(tmp_path / "all.csv"), "--out", str(tmp_path / "report")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "all.csv" in lines[0] and "line 3: n_train is 'n_train', not a number" in lines[0]
+
+
 @pytest.mark.slow
 def test_finetune_cli_end_to_end_and_predict_keras_model(data, cache, tmp_path, capsys):
     out = tmp_path / "ft"
