@@ -23,7 +23,7 @@ from featx.cache import default_cache_dir
 from featx.datasets import Dataset, Split, discover, from_paths
 from featx.errors import FeatxError
 from featx.extract import Features, load_features
-from featx.heads import make_head
+from featx.heads import fit_with_copies, make_head
 from featx.stats import format_accuracy, small_test_warning, wilson_interval
 from featx.runs import append_run, plot_confusion, plot_sweep, runs_log_path
 
@@ -211,14 +211,21 @@ def fit_head(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), head="logist
     n = {s: int(masks[s].sum()) for s in SPLITS}
 
     def with_views(names_of_splits):
-        """Design rows of these splits, plus their augmented views (views > 0, one backbone only)."""
+        """Design rows of these splits and their augmented views as copies (views > 0, one backbone only):
+        ``(X, y, X_copies, y_copies)``."""
         mask = np.isin(split, names_of_splits)
         X, y = X_all[mask], y_all[mask]
         if views and len(backbones) == 1 and not flip:
             V = codes.features.X_views(taps)[rows[0]][mask]
-            X = np.concatenate([X, V.reshape(-1, V.shape[-1])])
-            y = np.concatenate([y, np.repeat(y, V.shape[1])])
-        return X, y
+            return X, y, V.reshape(-1, V.shape[-1]), np.repeat(y, V.shape[1])
+        return X, y, X[:0], y[:0]
+
+    def fit_rows(est, names_of_splits, validation_data=None):
+        """Fit ``est`` on these splits' rows; views are copies, so a C chosen by CV is chosen on the images."""
+        X, y, Xc, yc = with_views(names_of_splits)
+        if isinstance(est, BlockHead):
+            return est.fit(X, y, validation_data=validation_data, copies=(Xc, yc) if len(yc) else None)
+        return fit_with_copies(est, X, y, Xc, yc, validation_data=validation_data)
 
     fit_splits = ["train", "val"] if refit and n["val"] else ["train"]
     selection = None
@@ -249,15 +256,13 @@ def fit_head(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), head="logist
             groups = [[r] for r in rng] if fuse == "mean" else [rng]
             fgroups = [[(a + total, b + total) for a, b in g] for g in groups] if flip else None
             estimator = BlockHead(model, groups, fgroups)
-        Xtr, ytr = with_views(["train"])
         Xv, yv = parts["val"]
-        estimator.fit(Xtr, ytr, validation_data=(Xv, yv) if len(yv) else None)
+        estimator = fit_rows(estimator, ["train"], (Xv, yv) if len(yv) else None)
         val_acc = _accuracy(estimator, Xv, yv)
         chosen = getattr(estimator, "chosen_", {})
         final = estimator
         if "val" in fit_splits:
-            Xf, yf = with_views(fit_splits)
-            final = estimator.frozen().fit(Xf, yf)
+            final = fit_rows(estimator.frozen(), fit_splits)
     fit_seconds = time.perf_counter() - start
 
     eval_split = "test" if n["test"] else "val"

@@ -51,7 +51,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from featx.errors import FeatxError
-from featx.heads import Head
+from featx.heads import Head, fit_with_copies
 
 #: Default time budget of ``--head auto`` in seconds: about 1,000 images on two cores fit in it.
 DEFAULT_BUDGET = 45.0
@@ -185,7 +185,12 @@ class BlockHead(ClassifierMixin, BaseEstimator):
     def _take(X, ranges):
         return np.concatenate([X[:, a:b] for a, b in ranges], axis=1) if len(ranges) > 1 else X[:, ranges[0][0]:ranges[0][1]]
 
-    def fit(self, X, y, validation_data=None):
+    def fit(self, X, y, validation_data=None, copies=None):
+        """Fit one head per group.
+
+        ``copies``: optional ``(X_copies, y_copies)``, augmented copies of the rows (cached views) in
+        the same columns: trained on, but C is chosen on the originals (:func:`featx.heads.fit_with_copies`).
+        """
         X, y = validate_data(self, X, y, dtype=np.float64)
         check_classification_targets(y)
         groups = self._groups(X.shape[1])
@@ -197,15 +202,26 @@ class BlockHead(ClassifierMixin, BaseEstimator):
         self.heads_ = []
         for i, (est, ranges) in enumerate(zip(heads, groups)):
             est = clone(est if est is not None else Head())
-            Xg, yg = self._take(X, ranges), y
-            if self.flip_groups is not None:
-                Xg = np.concatenate([Xg, self._take(X, self.flip_groups[i])])
-                yg = np.concatenate([y, y])
+            Xg = self._take(X, ranges)
+            val = None
             if validation_data is not None and _accepts_validation(est):
                 Xv, yv = validation_data
-                est.fit(Xg, yg, validation_data=(self._take(np.asarray(Xv, dtype=np.float64), ranges), yv))
+                val = (self._take(np.asarray(Xv, dtype=np.float64), ranges), yv)
+            extra = []  # copies of the rows: mirrors (flip TTA) and augmented views; C is chosen on the originals
+            if self.flip_groups is not None:
+                extra.append((self._take(X, self.flip_groups[i]), y))
+            if copies is not None:
+                Xc = np.asarray(copies[0], dtype=np.float64)
+                extra.append((self._take(Xc, ranges), np.asarray(copies[1])))
+                if self.flip_groups is not None:
+                    extra.append((self._take(Xc, self.flip_groups[i]), np.asarray(copies[1])))
+            if extra:
+                est = fit_with_copies(est, Xg, y, np.concatenate([e[0] for e in extra]),
+                                      np.concatenate([e[1] for e in extra]), validation_data=val)
+            elif val is not None:
+                est.fit(Xg, y, validation_data=val)
             else:
-                est.fit(Xg, yg)
+                est.fit(Xg, y)
             self.heads_.append(est)
         self.classes_ = self.heads_[0].classes_
         self.chosen_ = [getattr(h, "chosen_", {}) for h in self.heads_]

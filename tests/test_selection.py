@@ -354,3 +354,25 @@ def test_logme_matches_the_published_algorithm(n, d):
     X = rng.normal(size=(n, d))
     X[y == "b", 0] += 1.0
     assert logme(X, y) == pytest.approx(_logme_reference(X, y), rel=1e-6, abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["logistic", "linear_svm"])
+def test_copies_of_rows_do_not_leak_into_the_choice_of_C(kind):
+    """Training on mirrors or views: C is chosen on the originals, as if the copies were not there.
+
+    With exact copies (the worst case of a mirror), CV over originals+copies scores each image against
+    its own copy and picks the weakest regularisation; on the originals it picks what the data supports."""
+    from featx.heads import fit_with_copies
+
+    rng = np.random.default_rng(3)
+    y = np.repeat(["a", "b"], 30)
+    X = rng.normal(size=(60, 40))
+    X[:, 0] += np.where(y == "a", 0.6, -0.6)  # a weak signal in a lot of noise: strong regularisation wins
+    honest = Head(kind).fit(X, y).chosen_["C"]
+    leaked = Head(kind).fit(np.concatenate([X, X]), np.concatenate([y, y])).chosen_["C"]
+    assert leaked > honest  # else this data could not tell the two apart
+    trained = fit_with_copies(Head(kind), X, y, X, y)
+    assert trained.chosen_["C"] == honest
+    # the mirrored view of a flip-TTA head is such a copy
+    block = BlockHead(Head(kind), [[(0, 40)]], [[(40, 80)]]).fit(np.concatenate([X, X], axis=1), y)
+    assert block.heads_[0].chosen_["C"] == honest
