@@ -384,6 +384,10 @@ def cmd_predict(args) -> int:
         warning = small_test_warning(len(table), int(per_class.min()) if len(per_class) else None)
         if warning:
             print(warning)
+        seen = table.attrs.get("seen_in_training", 0)
+        if seen:
+            print(f"warning: {seen} of these {len(table)} images were in the model's own train/val split, so this "
+                  "accuracy is not a held-out estimate; the test accuracy fit-head printed is")
     for path, reason in table.attrs["failures"]:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     return 3 if table.attrs["failures"] else 0

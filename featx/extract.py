@@ -482,7 +482,7 @@ def _run(config, runner, items, cache, batch_size, workers, progress, flush_rows
 def load_features(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), pooling: str = "avg",
                   cache_dir=None, dtype: str = "float32", weights="imagenet", extract_missing: bool = True,
                   views: int = 0, val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0,
-                  flip: bool = False, **extract_options) -> Features:
+                  flip: bool = False, split: bool = True, **extract_options) -> Features:
     """The cached codes of ``data`` (extracting what is missing first, by default), with fit-head's split.
 
     Parameters
@@ -502,6 +502,9 @@ def load_features(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), 
         The split, exactly as ``featx fit-head`` makes it (:func:`featx.datasets.make_split`):
         for labelled data ``Features.split`` holds 'train' / 'val' / 'test' per row and
         ``Features.split_id`` its id, the same stored assignment the CLI uses.
+    split : bool
+        False: no split, only codes and labels (``predict`` on a labelled folder needs no split, and
+        a folder with two images of a class could not be split).
 
     Returns
     -------
@@ -548,8 +551,8 @@ def load_features(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), 
     labels = dataset.labels[ok] if dataset.labels is not None else None
     given = dataset.splits[ok] if dataset.splits is not None else None
     paths = [dataset.paths[i] for i in ok]
-    split = None
-    if labels is not None and ok:
+    want_split, split = split, None
+    if want_split and labels is not None and ok:
         split = make_split(ok_keys, labels, given, val_fraction, test_fraction, seed,
                            store=cache_dir or default_cache_dir(), class_names=dataset.class_names, paths=paths)
     return Features(

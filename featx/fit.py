@@ -457,7 +457,7 @@ def predict(bundle, images, top: int | None = None, out=None, cache_dir=None, tr
     flip = tta == "flip" or bundle.needs_flip()
     feats = [load_features(dataset, ext["backbone"], ext["taps"], ext["pooling"], cache_dir, ext["dtype"],
                            extractor_weights(bundle, weights if i == 0 else None, ext), views=views, flip=flip,
-                           **extract_options) for i, ext in enumerate(extractors)]
+                           split=False, **extract_options) for i, ext in enumerate(extractors)]
     index = [{str(p): j for j, p in enumerate(f.paths)} for f in feats]
     paths = [p for p in feats[0].paths if all(str(p) in ix for ix in index[1:])]
     failures = list(dict.fromkeys((str(p), r) for f in feats for p, r in f.failures))
@@ -480,7 +480,29 @@ def predict(bundle, images, top: int | None = None, out=None, cache_dir=None, tr
     table = prediction_table(paths, proba, classes, top, out,
                              true_labels=None if labels is None else np.asarray(labels)[first])
     table.attrs["failures"] = failures
+    table.attrs["seen_in_training"] = seen_in_training(bundle, [feats[0].keys[i] for i in first], cache_dir)
     return table
+
+
+def seen_in_training(bundle: Bundle, keys: list, cache_dir=None) -> int:
+    """How many of these images (content keys) the bundle's head was fitted or validated on.
+
+    Why: an accuracy ``predict`` prints on a labelled folder is a held-out estimate only when none
+    of its images were in the bundle's train or val split; a copy under another name is the same
+    content key.  Reads the stored split (``cache/splits/<split_id>.json``); 0 when the bundle names
+    no split or the split is not stored in this cache folder (nothing to compare against).
+    """
+    sid = getattr(bundle, "split_id", None)
+    path = Path(cache_dir or default_cache_dir()) / "splits" / f"{sid}.json"
+    if not sid or not path.is_file():
+        return 0
+    try:
+        assignments = json.loads(path.read_text())["assignments"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+    # a unit is a content key, or "<split folder>/<key>" when the dataset came in split folders
+    fitted = {unit.rsplit("/", 1)[-1] for unit, part in assignments.items() if part in ("train", "val")}
+    return sum(1 for k in keys if k is not None and k in fitted)
 
 
 #: One format for probabilities, in the CSV file and on the screen.

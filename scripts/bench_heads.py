@@ -125,7 +125,7 @@ def main():
             # the best single head on the second backbone, for the fusion goal
             X2 = labelled_codes(data, backbones[1], ["pre_logits"], cache_dir=args.cache,
                                 progress=False).features.codes["pre_logits"]
-            for kind in ("logistic", "linear_svm"):
+            for kind in [k for k in HEADS if k != "dense"]:
                 def run2():
                     h = Head(kind).fit(X2[train], y[train])
                     return h.frozen().fit(X2[train | val], y[train | val]).score(X2[test], y[test])
@@ -164,6 +164,12 @@ def main():
                 v = t[t["kind"] == kind]["test_acc"]
                 if len(v):
                     line.append(f"{kind} {v.iloc[0]:.3f} ({v.iloc[0] - best_single:+.3f} vs best single)")
+            both = t[t["kind"].isin(["single", "single2"])]
+            fused = t[t["kind"] == "fused"]["test_acc"]
+            if len(fused) and (t["kind"] == "single2").any():
+                best = both.loc[both["test_acc"].idxmax()]
+                line.append(f"fused {fused.iloc[0] - best['test_acc']:+.3f} vs the best single-backbone head of "
+                            f"either backbone ({best['model']} {best['test_acc']:.3f})")
         st, de = t[t["kind"] == "study"]["test_acc"], t[t["kind"] == "dense"]["test_acc"]
         if len(st) and len(de):
             line.append(f"featx dense {de.iloc[0]:.3f} vs study dense {st.iloc[0]:.3f} ({de.iloc[0] - st.iloc[0]:+.3f})")

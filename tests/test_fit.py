@@ -140,6 +140,28 @@ def test_predict_cli_and_bad_bundles(fitted, data, cache, tmp_path, capsys):
     assert "not a featx bundle" in capsys.readouterr().err
 
 
+def test_predict_on_the_training_folder_warns_that_its_accuracy_is_not_held_out(fitted, data, cache, tmp_path,
+                                                                                capsys):
+    """The whole dataset holds the model's train/val images: predict's accuracy on it must say so, and a
+    folder of test images alone must not (the count comes from the stored split, by content)."""
+    from featx.fit import labelled_codes
+
+    assert main(["predict", str(fitted.bundle), str(data), "--cache", str(cache)]) == 0
+    out = capsys.readouterr().out
+    n = fitted.metrics["n"]
+    assert f"warning: {n['train'] + n['val']} of these {sum(n.values())} images were in the model's own train/val" \
+        in out, out
+    codes = labelled_codes(data, cache_dir=cache)
+    held_out = tmp_path / "held-out"
+    for path, part, label in zip(codes.features.paths, codes.split, codes.y):
+        if part == "test":
+            (held_out / label).mkdir(parents=True, exist_ok=True)
+            (held_out / label / path.name).write_bytes(path.read_bytes())
+    assert main(["predict", str(fitted.bundle), str(held_out), "--cache", str(cache)]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy against the folder names" in out and "train/val split" not in out
+
+
 def test_bundle_for_other_weights_is_refused(fitted, data, cache, tmp_path):
     bundle = load_bundle(fitted.bundle)
     bundle.extractor = {**bundle.extractor, "backbone": "efficientnet_lite0"}  # its weights differ
