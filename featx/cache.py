@@ -1109,7 +1109,8 @@ class FeatureCache:
 
     # ---- inspection ---------------------------------------------------------------------------
     def info(self) -> dict:
-        out = {"folder": str(self.path), "file": str(self.path), "size_bytes": 0, "segments": 0,
+        view = self.path / "view.h5"  # one HDF5 file over every segment, for h5py users (a convenience)
+        out = {"folder": str(self.path), "file": str(view) if view.exists() else None, "size_bytes": 0, "segments": 0,
                "pending_parts": len(self._parts()), "incoming_segments": len(self._incoming()), "taps": {}}
         m = self.manifest()
         if m is not None:

@@ -291,7 +291,8 @@ def cmd_cache(args) -> int:
         raise FeatxError(f"CACHE: featx cache {args.action} needs a cache folder; list them with 'featx cache ls'")
     cache = FeatureCache(args.target)
     if not cache.exists():
-        raise FeatxError(f"{args.target}: no cache here; list them with 'featx cache ls'")
+        raise FeatxError(f"{args.target}: no cache here; list them with 'featx cache ls --cache DIR' "
+                         f"(DIR: the cache folder, default $FEATX_CACHE or ./cache)")
     if args.action == "info":
         print(json.dumps(cache.info(), indent=2, default=str))
         return 0

@@ -65,16 +65,21 @@ class ExtractReport:
     seconds: float = 0.0
     computed_views: int = 0
     engine: str | None = None
+    engine_seconds: float = 0.0  # making the engine: building the network, a one-time conversion, loading
 
     @property
     def images_per_second(self) -> float:
-        return self.computed / self.seconds if self.seconds > 0 else 0.0
+        """Images computed per second of extraction proper (without making the engine: a first run's
+        conversion would otherwise read as a slow pipeline)."""
+        work = self.seconds - self.engine_seconds
+        return self.computed / work if work > 0 else 0.0
 
     def summary(self) -> str:
         text = (f"{len(self.dataset)} images: {self.computed} extracted, {self.cached} already cached, "
                 f"{len(self.failures)} skipped; {self.seconds:.1f}s")
         if self.computed:
-            text += f" ({self.images_per_second:.1f} img/s, {self.engine})"
+            text += f" ({self.images_per_second:.1f} img/s, {self.engine}"
+            text += f"; engine ready in {self.engine_seconds:.1f}s)" if self.engine_seconds >= 0.05 else ")"
         if self.computed_views:
             text += f"; {self.computed_views} augmented views extracted"
         return text + f"\ncache: {self.cache_file}"
@@ -280,8 +285,10 @@ def extract(data, config: ExtractorConfig | str | None = None, *, cache_dir=None
         if runner is None:
             from featx.engines import make_engine
 
+            t0 = time.perf_counter()
             # a few new images need no full batch: LiteRT plans (and computes) for what there is
             runner = make_engine(config, min(batch_size, todo_count), engine, cache.path.parent)
+            report.engine_seconds += time.perf_counter() - t0
         return runner
 
     with cache:

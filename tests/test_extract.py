@@ -71,6 +71,24 @@ def test_incremental_run_computes_only_new_images(reference, tmp_path):
     assert FeatureCache(fourth.cache_file).info()["taps"]["pre_logits"]["rows"] == 9
 
 
+def test_img_per_second_leaves_out_making_the_engine(reference, tmp_path, monkeypatch):
+    """A first run converts or builds the network: that one-time cost is reported apart, not as a slow rate."""
+    import featx.engines
+
+    root, _ = reference
+    real = featx.engines.make_engine
+
+    def slow_make_engine(*args, **kwargs):
+        time.sleep(1.5)  # stands in for a one-time conversion
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(featx.engines, "make_engine", slow_make_engine)
+    report = extract(root, "mobilenet_v2", cache_dir=tmp_path, progress=False)
+    assert report.computed == 8 and report.engine_seconds >= 1.5
+    assert report.images_per_second == pytest.approx(8 / (report.seconds - report.engine_seconds))
+    assert f"engine ready in {report.engine_seconds:.1f}s" in report.summary()
+
+
 def test_renamed_or_duplicated_file_reuses_its_row(reference, tmp_path):
     root, expected = reference
     data = tmp_path / "data"

@@ -317,7 +317,11 @@ def test_cache_cli_on_a_folder(tmp_path, capsys):
     from featx.cli import main
 
     assert main(["cache", "info", str(cache.path)]) == 0
-    assert '"segments": 2' in capsys.readouterr().out
+    info = json.loads(capsys.readouterr().out)
+    assert info["segments"] == 2 and info["folder"] == str(cache.path)
+    assert info["file"] == str(cache.path / "view.h5")  # the one HDF5 file over the segments, not the folder
+    with h5py.File(info["file"], "r") as f:
+        assert f["taps/a/codes"].shape == (20, DIM)
     assert main(["cache", "compact", str(cache.path)]) == 0
     assert "2 segment(s) -> 1" in capsys.readouterr().out
     assert main(["cache", "verify", str(cache.path)]) == 0
@@ -328,6 +332,7 @@ def test_cache_cli_on_a_folder(tmp_path, capsys):
     assert main(["cache", "info", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("featx: error: ") and "no cache here" in err and len(err.strip().splitlines()) == 1
+    assert "featx cache ls --cache DIR" in err
 
 
 RAY_DRIVER = textwrap.dedent("""
