@@ -257,7 +257,10 @@ def fit_head(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), head="logist
             fgroups = [[(a + total, b + total) for a, b in g] for g in groups] if flip else None
             estimator = BlockHead(model, groups, fgroups)
         Xv, yv = parts["val"]
-        estimator = fit_rows(estimator, ["train"], (Xv, yv) if len(yv) else None)
+        try:
+            estimator = fit_rows(estimator, ["train"], (Xv, yv) if len(yv) else None)
+        except ValueError as exc:  # scikit-learn's word on data this head cannot fit (too few images, ...)
+            raise FeatxError(f"{head} head on {n['train']} training images: {exc}", param="head") from None
         val_acc = _accuracy(estimator, Xv, yv)
         chosen = getattr(estimator, "chosen_", {})
         final = estimator

@@ -230,8 +230,8 @@ class Head(ClassifierMixin, BaseEstimator):
         folds = max(2, min(5, smallest))
         if self.kind == "logistic":
             n_jobs, tol = opts.pop("n_jobs", -1), opts.pop("tol", 1e-3)
-            if "C" in opts:
-                return LogisticRegression(C=opts.pop("C"), class_weight=cw, max_iter=2000, tol=tol,
+            if "C" in opts or smallest < 2:  # one image of a class: no fold could hold it out, C stays 1
+                return LogisticRegression(C=opts.pop("C", 1.0), class_weight=cw, max_iter=2000, tol=tol,
                                           random_state=seed, **opts)
             return LogisticCV(
                 Cs=opts.pop("Cs", np.logspace(-4, 1, 6)), cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
@@ -239,8 +239,9 @@ class Head(ClassifierMixin, BaseEstimator):
                 scoring="neg_log_loss", l1_ratios=(0.0,), use_legacy_attributes=False, random_state=seed, **opts)
         if self.kind in ("linear_svm", "rbf_svm"):
             if smallest < 2:
-                raise ValueError("SVM heads calibrate probabilities by cross-validation: every class needs "
-                                 "at least 2 training images (1 sample found)")
+                raise ValueError("SVM heads calibrate probabilities by cross-validation: every class needs at "
+                                 "least 2 training images (a class has 1); add images, or use --head logistic, "
+                                 "knn or dense")
             C = opts.pop("C", 1.0 if self.kind == "linear_svm" else 10.0)
             return CalibratedClassifierCV(self._svm(opts, C), cv=min(3, smallest), ensemble=False)
         if self.kind == "knn":

@@ -288,3 +288,20 @@ def test_demo_through_main_writes_what_it_names(tmp_path, capsys):
         found = list(out.rglob(name))
         assert found and str(found[0]) in text, name  # written, and named in the outputs it prints
     assert "unseen images:" in text and "$ featx predict" in text
+
+
+def test_two_images_per_class_fit_or_fail_in_one_line(tmp_path, capsys):
+    """With --val-fraction 0 each class keeps one training image: logistic fits (C stays 1, no fold could hold
+    an image out), an SVM (which calibrates by CV) says so in one line instead of a traceback."""
+    root = tmp_path / "two"
+    for k, c in enumerate("ab"):
+        for i in range(2):
+            write_image(root / c / f"{i}.jpg", make_photo(50 + 10 * k + i, (40, 44)))
+    cache = tmp_path / "cache"
+    assert main(["fit-head", str(root), "--val-fraction", "0", "--cache", str(cache), "--out",
+                 str(tmp_path / "logistic")]) == 0
+    capsys.readouterr()
+    assert main(["fit-head", str(root), "--val-fraction", "0", "--cache", str(cache), "--head", "linear_svm",
+                 "--out", str(tmp_path / "svm")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("featx: error: --head: linear_svm head on 2 training images"), err
