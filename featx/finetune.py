@@ -604,6 +604,41 @@ def _read_history(path: Path) -> dict:
     return {c: frame[c].tolist() for c in frame.columns if c != "epoch"}
 
 
+def read_model_meta(model_path) -> dict:
+    """The ``featx.json`` beside a ``model.keras`` that featx wrote, checked.
+
+    Returns
+    -------
+    dict
+        With ``kind`` ("finetune" or "baseline"), ``class_names`` (list of str), and ``backbone``
+        (finetune) or ``size`` (baseline).
+
+    Raises
+    ------
+    FeatxError
+        The model or its featx.json is missing, not JSON, or lacks what its kind needs.
+    """
+    model_path = Path(model_path)
+    meta_path = model_path.with_name(META_FILE)
+    if not model_path.is_file() or not meta_path.is_file():
+        raise FeatxError(f"{model_path}: expected a model.keras written by featx finetune or baseline, "
+                         f"with {META_FILE} beside it")
+    try:
+        meta = json.loads(meta_path.read_text())
+        meta["kind"] = meta.get("kind", "finetune")
+        meta["class_names"] = [str(c) for c in meta["class_names"]]
+        if meta["kind"] == "finetune":
+            get_backbone(meta["backbone"])
+        elif meta["kind"] == "baseline":
+            meta["size"] = int(meta["size"])
+        else:
+            raise ValueError(f"unknown model kind {meta['kind']!r} (expected finetune or baseline)")
+    except (ValueError, KeyError, AttributeError, TypeError, FeatxError) as exc:
+        raise FeatxError(f"{meta_path}: not a featx model description ({exc}); it is written beside "
+                         "model.keras by featx finetune and baseline") from None
+    return meta
+
+
 def predict_finetuned(model_path, images, top=None, out=None, batch_size: int = 32):
     """Predictions of a ``model.keras`` written by featx ``finetune`` or ``baseline``.
 
@@ -624,16 +659,9 @@ def predict_finetuned(model_path, images, top=None, out=None, batch_size: int = 
 
     keras = _tf.keras()
     model_path = Path(model_path)
+    meta = read_model_meta(model_path)
     meta_path = model_path.with_name(META_FILE)
-    if not model_path.exists() or not meta_path.exists():
-        raise FeatxError(f"{model_path}: expected a model.keras written by featx finetune or baseline, "
-                         f"with {META_FILE} beside it")
-    try:
-        meta = json.loads(meta_path.read_text())
-        kind = meta.get("kind", "finetune")
-        class_names = meta["class_names"]
-    except (ValueError, KeyError, AttributeError) as exc:
-        raise FeatxError(f"{meta_path}: not a featx model description ({exc})") from None
+    kind, class_names = meta["kind"], meta["class_names"]
     if kind == "baseline":
         size = int(meta["size"])
 

@@ -64,11 +64,14 @@ class Predictor:
         self.path = Path(bundle_path)
         self.lock = threading.Lock()
         if self.path.suffix == ".keras":
-            import json
-
             from featx import _tf
+            from featx.errors import FeatxError
+            from featx.finetune import read_model_meta
 
-            meta = json.loads(self.path.with_name("featx.json").read_text())
+            meta = read_model_meta(self.path)
+            if meta["kind"] != "finetune":
+                raise FeatxError(f"{self.path}: serve runs fine-tuned models and bundles; a {meta['kind']} "
+                                 "model is scored with featx predict")
             self.spec = get_backbone(meta["backbone"])
             self.classes = list(meta["class_names"])
             self.model = {"dataset": meta.get("dataset"), "backbone": meta["backbone"], "head": "fine-tuned",

@@ -750,3 +750,23 @@ def test_walk_names_every_special_file_with_its_real_reason(tmp_path):
         assert reasons["locked"].startswith("unreadable folder (permission denied")
     assert data.skipped["FIFO"] == 1 and data.skipped["symbolic link loop"] == 1
     assert [p.name for p in data.paths] == ["ok.png"] + (["x.png"] if readable else [])
+
+
+@pytest.mark.parametrize("meta", ["[1", "{}", '{"class_names": ["a", "b"], "backbone": "nonet"}',
+                                  '{"kind": "baseline", "class_names": ["a", "b"], "size": 64}'])
+def test_serve_and_predict_refuse_a_bad_featx_json_in_one_line(meta, tmp_path, capsys):
+    """serve read featx.json with a bare json.loads: '[1' or '{}' ended in a traceback (predict already refused)."""
+    from featx.cli import main
+
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"not read: the description is checked first")
+    (tmp_path / "featx.json").write_text(meta)
+    image = tmp_path / "x.jpg"
+    write_image(image, make_photo(1, (40, 40)))
+    for argv in (["serve", str(model), "--port", "0"], ["predict", str(model), str(image)]):
+        if argv[0] == "predict" and "baseline" in meta:
+            continue  # predict scores baselines; only serve refuses them
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("featx: error: ") and "Traceback" not in err[0], err
+        assert "featx.json" in err[0] or "baseline model" in err[0], err
