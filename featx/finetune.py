@@ -236,6 +236,17 @@ def _head_parts(head, dim, n_classes):
     return steps.get("scale"), dense
 
 
+def _check_init_head(bundle, backbone: str, tap: str, dim: int) -> None:
+    """A warm-start bundle must be a dense head on this backbone's ``tap`` codes (``dim`` wide)."""
+    if bundle.extractor["backbone"] != backbone or bundle.extractor["taps"] != [tap]:
+        raise FeatxError(f"the bundle is for {bundle.extractor['backbone']}/"
+                         f"{'+'.join(bundle.extractor['taps'])}, not {backbone}/{tap}", param="init_head")
+    if not hasattr(bundle.head, "pipeline_") or getattr(bundle.head, "kind", None) != "dense":
+        raise FeatxError(f"expected a bundle with a dense head (fit-head --head dense), got "
+                         f"{getattr(bundle.head, 'kind', type(bundle.head).__name__)}", param="init_head")
+    _head_parts(bundle.head, dim, len(bundle.head.classes_))
+
+
 @functools.cache
 def _batches_class():
     """Defined on first use: subclassing ``PyDataset`` needs Keras imported."""
@@ -454,6 +465,10 @@ def finetune(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), unfre
     policy = unfreeze or default_policy(backbone)
     base = build_backbone(spec, tap, weights)
     first_trainable_index(base, spec, policy)  # a mistyped --unfreeze fails here
+    given = None
+    if init_head is not None:  # a file that is no bundle, or not a dense head for this tap, fails before any work
+        given = load_bundle(init_head, trust=trust)
+        _check_init_head(given, backbone, tap, int(base.output.shape[-1]))
     augmentation = get_augmentation(plan.augment)
     cache_dir = Path(cache_dir or default_cache_dir())
 
@@ -478,10 +493,8 @@ def finetune(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), unfre
         init_head = fit_head(data, backbone, [tap], head="dense", weights=weights, cache_dir=cache_dir,
                              out_dir=Path(out_dir) / "init-head" if out_dir else None,
                              val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, refit=False).bundle
-    bundle = load_bundle(init_head, trust=trust)
-    if bundle.extractor["backbone"] != backbone or bundle.extractor["taps"] != [tap]:
-        raise FeatxError(f"the bundle is for {bundle.extractor['backbone']}/"
-                         f"{'+'.join(bundle.extractor['taps'])}, not {backbone}/{tap}", param="init_head")
+    bundle = given or load_bundle(init_head, trust=trust)
+    _check_init_head(bundle, backbone, tap, int(base.output.shape[-1]))
     class_names = list(bundle.head.classes_)
     y = np.searchsorted(class_names, codes.y)
     images = load_network_inputs(spec, codes.features.paths)

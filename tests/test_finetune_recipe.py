@@ -171,7 +171,25 @@ def test_a_bad_option_fails_before_any_training_or_writing(train_test_data, tmp_
         finetune(train_test_data, cache_dir=cache, out_dir=out, echo=lambda *_: None, **kwargs)
     assert not out.exists()  # no init-head/ folder
     assert not (cache / "runs.csv").exists()  # no runs-log row
-    assert not list(cache.glob("*.h5")) if cache.exists() else True  # nothing extracted either
+    assert not cache.exists() or not any(cache.iterdir())  # nothing extracted, converted or split either
+
+
+def test_an_init_head_that_cannot_warm_start_fails_before_any_work(train_test_data, tmp_path):
+    """A file that is no bundle, or a bundle whose head is not dense, was refused only after the codes were
+    extracted and a split stored; now before anything is written."""
+    from featx.errors import FeatxError
+    from featx.finetune import finetune
+
+    garbage = tmp_path / "garbage.featx"
+    garbage.write_bytes(b"\x00" * 64)
+    from featx.fit import fit_head
+
+    logistic = fit_head(train_test_data, cache_dir=tmp_path / "other", out_dir=tmp_path / "logistic").bundle
+    for init in (garbage, logistic):
+        out, cache = tmp_path / f"ft-{init.stem}", tmp_path / f"cache-{init.stem}"
+        with pytest.raises(FeatxError, match="^init_head: |not a featx bundle"):
+            finetune(train_test_data, cache_dir=cache, out_dir=out, init_head=init, echo=lambda *_: None)
+        assert not out.exists() and not cache.exists(), init
 
 
 def test_mistyped_unfreeze_on_the_command_line_is_one_line_exit_2(train_test_data, tmp_path, capsys):
