@@ -20,7 +20,7 @@ from featx.cache import default_cache_dir
 from featx.datasets import discover, make_split
 from featx.errors import FeatxError
 from featx.extract import hash_files
-from featx.fit import SPLITS
+from featx.fit import SPLITS, accuracy_summary
 from featx.images import ImageError, center_crop_resize, load_image
 from featx.runs import append_run, history_logger, plot_curves, runs_log_path
 
@@ -134,10 +134,16 @@ def train_baseline(data, arch: str = "cnn1", size: int = 96, epochs: int = 20, b
     (out_dir / "featx.json").write_text(json.dumps({"kind": "baseline", "arch": arch, "size": size,
                                                     "class_names": list(dataset.class_names), "split_id": sid},
                                                    indent=2))
-    acc = {s: float((core.predict(parts[s][0], verbose=0).argmax(1) == parts[s][1]).mean()) if len(parts[s][1])
-           else None for s in SPLITS}
+    preds = {s: core.predict(parts[s][0], verbose=0).argmax(1) for s in SPLITS if len(parts[s][1])}
+    acc = {s: float((preds[s] == parts[s][1]).mean()) if s in preds else None for s in SPLITS}
+    eval_split = "test" if "test" in preds else "val"
+    summaries = {s: accuracy_summary(parts[s][1], preds[s]) for s in preds}
     metrics = {"dataset": name, "arch": arch, "size": size, "split_id": sid,
                "n": {s: int(len(parts[s][1])) for s in SPLITS}, "accuracy": acc,
+               "accuracy_text": {s: summaries[s]["text"] if s in summaries else "-" for s in SPLITS},
+               "evaluated_on": eval_split,
+               **({eval_split: {k: v for k, v in summaries[eval_split].items() if k != "text"}}
+                  if eval_split in summaries else {}),
                "epochs_run": len(history.get("loss", [])), "train_seconds": train_seconds,
                "total_seconds": time.perf_counter() - start, "params": int(core.count_params())}
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -432,11 +432,6 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def _accuracies(metrics: dict) -> str:
-    acc = {k: "-" if v is None else f"{v:.3f}" for k, v in metrics["accuracy"].items()}
-    return f"accuracy train {acc['train']}  val {acc['val']}  test {acc['test']}"
-
-
 def cmd_finetune(args) -> int:
     from featx.finetune import finetune
 
@@ -458,8 +453,11 @@ def cmd_finetune(args) -> int:
     )
     m = result["metrics"]
     print(f"{m['dataset']}: fine-tuned {m['backbone']} ({m['recipe']} recipe, {m['unfreeze']}), "
-          f"{plural(m['epochs_run'], 'epoch')} in {m['train_seconds']:.0f}s: {_accuracies(m)}")
-    print(f"test accuracy {m['accuracy_text']['test']}; {m['total_seconds']:.0f}s in all")
+          f"{plural(m['epochs_run'], 'epoch')} in {m['train_seconds']:.0f}s: accuracy train "
+          f"{'-' if m['accuracy']['train'] is None else format(m['accuracy']['train'], '.3f')}, "
+          f"val {m['accuracy_text']['val'] if m['n']['val'] else '-'}")
+    print(f"test accuracy {m['accuracy_text']['test'] if m['n']['test'] else '- (no test images)'}; "
+          f"{m['total_seconds']:.0f}s in all")
     print(f"model: {result['model']}  (history.csv, curves.png, metrics.json beside it)")
     return 0
 
@@ -476,7 +474,10 @@ def cmd_baseline(args) -> int:
                             test_fraction=args.test_fraction, seed=args.seed)
     m = result["metrics"]
     print(f"{m['dataset']}: {m['arch']} from scratch ({m['params']:,} parameters), "
-          f"{plural(m['epochs_run'], 'epoch')} in {m['train_seconds']:.0f}s: {_accuracies(m)}")
+          f"{plural(m['epochs_run'], 'epoch')} in {m['train_seconds']:.0f}s: accuracy train "
+          f"{'-' if m['accuracy']['train'] is None else format(m['accuracy']['train'], '.3f')}, "
+          f"val {m['accuracy_text']['val']}")
+    print(f"{m['evaluated_on']} accuracy {m['accuracy_text'][m['evaluated_on']]}")
     print(f"outputs: {result['out_dir']}")
     return 0
 

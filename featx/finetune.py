@@ -45,7 +45,7 @@ from featx.bundle import load_bundle
 from featx.cache import default_cache_dir
 from featx.errors import FeatxError
 from featx.extract import load_network_inputs
-from featx.fit import SPLITS, fit_head, labelled_codes, prediction_dataset, prediction_table
+from featx.fit import SPLITS, accuracy_summary, fit_head, labelled_codes, prediction_dataset, prediction_table
 from featx.runs import append_run, history_logger, plot_curves, runs_log_path
 from featx.stats import format_accuracy
 
@@ -536,7 +536,8 @@ def finetune(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), unfre
         if warmup_steps:
             apply_unfreeze(base, spec, "none")
             classifier.compile(keras.optimizers.Adam(plan.warmup_learning_rate), loss, metrics=["accuracy"])
-            echo(f"warm-up: the head alone for {warmup_steps} steps ({warmup_steps * plan.batch_size} images)")
+            echo(f"warm-up: the head alone for {warmup_steps} step{'' if warmup_steps == 1 else 's'} "
+                 f"({warmup_steps * plan.batch_size} images)")
             bar = _progress_class()(n_train, plan.batch_size, 1, echo, progress, "warm-up")
             classifier.fit(train, epochs=1, steps_per_epoch=warmup_steps, class_weight=weights_by_class,
                            callbacks=[bar], verbose=0)
@@ -572,17 +573,19 @@ def finetune(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), unfre
     classifier.save(best)  # the best weights (EarlyStopping restored them)
     checkpoint.unlink(missing_ok=True)
 
-    acc, correct = {}, {}
+    acc, correct, preds = {}, {}, {}
     for s in SPLITS:
         Xs, ys = parts[s]
         if len(ys):
-            pred = classifier.predict(batches(Xs, ys, spec, 32, False, 0), verbose=0).argmax(1)
-            correct[s] = int((pred == ys).sum())
+            preds[s] = classifier.predict(batches(Xs, ys, spec, 32, False, 0), verbose=0).argmax(1)
+            correct[s] = int((preds[s] == ys).sum())
             acc[s] = correct[s] / len(ys)
         else:
             acc[s], correct[s] = None, 0
+    eval_split = "test" if len(parts["test"][1]) else "val"
     metrics = {
-        "dataset": dataset_name, "backbone": backbone, "tap": tap, "unfreeze": policy, "recipe": plan.name,
+        "dataset": dataset_name, "backbone": backbone, "taps": [tap], "tap": tap, "unfreeze": policy,
+        "recipe": plan.name,
         "settings": {k: v for k, v in plan.__dict__.items() if k != "name"}, "augmentation": augmentation.id,
         "trainable_layers": len(trainable), "split_id": codes.split_id, "val_carved_from_train": val_carved,
         "n": {s: int(len(parts[s][1])) for s in SPLITS}, "accuracy": acc,
@@ -591,7 +594,11 @@ def finetune(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), unfre
         "warm_start_val_accuracy": start_acc, "kept_warm_start": kept_warm_start, "train_seconds": train_seconds,
         "total_seconds": time.perf_counter() - start, "interrupted": interrupted,
         "init_head": str(init_head),
+        "evaluated_on": eval_split,
     }
+    if eval_split in preds:  # as fit-head saves it: accuracy, correct, n, interval95, smallest_class, warning
+        summary = accuracy_summary(parts[eval_split][1], preds[eval_split])
+        metrics[eval_split] = {k: v for k, v in summary.items() if k != "text"}
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out_dir / META_FILE).write_text(json.dumps({"kind": "finetune", "backbone": backbone,
                                                  "class_names": class_names, "tap": tap,

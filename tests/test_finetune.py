@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -210,6 +212,11 @@ def test_finetune_cli_end_to_end_and_predict_keras_model(data, cache, tmp_path, 
     assert code == 0
     text = capsys.readouterr().out
     assert "fine-tuned mobilenet_v2 (default recipe, top:1), 1 epoch in " in text  # not "1 epochs"
+    saved = json.loads((out / "metrics.json").read_text())  # saved as fit-head saves it, interval included
+    low, high = saved["test"]["interval95"]
+    assert saved["evaluated_on"] == "test" and saved["taps"] == ["pre_logits"]
+    assert saved["test"]["n"] == saved["n"]["test"] and low <= saved["accuracy"]["test"] <= high
+    assert f"test accuracy {saved['accuracy']['test']:.3f} [{low:.3f}, {high:.3f}] (n={saved['n']['test']})" in text
     assert pd.read_csv(out / "history.csv")["epoch"].tolist() == [1]  # counted from 1, as curves.png counts
     for name in ("model.keras", "history.csv", "metrics.json", "curves.png", "featx.json"):
         assert (out / name).exists(), name

@@ -337,6 +337,11 @@ def test_baseline_and_report_through_main_on_a_real_runs_log(tints, multitap, tm
     code, out, _ = _run(["baseline", tints, "--arch", "cnn1", "--size", "32", "--epochs", "1", "--batch-size", "8",
                          "--cache", cache, "--out", tmp_path / "cnn1"], capsys)
     assert code == 0 and "cnn1 from scratch" in out
+    saved = json.loads((tmp_path / "cnn1" / "metrics.json").read_text())  # issue 16: intervals everywhere
+    part = saved["evaluated_on"]
+    low, high = saved[part]["interval95"]
+    assert low <= saved["accuracy"][part] <= high and saved[part]["n"] == saved["n"][part]
+    assert re.search(rf"^{part} accuracy \d\.\d{{3}} \[{low:.3f}, {high:.3f}\] \(n={saved[part]['n']}\)", out, re.M), out
     assert (tmp_path / "cnn1" / "model.keras").exists()
     runs = pd.read_csv(cache / "runs.csv")
     assert {"cached", "baseline"} <= set(runs["route"])
