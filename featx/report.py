@@ -30,6 +30,21 @@ SUMMARY_COLUMNS = ["dataset", "split_id", "backbone", "route", "head", "taps", "
 #: Columns of the runs log that hold numbers (counts, accuracies, seconds).
 NUMERIC_RUN_COLUMNS = ["n_train", "n_val", "n_test", "train_acc", "val_acc", "test_acc", "extract_s", "fit_s"]
 
+#: Columns a runs log must have for a summary (the others may be missing: filled in empty).
+REQUIRED_RUN_COLUMNS = ["dataset", "route", "backbone", "test_acc"]
+
+#: Of those, the text columns every run must fill (a run without them would drop out of the summary).
+_KEY_COLUMNS = ["dataset", "route", "backbone"]
+
+#: Largest image count accepted in the runs log (larger is a corrupt cell, and overflows the intervals).
+MAX_COUNT = 10 ** 12
+
+_COUNTS, _ACCURACIES, _SECONDS = ["n_train", "n_val", "n_test"], ["train_acc", "val_acc", "test_acc"], \
+    ["extract_s", "fit_s"]
+_ALLOWED = {**{c: f"a whole number from 0 to {MAX_COUNT:.0e}, or empty" for c in _COUNTS},
+            **{c: "a number from 0 to 1, or empty (no such split)" for c in _ACCURACIES},
+            **{c: "a finite number >= 0, or empty" for c in _SECONDS}}
+
 
 def _count(value) -> int | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else int(value)
@@ -42,38 +57,79 @@ def _interval(acc, n) -> tuple[float, float] | tuple[None, None]:
     return wilson_interval(int(round(acc * n)), n)
 
 
+def _bad_cells(raw, values, column):
+    """Per row, why its cell of ``column`` (``raw`` text, ``values`` parsed) is not allowed; "" where it is."""
+    import pandas as pd
+
+    filled = raw != ""
+    why = pd.Series("", index=raw.index, dtype=object)
+    finite = values.abs() < math.inf  # False for NaN too
+    why[filled & values.isna()] = "not a number"
+    why[filled & values.notna() & ~finite] = "not finite"
+    ok = filled & finite
+    if column in _COUNTS:
+        why[ok & ((values < 0) | (values > MAX_COUNT))] = "out of range"
+        why[ok & (values >= 0) & (values <= MAX_COUNT) & (values != values.round())] = "not a whole number"
+    elif column in _ACCURACIES:
+        why[ok & ((values < 0) | (values > 1))] = "out of range"
+    else:
+        why[ok & (values < 0)] = "negative"
+    return why
+
+
 def read_runs(runs_csv):
     """The runs log as a DataFrame with every column of :data:`featx.runs.RUN_COLUMNS` (missing ones empty).
+
+    Every row is checked once: counts (``n_*``) are whole numbers >= 0, accuracies (``*_acc``) lie in
+    [0, 1], seconds (``*_s``) are finite and >= 0; each may be empty (a run without a test set).  Blank
+    lines are skipped.
 
     Raises
     ------
     FileNotFoundError
         No such file.
     ValueError
-        The log has no runs, or a row whose counts, accuracies or seconds are not numbers (a stray
-        header line from concatenating two logs, a hand edit): the message names its line.
+        The log has no runs, lacks one of :data:`REQUIRED_RUN_COLUMNS`, or has a row with an empty
+        dataset/route/backbone or a count, accuracy or seconds cell that is not a number in its range (a
+        stray header line from concatenating two logs, a hand edit): the message names the first such
+        line (the header is line 1), its column, the value and what is allowed.
     """
     import pandas as pd
 
     runs_csv = Path(runs_csv)
     if not runs_csv.exists():
         raise FileNotFoundError(runs_csv)
-    runs = pd.read_csv(runs_csv)
-    if runs.empty:
+    # as text, with no "NA"/"nan" guessing: an empty cell is empty, a literal "nan" or "inf" is an error;
+    # blank lines kept as rows so that row i is line i + 2
+    raw = pd.read_csv(runs_csv, dtype=str, keep_default_na=False, skip_blank_lines=False).fillna("")
+    raw = raw[(raw != "").any(axis=1)]
+    missing = [c for c in REQUIRED_RUN_COLUMNS if c not in raw]
+    if missing:
+        raise ValueError(f"its header (line 1) lacks the column(s) {', '.join(missing)} that a summary needs; "
+                         "give the runs.csv that fit-head, finetune and baseline write")
+    if raw.empty:
         raise ValueError(f"{runs_csv} has no runs")
-    for column in RUN_COLUMNS:
-        if column not in runs:
-            runs[column] = np.nan
+    for column in RUN_COLUMNS:  # an older log without the newer columns: empty
+        if column not in raw:
+            raw[column] = ""
+    problems = []  # (row, column, value, why)
+    for column in _KEY_COLUMNS:
+        empty = raw[column].str.strip() == ""
+        problems += [(row, column, "", "empty") for row in raw.index[empty]]
+    runs = raw.replace("", np.nan)
     for column in NUMERIC_RUN_COLUMNS:
-        values = pd.to_numeric(runs[column], errors="coerce")
-        bad = values.isna() & runs[column].notna()
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise ValueError(f"line {row + 2}: {column} is {runs[column].iloc[row]!r}, not a number; "
-                             f"remove or fix that line ({int(bad.sum())} such line(s))")
+        values = pd.to_numeric(raw[column].str.strip(), errors="coerce")
+        why = _bad_cells(raw[column].str.strip(), values, column)
+        problems += [(row, column, raw.at[row, column], why[row]) for row in raw.index[why != ""]]
         runs[column] = values
-    runs["split_id"] = runs["split_id"].astype(str)
-    return runs
+    if problems:
+        row, column, value, why = min(problems, key=lambda p: (p[0], RUN_COLUMNS.index(p[1])))
+        lines = len({p[0] for p in problems})
+        problem = f"{column} is empty; every run names its dataset, route and backbone" if why == "empty" else \
+            f"{column} is {value!r}, {why}; allowed: {_ALLOWED[column]}"
+        raise ValueError(f"line {row + 2}: {problem}; fix or remove that line ({lines} such line(s))")
+    runs["split_id"] = runs["split_id"].fillna("-").astype(str)  # an old log without split ids: one split "-"
+    return runs.reset_index(drop=True)
 
 
 def summary_table(runs):
@@ -116,11 +172,12 @@ def _duration(seconds) -> str:
 
 
 def _cell(row) -> str:
+    head = row.head if isinstance(row.head, str) else "-"
     if row.test_acc != row.test_acc:
-        return f"- ({_duration(row.seconds)}, {row.head})"
+        return f"- ({_duration(row.seconds)}, {head})"
     interval = "" if row.test_low is None or row.test_low != row.test_low else \
         f" [{row.test_low:.3f}, {row.test_high:.3f}]"
-    return f"{row.test_acc:.3f}{interval} ({_duration(row.seconds)}, {row.head})"
+    return f"{row.test_acc:.3f}{interval} ({_duration(row.seconds)}, {head})"
 
 
 def _sizes(row) -> str:
@@ -176,7 +233,7 @@ def write_report(runs_csv, out_dir, html: bool = False) -> dict:
     FileNotFoundError
         ``runs_csv`` does not exist.
     ValueError
-        The runs log has no runs.
+        The runs log has no runs, lacks a needed column or has a bad cell (:func:`read_runs`).
     """
     runs_csv, out_dir = Path(runs_csv), Path(out_dir)
     runs = read_runs(runs_csv)

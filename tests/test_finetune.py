@@ -204,6 +204,78 @@ def test_report_on_two_concatenated_runs_logs_names_the_stray_header_line(tmp_pa
     assert len(lines) == 1 and "all.csv" in lines[0] and "line 3: n_train is 'n_train', not a number" in lines[0]
 
 
+_RUN = dict(time="t", dataset="dogs", route="cached", backbone="vgg16", taps="stage5", head="logistic",
+            split_id="s1", n_train=8, n_val=2, n_test=4, train_acc=1.0, val_acc=0.5, test_acc=0.5,
+            extract_s=1.0, fit_s=1.0, output="")
+
+
+def _report_error(tmp_path, capsys, text) -> str:
+    """`featx report` on a runs log holding ``text``: its one error line (exit 2, no traceback)."""
+    (tmp_path / "runs.csv").write_text(text)
+    code = main(["report", "--runs", str(tmp_path / "runs.csv"), "--out", str(tmp_path / "report")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("featx: error: ") and "runs.csv" in lines[0]
+    assert not (tmp_path / "report" / "summary.md").exists()
+    return lines[0]
+
+
+@pytest.mark.parametrize("column, value, allowed", [
+    ("test_acc", "inf", "a number from 0 to 1"),  # was an OverflowError traceback
+    ("n_test", "inf", "a whole number from 0 to"),  # was an OverflowError traceback
+    ("n_test", "1e300", "a whole number from 0 to"),  # was an OverflowError in wilson_interval
+    ("n_test", "-4", "a whole number from 0 to"),  # was wilson_interval's internal message
+    ("n_train", "-1", "a whole number from 0 to"),
+    ("n_val", "2.5", "a whole number from 0 to"),  # was silently accepted
+    ("test_acc", "1.5", "a number from 0 to 1"),
+    ("test_acc", "-0.5", "a number from 0 to 1"),
+    ("val_acc", "inf", "a number from 0 to 1"),  # was silently accepted
+    ("train_acc", "nan", "a number from 0 to 1"),
+    ("fit_s", "nan", "a finite number >= 0"),  # was silently accepted
+    ("extract_s", "-inf", "a finite number >= 0"),  # was silently accepted
+    ("fit_s", "-3", "a finite number >= 0"),
+    ("n_test", "four", "a whole number from 0 to"),
+])
+def test_report_names_line_column_value_and_range_of_a_bad_runs_log_cell(column, value, allowed, tmp_path, capsys):
+    rows = pd.DataFrame([_RUN, _RUN, dict(_RUN, **{column: value})]).astype(str)
+    line = _report_error(tmp_path, capsys, rows.to_csv(index=False))
+    assert f"line 4: {column} is {value!r}" in line and allowed in line  # header is line 1
+
+
+def test_report_names_a_bad_cell_after_blank_lines_by_its_file_line(tmp_path, capsys):
+    good = pd.DataFrame([_RUN]).to_csv(index=False)
+    bad = pd.DataFrame([dict(_RUN, n_test=-4)]).to_csv(index=False, header=False)
+    assert "line 4: n_test is '-4'" in _report_error(tmp_path, capsys, good + "\n" + bad)
+
+
+def test_report_on_a_log_without_the_summary_columns_names_them(tmp_path, capsys):
+    line = _report_error(tmp_path, capsys, "time,dataset,route\nt,dogs,cached\n")
+    assert "lacks the column(s) backbone, test_acc" in line and "number sections" not in line
+
+
+def test_report_on_a_run_without_a_backbone_names_its_line(tmp_path, capsys):
+    rows = pd.DataFrame([_RUN, dict(_RUN, backbone="")])
+    assert "line 3: backbone is empty" in _report_error(tmp_path, capsys, rows.to_csv(index=False))
+
+
+def test_report_renders_a_valid_log_with_empty_optional_cells_and_an_old_header(tmp_path, capsys):
+    """Cells fit-head leaves empty (no test set: test_acc; no timings) and a log from before the newer
+    columns (no time, split_id, n_*, train_acc, output) still render."""
+    runs = pd.DataFrame([_RUN, dict(_RUN, head="dense", n_test=0, test_acc=None, val_acc=0.7, extract_s=None),
+                         dict(_RUN, route="finetune", n_train=None, n_val=None, n_test=None, train_acc=None,
+                              fit_s=None)])
+    runs.to_csv(tmp_path / "runs.csv", index=False)
+    assert main(["report", "--runs", str(tmp_path / "runs.csv"), "--out", str(tmp_path / "a")]) == 0
+    md = (tmp_path / "a" / "summary.md").read_text()
+    assert "| dogs | s1 | 8/2/0 | - (1.0 s, dense) | 0.500 (1.0 s, logistic) |" in md  # no test set: -
+    old = tmp_path / "old.csv"
+    old.write_text("dataset,route,backbone,test_acc\n2024,cached,vgg16,0.5\n\n2024,finetune,vgg16,\n")
+    assert main(["report", "--runs", str(old), "--out", str(tmp_path / "b")]) == 0
+    assert "| 2024 | - | - | 0.500 (0.0 s, -) | - (0.0 s, -) |" in (tmp_path / "b" / "summary.md").read_text()
+    assert "Traceback" not in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_finetune_cli_end_to_end_and_predict_keras_model(data, cache, tmp_path, capsys):
     out = tmp_path / "ft"
