@@ -35,6 +35,10 @@ only complete segments; the next commit cleans up what it left (temporary files,
 manifest names) and folds in its journal.  On any exception (ENOSPC included) a writer removes
 its own temporary files before the error propagates.
 
+Damage (a segment, journal part or manifest missing, truncated or unreadable) is a
+:class:`CacheDamagedError` naming the file, raised where the file is opened or read; nothing is
+rewritten.  ``verify`` lists every damaged file instead of raising.
+
 Readers and deletion: a reader takes a shared ``flock`` on ``readers.lock``, reads the manifest
 and maps the segments it names, then releases the lock -- its snapshot stays valid without the
 lock because an open or mapped file outlives its unlink on POSIX.  A writer deletes a segment
@@ -62,6 +66,7 @@ import shutil
 import threading
 import time
 import uuid
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +107,38 @@ def cache_path(cache_dir: str | Path, config: dict) -> Path:
 
 class CacheLockedError(FeatxError):
     pass
+
+
+class CacheDamagedError(FeatxError):
+    """A file of a cache folder (segment, incoming segment, journal part, manifest) is missing,
+    truncated or unreadable.  ``path`` names it, ``detail`` says what was found."""
+
+    def __init__(self, path, detail: str, folder=None, advice: str | None = None):
+        path = Path(path)
+        folder = Path(folder) if folder is not None else path.parent.parent  # segments/seg-*.h5 -> the cache folder
+        self.path, self.detail, self.folder = path, detail, folder
+        if advice is None and path.parent.name in ("incoming", "journal"):  # rows not committed yet
+            advice = _part_advice(path)
+        advice = advice or (f"run 'featx cache verify {folder}' to list the damage; no featx command repairs a "
+                            f"segment: move {folder} aside and run featx extract again to rebuild the cache")
+        super().__init__(f"{path}: damaged cache file ({detail}); {advice}")
+
+
+def _why(exc: BaseException) -> str:
+    """One line of what a failed read said (h5py's messages are long and may span lines)."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _missing(path: Path) -> str:
+    if path.parent.is_dir():
+        return "the file is missing"
+    return f"the file is missing: the whole {path.parent.name}/ folder is gone"
+
+
+def _part_advice(path: Path) -> str:
+    return (f"delete {path.name} (its rows were never committed: the next featx extract computes them again), "
+            "then run the command again")
 
 
 @dataclass
@@ -283,13 +320,18 @@ def write_segment(folder: str | Path, rows: dict, config: dict, name: str | None
 def _segment_entry(path: Path) -> dict:
     """Manifest entry of an existing segment file (read from the file itself)."""
     entry = {"name": path.name, "bytes": path.stat().st_size, "taps": {}}
-    with h5py.File(path, "r") as f:
-        if int(f.attrs.get("format", 0)) != FORMAT_VERSION:
-            raise ValueError(f"{path.name}: not a format {FORMAT_VERSION} segment")
-        for tap, g in f.get("taps", {}).items():
-            entry["taps"][tap] = {"rows": int(g["keys"].shape[0]), "dim": int(g["codes"].shape[1]),
-                                  "dtype": str(g["codes"].dtype),
-                                  "offsets": {k: g[k].id.get_offset() for k in _DATASETS if k in g}}
+    try:
+        with h5py.File(path, "r") as f:
+            if int(f.attrs.get("format", 0)) != FORMAT_VERSION:
+                raise ValueError(f"not a format {FORMAT_VERSION} segment")
+            for tap, g in f.get("taps", {}).items():
+                entry["taps"][tap] = {"rows": int(g["keys"].shape[0]), "dim": int(g["codes"].shape[1]),
+                                      "dtype": str(g["codes"].dtype),
+                                      "offsets": {k: g[k].id.get_offset() for k in _DATASETS if k in g}}
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:  # KeyError: h5py's for a missing dataset
+        raise CacheDamagedError(path, _why(exc)) from None
     return entry
 
 
@@ -319,10 +361,19 @@ class _Block:
     def mapped(cls, path: Path, info: dict, keep_mapped: bool = True):
         off = info["offsets"]
         n, d = info["rows"], info["dim"]
-        buf, fh = _map(path, keep_mapped)
+        try:
+            buf, fh = _map(path, keep_mapped)
+        except FileNotFoundError:
+            raise  # the caller knows whether a commit may have moved it
+        except (OSError, ValueError) as exc:  # an empty file cannot be mapped
+            raise CacheDamagedError(path, _why(exc)) from None
 
         def view(name, dtype, shape):
-            return np.frombuffer(buf, dtype=dtype, count=int(np.prod(shape)), offset=off[name]).reshape(shape)
+            try:
+                return np.frombuffer(buf, dtype=dtype, count=int(np.prod(shape)), offset=off[name]).reshape(shape)
+            except ValueError:
+                raise CacheDamagedError(path, f"{len(buf)} bytes, too short for the {name} its manifest entry "
+                                              f"places at byte {off.get(name)}") from None
 
         block = cls(view("keys", KEY_DTYPE, (n,)), view("codes", info["dtype"], (n, d)),
                     view("sorted_keys", KEY_DTYPE, (n,)), view("sorted_rows", np.int64, (n,)))
@@ -436,7 +487,8 @@ def _pread_rows(source, offset: int, dtype, dim: int, rows: np.ndarray) -> np.nd
             want = (b - a) * row_bytes
             got = os.preadv(fd, [buf[a * row_bytes : b * row_bytes]], offset + r * row_bytes)
             if got != want:
-                raise OSError(errno.EIO, f"{getattr(source, 'name', source)}: short read ({got} of {want} bytes)")
+                raise CacheDamagedError(getattr(source, "name", source),
+                                        f"short read: {got} of {want} bytes at byte {offset + r * row_bytes}")
     finally:
         if owned:
             os.close(fd)
@@ -447,10 +499,29 @@ def _read_range(path: Path, offset: int, dtype, start: int, count: int, row_shap
     """Rows ``start:start+count`` of a contiguous dataset, read (not mapped: RSS stays flat)."""
     dtype = np.dtype(dtype)
     row_bytes = dtype.itemsize * int(np.prod(row_shape, dtype=np.int64))
-    with open(path, "rb") as fh:
-        out = np.fromfile(fh, dtype=dtype, count=count * int(np.prod(row_shape, dtype=np.int64)),
-                          offset=offset + start * row_bytes)
+    want = count * int(np.prod(row_shape, dtype=np.int64))
+    try:
+        with open(path, "rb") as fh:
+            out = np.fromfile(fh, dtype=dtype, count=want, offset=offset + start * row_bytes)
+    except FileNotFoundError:
+        raise CacheDamagedError(path, _missing(path)) from None
+    if out.size != want:
+        raise CacheDamagedError(path, f"file ends before the {count} rows at byte {offset + start * row_bytes}")
     return out.reshape((count, *row_shape))
+
+
+def _part_arrays(part: Path, folder: Path, tap: str | None = None) -> dict:
+    """{tap: (keys, codes)} of a journal part (only ``tap`` when given).  A missing part stays
+    FileNotFoundError (a commit may have folded it in meanwhile); one that cannot be read is a
+    :class:`CacheDamagedError`."""
+    try:
+        with np.load(part) as z:
+            names = [k[len("keys__"):] for k in z.files if k.startswith("keys__")]
+            return {t: (z[f"keys__{t}"], z[f"codes__{t}"]) for t in names if tap is None or t == tap}
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise CacheDamagedError(part, _why(exc), folder, advice=_part_advice(part)) from None
 
 
 class FeatureCache:
@@ -556,18 +627,36 @@ class FeatureCache:
         """The committed manifest (None for a legacy single-file cache or no cache)."""
         try:
             with open(self.manifest_path) as fh:
-                return json.load(fh)
+                m = json.load(fh)
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
-            raise FeatxError(f"{self.manifest_path}: cannot read the cache manifest ({exc}); "
-                             "run 'featx cache verify'") from None
+            detail = _why(exc)
+        else:
+            if isinstance(m, dict) and isinstance(m.get("segments"), list) and isinstance(m.get("config"), dict):
+                return m
+            detail = "not a cache manifest: no config or segment list"
+        raise CacheDamagedError(self.manifest_path, detail, self.path, advice=(
+            "it lists the cache's segments and no featx command rebuilds it: move "
+            f"{self.path} aside and run featx extract again to rebuild the cache"))
+
+    def _committed(self, seg: dict, info: dict, m: dict) -> "_Block":
+        """The mapped block of a segment ``m`` names; a missing file is damage unless a commit swapped
+        the manifest meanwhile (then FileNotFoundError: the caller takes a new snapshot)."""
+        path = self.segments_dir / seg["name"]
+        try:
+            return _Block.mapped(path, info)
+        except FileNotFoundError:
+            if (self.manifest() or {}).get("generation") != m.get("generation"):
+                raise
+            raise CacheDamagedError(path, _missing(path)) from None
 
     def _legacy_open(self):
         try:
             return h5py.File(self.legacy, "r")
         except OSError as exc:
-            raise FeatxError(f"{self.legacy}: cannot open the cache file ({exc}); run 'featx cache verify'") from None
+            raise FeatxError(f"{self.legacy}: cannot open the cache file ({_why(exc)}); run "
+                             f"'featx cache verify {self.legacy}'") from None
 
     def read_config(self) -> dict | None:
         m = self.manifest()
@@ -591,7 +680,7 @@ class FeatureCache:
                         for seg in m["segments"]:
                             info = seg["taps"].get(tap)
                             if info and info["rows"]:
-                                blocks.append(_Block.mapped(self.segments_dir / seg["name"], info))
+                                blocks.append(self._committed(seg, info, m))
                     elif self.legacy.exists():
                         f = self._legacy_open()
                         if tap in f.get("taps", {}):
@@ -607,18 +696,19 @@ class FeatureCache:
                             blocks.append(_Block.mapped(inc, entry["taps"][tap], keep_mapped=False))
                             blocks[-1].pending = True
                     for part in self._parts():
-                        with np.load(part) as z:
-                            if f"keys__{tap}" in z.files:
-                                blocks.append(_Block.from_arrays(z[f"keys__{tap}"], z[f"codes__{tap}"]))
-                                blocks[-1].pending = True
+                        for k, c in _part_arrays(part, self.path, tap).values():
+                            blocks.append(_Block.from_arrays(k, c))
+                            blocks[-1].pending = True
                     again = self.manifest()
                     if (again or {}).get("generation") != (m or {}).get("generation") or (again is None) != (m is None):
                         raise FileNotFoundError  # a commit swapped the manifest meanwhile: parts may be gone
-            except FileNotFoundError:  # a commit moved a part or incoming segment meanwhile: again
+            except BaseException as exc:
                 for b in blocks:
                     if b.keep is not None:
                         b.keep.close()
-                time.sleep(0.01 * attempt)
+                if not isinstance(exc, FileNotFoundError):
+                    raise
+                time.sleep(0.01 * attempt)  # a commit moved a part or incoming segment meanwhile: again
                 continue
             try:
                 yield blocks
@@ -811,7 +901,7 @@ class FeatureCache:
 
                 def existing(tap):
                     if tap not in blocks:
-                        blocks[tap] = [_Block.mapped(self.segments_dir / s["name"], s["taps"][tap])
+                        blocks[tap] = [self._committed(s, s["taps"][tap], m)
                                        for s in segments if s["taps"].get(tap, {}).get("rows")]
                     return blocks[tap]
 
@@ -823,11 +913,8 @@ class FeatureCache:
                                                  for t, i in entry["taps"].items()}))
                 journal: dict[str, list] = {}
                 for p in parts:
-                    with np.load(p) as z:
-                        for k in z.files:
-                            if k.startswith("keys__"):
-                                tap = k[len("keys__"):]
-                                journal.setdefault(tap, []).append((_as_keys(z[k]), z[f"codes__{tap}"]))
+                    for tap, (k, c) in _part_arrays(p, self.path).items():
+                        journal.setdefault(tap, []).append((_as_keys(k), c))
                 journal = {t: (np.concatenate([k for k, _ in v]), np.concatenate([c for _, c in v]))
                            for t, v in journal.items()}
                 sources.append((None, None, {t: k for t, (k, _) in journal.items()}))
@@ -1137,8 +1224,9 @@ class FeatureCache:
         problems = []
         try:
             m = self.manifest()
-        except FeatxError as exc:
-            return [str(exc)]
+        except CacheDamagedError as exc:
+            return [f"{MANIFEST} is damaged ({exc.detail}): it lists the cache's segments and no featx command "
+                    f"rebuilds it; move {self.path} aside and run featx extract again to rebuild the cache"]
         if m is None:
             if self.legacy.exists():
                 return self._verify_legacy() + self._verify_pending()
@@ -1151,17 +1239,20 @@ class FeatureCache:
                 path = self.segments_dir / seg["name"]
                 try:
                     actual = _segment_entry(path)
+                    for tap, info in seg["taps"].items():
+                        a = actual["taps"].get(tap)
+                        if a is None or any(a[k] != info[k] for k in ("rows", "dim", "dtype", "offsets")):
+                            problems.append(f"segment {seg['name']} tap {tap}: does not match the manifest")
+                            continue
+                        problems += [f"segment {seg['name']} tap {tap}: {p}" for p in self._verify_block(path, info)]
+                        all_keys.setdefault(tap, []).append(
+                            _read_range(path, info["offsets"]["sorted_keys"], KEY_DTYPE, 0, info["rows"]))
+                except CacheDamagedError as exc:
+                    problems.append(f"segment {seg['name']}: cannot read: {exc.detail}")
+                except FileNotFoundError:
+                    problems.append(f"segment {seg['name']}: {_missing(path)}")
                 except (OSError, ValueError, KeyError) as exc:
-                    problems.append(f"segment {seg['name']}: cannot read: {exc}")
-                    continue
-                for tap, info in seg["taps"].items():
-                    a = actual["taps"].get(tap)
-                    if a is None or any(a[k] != info[k] for k in ("rows", "dim", "dtype", "offsets")):
-                        problems.append(f"segment {seg['name']} tap {tap}: does not match the manifest")
-                        continue
-                    problems += [f"segment {seg['name']} tap {tap}: {p}" for p in self._verify_block(path, info)]
-                    all_keys.setdefault(tap, []).append(
-                        _read_range(path, info["offsets"]["sorted_keys"], KEY_DTYPE, 0, info["rows"]))
+                    problems.append(f"segment {seg['name']}: cannot read: {_why(exc)}")
             for tap, parts in all_keys.items():
                 keys = np.concatenate(parts)
                 if np.unique(keys).size != keys.size:
@@ -1189,8 +1280,9 @@ class FeatureCache:
         dtype = np.dtype(info["dtype"])
         step = max(1, _COPY_BYTES // (dim * dtype.itemsize))
         for start in range(0, n, step):
-            block = _read_range(path, off["codes"], dtype, start, min(step, n - start), (dim,))
-            if block.shape[0] != min(step, n - start):
+            try:
+                block = _read_range(path, off["codes"], dtype, start, min(step, n - start), (dim,))
+            except CacheDamagedError:
                 problems.append("codes truncated")
                 break
             if not np.isfinite(block).all():
@@ -1230,14 +1322,15 @@ class FeatureCache:
                     for name in z.files:
                         z[name]
             except Exception as exc:  # noqa: BLE001
-                problems.append(f"journal part {part.name} unreadable: {exc}")
+                problems.append(f"journal part {part.name} unreadable: {_why(exc)}")
         for inc in self._incoming():
             try:
                 entry = _segment_entry(inc)
                 for tap, info in entry["taps"].items():
                     problems += [f"incoming {inc.name} tap {tap}: {p}" for p in self._verify_block(inc, info)]
             except Exception as exc:  # noqa: BLE001
-                problems.append(f"incoming segment {inc.name} unreadable: {exc}")
+                why = exc.detail if isinstance(exc, CacheDamagedError) else _why(exc)
+                problems.append(f"incoming segment {inc.name} unreadable: {why}")
         return problems
 
 
@@ -1291,9 +1384,14 @@ def export(cache: FeatureCache, out_dir: str | Path, fmt: str = "npy", taps=None
         if fmt == "parquet":
             raise FeatxError("parquet needs its extra: pip install 'featx[parquet]'", param="format") from None
         pa = None
-    taps = list(taps or cache.taps())
+    have = cache.taps()
+    taps = list(taps or have)
     if not taps:
         raise FeatxError(f"{cache.path}: nothing to export (no rows committed); run featx extract")
+    unknown = [t for t in taps if t not in have]
+    if unknown:
+        raise FeatxError(f"{', '.join(map(repr, unknown))}: not a tap of {cache.path}; its taps: "
+                         f"{', '.join(have) or 'none (no rows committed)'}", param="taps")
     out_dir = Path(out_dir)
     result = {"files": [], "rows": {}, "missing": {}}
     for tap in taps:

@@ -456,3 +456,103 @@ def test_a_commit_adopting_many_worker_segments_merges_them_into_one(tmp_path, m
     np.testing.assert_array_equal(cache.read("b", keys_for(30, 3)), codes_for(keys_for(30, 3), 2))
     assert cache.verify() == []
     assert {p.name for p in cache.segments_dir.glob("seg-*.h5")} == {s["name"] for s in segs}
+
+
+def one_error_line(capsys, *names):
+    """The command's stderr: one 'featx: error:' line naming each of ``names``, no traceback."""
+    out = capsys.readouterr()
+    assert out.err.startswith("featx: error: ") and len(out.err.strip().splitlines()) == 1, out.err
+    assert "Traceback" not in out.err + out.out
+    for name in names:
+        assert name in out.err, out.err
+    return out.err
+
+
+def two_segment_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_mod, "_MAPS", type(cache_mod._MAPS)())  # no mapping from before the damage
+    cache = new_cache(tmp_path)
+    with cache:
+        for s in (0, 10):
+            cache.append({"a": rows(keys_for(s, 10))})
+            cache.commit()
+    cache_mod._MAPS.clear()
+    return cache
+
+
+@pytest.mark.parametrize("damage", ["truncated", "cut", "empty", "folder gone"])
+def test_a_damaged_segment_is_a_one_line_error_naming_it_for_every_read(tmp_path, capsys, monkeypatch, damage):
+    from featx.cli import main
+
+    cache = two_segment_cache(tmp_path, monkeypatch)
+    manifest = cache.manifest_path.read_bytes()
+    first, seg = [cache.segments_dir / s["name"] for s in cache.manifest()["segments"]]
+    if damage == "folder gone":
+        for p in cache.segments_dir.iterdir():
+            p.unlink()
+        cache.segments_dir.rmdir()
+        named = first.name
+    else:
+        codes_at = cache.manifest()["segments"][1]["taps"]["a"]["offsets"]["codes"]
+        size = {"truncated": 100, "cut": codes_at + 10, "empty": 0}[damage]  # cut: inside the codes
+        data = seg.read_bytes()[:size]
+        seg.unlink()
+        seg.write_bytes(data)  # a new file, as `head -c 100 seg > t && mv t seg` leaves
+        named = seg.name
+    for call in (lambda: cache.keys("a"), lambda: cache.keys("a", among=keys_for(15, 2)),
+                 lambda: cache.contains("a", keys_for(0, 1)), lambda: cache.read("a", keys_for(0, 1))):
+        with pytest.raises(FeatxError, match=named) as err:
+            call()
+        assert f"featx cache verify {cache.path}" in str(err.value) and "\n" not in str(err.value)
+    assert main(["cache", "export", str(cache.path), "--out", str(tmp_path / "e")]) == 2
+    one_error_line(capsys, named, f"featx cache verify {cache.path}")
+    assert main(["cache", "compact", str(cache.path)]) == 2
+    err = one_error_line(capsys, named, f"featx cache verify {cache.path}")
+    assert ("missing" in err) == (damage == "folder gone")
+    assert main(["cache", "info", str(cache.path)]) == 0  # the manifest only: describes a damaged cache too
+    capsys.readouterr()
+    assert main(["cache", "verify", str(cache.path)]) == 1
+    assert named in capsys.readouterr().out
+    # nothing finished was lost or rewritten: same manifest, the sound segment kept, no temporary file left
+    assert cache.manifest_path.read_bytes() == manifest
+    if damage != "folder gone":
+        assert first.exists() and not list(cache.segments_dir.glob(".tmp-*"))
+
+
+def test_a_damaged_journal_part_or_incoming_segment_is_named_with_what_to_do(tmp_path, capsys, monkeypatch):
+    cache = two_segment_cache(tmp_path, monkeypatch)
+    cache.journal.mkdir()
+    part = cache.journal / "part-00000000000000000001-1-000001.npz"
+    part.write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(FeatxError, match=f"{part.name}.*delete {part.name}"):
+        cache.keys("a")
+    part.unlink()
+    inc = cache.add_segment({"a": rows(keys_for(40, 3))})
+    inc.write_bytes(inc.read_bytes()[:100])
+    with pytest.raises(FeatxError, match=f"{inc.name}.*delete {inc.name}"):
+        cache.read("a", keys_for(0, 1))
+
+
+def test_export_of_an_unknown_tap_lists_the_caches_taps(tmp_path, capsys, monkeypatch):
+    from featx.cli import main
+
+    cache = two_segment_cache(tmp_path, monkeypatch)
+    assert main(["cache", "export", str(cache.path), "--taps", "a,bogus", "--out", str(tmp_path / "e")]) == 2
+    err = one_error_line(capsys, "--taps", "'bogus'", "its taps: a")
+    assert "'a'" not in err and not (tmp_path / "e").exists()
+
+
+def test_a_corrupt_manifest_message_fits_the_command(tmp_path, capsys, monkeypatch):
+    from featx.cli import main
+
+    cache = two_segment_cache(tmp_path, monkeypatch)
+    cache.manifest_path.write_text('{"config": ')
+    assert main(["cache", "verify", str(cache.path)]) == 1
+    out = capsys.readouterr().out
+    assert "MANIFEST.json is damaged" in out and "featx cache verify" not in out
+    assert f"move {cache.path} aside and run featx extract again" in out
+    assert main(["cache", "export", str(cache.path), "--out", str(tmp_path / "e")]) == 2
+    err = one_error_line(capsys, str(cache.manifest_path), "featx extract again")
+    assert "featx cache verify" not in err  # it could say nothing more
+    cache.manifest_path.write_text("[]")  # JSON, but not a manifest
+    with pytest.raises(FeatxError, match="not a cache manifest"):
+        cache.keys("a")
