@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
+import math
 import re
 import sys
 from pathlib import Path
@@ -135,6 +136,8 @@ def _number(kind, low=None, high=None, low_open=False, high_open=False, what="a 
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if kind is float and not math.isfinite(value):  # nan passes every comparison; inf is no setting
+            raise argparse.ArgumentTypeError(f"expected {what} (finite), got {text!r}")
         if (low is not None and (value < low or (low_open and value == low))) or \
                 (high is not None and (value > high or (high_open and value == high))):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
@@ -388,7 +391,9 @@ def cmd_predict(args) -> int:
         seen = table.attrs.get("seen_in_training", 0)
         if seen:
             print(f"warning: {seen} of these {len(table)} images were in the model's own train/val split, so this "
-                  "accuracy is not a held-out estimate; the test accuracy fit-head printed is")
+                  "accuracy is not a held-out estimate (the test accuracy fit-head printed is one)")
+    for note in table.attrs.get("notes", []):
+        print(f"featx: note: {note}", file=sys.stderr)
     for path, reason in table.attrs["failures"]:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     return 3 if table.attrs["failures"] else 0

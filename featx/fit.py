@@ -293,6 +293,8 @@ def fit_head(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), head="logist
         "dataset": dataset_name,
         "backbone": "+".join(backbones), "backbones": backbones, "taps": taps, "head": head, "pooling": pooling,
         "views": views, "tta": tta, "fuse": fuse, "recipe": recipe,
+        # what the final model does at test time: auto may choose a candidate without the flip it was offered
+        "tta_used": selection.best.tta if selection is not None and flip else tta,
         "split_id": codes.split_id,
         "n": n,
         "refit": "val" in fit_splits,
@@ -316,7 +318,7 @@ def fit_head(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), head="logist
     if selection is not None:
         best = selection.table[selection.table["candidate"] == selection.best.name].iloc[0]
         metrics["cv"] = {"mean": float(best["cv_mean"]), "sd": float(best["cv_sd"]),
-                         "rows": int(np.isin(split, fit_splits).sum()), "budget_s": budget,
+                         "rows": int(np.isin(split, fit_splits).sum()), "budget_s": selection.budget,
                          "seconds": selection.seconds, "logme": selection.logme}
     out_dir = Path(out_dir or Path("featx-out") / f"{dataset_name}-{'+'.join(backbones)}-{'+'.join(taps)}-{label}")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -350,18 +352,24 @@ def _report_text(m: dict, summary: dict) -> str:
     fit_rows = m["n_fit"]["train"] + m["n_fit"]["val"]
     refit = (f"final model trained on train+val ({fit_rows} images)" if m["refit"]
              else f"final model trained on train only ({fit_rows} images; --no-refit)")
-    chosen = ", ".join(f"{k} {v}" for k, v in m["chosen"].items()) if isinstance(m["chosen"], dict) else ""
+    if isinstance(m["chosen"], dict):
+        chosen = ", ".join(f"{k} {v}" for k, v in m["chosen"].items())
+    else:  # one head per block (--fuse mean, flip TTA): each block's choice
+        chosen = " / ".join(", ".join(f"{k} {v}" for k, v in c.items()) or "-" for c in m["chosen"])
     lines = [
         f"{m['dataset']}: {m['backbone']}/{'+'.join(m['taps'])} -> {m['head']} head"
         f"{' on ' + str(m['views']) + ' augmented views too' if m.get('views') else ''}"
-        f"{' with flip TTA' if m.get('tta') == 'flip' else ''} "
+        f"{' (' + m['fuse'] + ' of one head per backbone)' if m.get('fuse') == 'mean' and len(m['backbones']) > 1 else ''}"
+        f"{' with flip TTA' if m.get('tta_used', m.get('tta')) == 'flip' else ''}"
+        f"{' (flip TTA was a candidate; the chosen one does not use it)' if m.get('tta_used') == 'none' and m.get('tta') == 'flip' else ''} "
         f"(split {m['split_id']}: {m['n']['train']} train, {m['n']['val']} val, {m['n']['test']} test)",
         f"{refit}{'; chosen: ' + chosen if chosen else ''}",
         f"{m['evaluated_on']} accuracy {summary['text']}  95% Wilson interval",
         f"train {fmt(acc['train'])}"
         + (f"  val {fmt(acc['val'])}" + (" (before refit)" if m["refit"] else "") if acc["val"] is not None
-           and m["evaluated_on"] == "test" else "")
-        + (f"  cv {m['cv']['mean']:.3f} ± {m['cv']['sd']:.3f}" if "cv" in m else ""),
+           and m["evaluated_on"] == "test" and not ("cv" in m and m["refit"]) else "")
+        + (f"  cv {m['cv']['mean']:.3f} ± {m['cv']['sd']:.3f} (3-fold, {m['cv']['rows']} train+val images)"
+           if "cv" in m else ""),
     ]
     if summary["warning"]:
         lines.append(summary["warning"])
@@ -484,6 +492,16 @@ def predict(bundle, images, top: int | None = None, out=None, cache_dir=None, tr
                              true_labels=None if labels is None else np.asarray(labels)[first])
     table.attrs["failures"] = failures
     table.attrs["seen_in_training"] = seen_in_training(bundle, [feats[0].keys[i] for i in first], cache_dir)
+    notes = []  # one line each, for the CLI to print on stderr
+    unknown = sorted(set(feats[0].class_names) - {str(c) for c in classes}) if feats[0].labels is not None else []
+    if unknown:
+        notes.append(f"the folder names {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''} are not classes "
+                     f"of the model ({', '.join(map(str, classes[:8]))}{' ...' if len(classes) > 8 else ''}), "
+                     "so they are not read as labels and no accuracy is computed")
+    if views and not bundle.metrics.get("views"):
+        notes.append(f"--tta views: the head was not trained on augmented views; averaging over {views} views "
+                     "computed with the study's augmentation (cached for next time)")
+    table.attrs["notes"] = notes
     return table
 
 

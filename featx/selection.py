@@ -41,6 +41,7 @@ layout of its design matrix.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -279,6 +280,7 @@ class SelectionResult:
     estimator: BlockHead  # the winner, fitted on every row select_head was given
     logme: dict = field(default_factory=dict)  # feature set -> LogME score
     seconds: float = 0.0
+    budget: float = DEFAULT_BUDGET  # the budget the search ran under, seconds
 
     def text(self, top: int = 12) -> str:
         t = self.table
@@ -366,6 +368,8 @@ def select_head(blocks, y, flip=None, budget=None, cv: int = 3, keep_features: i
 
     start = time.perf_counter()
     budget = DEFAULT_BUDGET if budget is None else float(budget)
+    if not (math.isfinite(budget) and budget >= 0):
+        raise FeatxError(f"expected a finite number of seconds, 0 or more, got {budget}", param="budget")
     if not blocks:
         raise FeatxError("select_head: no code blocks given")
     if fuse not in ("concat", "mean"):
@@ -458,4 +462,4 @@ def select_head(blocks, y, flip=None, budget=None, cv: int = 3, keep_features: i
     best = best_row["_c"]
     final = estimator(best).fit(X, y)
     table = pd.DataFrame([{k: v for k, v in r.items() if k != "_c"} for r in rows])
-    return SelectionResult(table, best, final, scores, time.perf_counter() - start)
+    return SelectionResult(table, best, final, scores, time.perf_counter() - start, budget)

@@ -284,3 +284,14 @@ def test_the_command_line_parser_loads_no_heavy_library():
     from featx.heads import HEADS
 
     assert head_names() == tuple(HEADS)
+
+
+def test_the_usual_conversion_time_counts_the_same_backbone_only(tmp_path):
+    """A first conversion of lite0 said 'about 16 s here before': that was mobilenet_v2's time."""
+    from featx.engines.litert import TYPICAL_CONVERT_SECONDS, usual_convert_seconds
+
+    (tmp_path / "mobilenet_v2-aaaa.json").write_text(json.dumps({"total_seconds": 9.0}))
+    (tmp_path / "efficientnet_lite2-bbbb.json").write_text(json.dumps({"total_seconds": 40.0}))
+    assert usual_convert_seconds(tmp_path, "efficientnet_lite2") == "about 40 s here before"
+    assert usual_convert_seconds(tmp_path, "mobilenet_v2") == "about 9 s here before"
+    assert usual_convert_seconds(tmp_path, "efficientnet_lite0") == f"usually {TYPICAL_CONVERT_SECONDS}"

@@ -305,3 +305,19 @@ def test_two_images_per_class_fit_or_fail_in_one_line(tmp_path, capsys):
                  "--out", str(tmp_path / "svm")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("featx: error: --head: linear_svm head on 2 training images"), err
+
+
+def test_predict_says_why_a_folder_gives_no_accuracy_and_when_views_are_new(fitted, data, cache, tmp_path, capsys):
+    """Folder names that are not the model's classes are not labels: say so (it was silent); and --tta views on
+    a head trained without views computes them: say that too."""
+    some = sorted(data.glob("*/*.jpg"))[0]
+    for name in ("red", "wolf"):
+        (tmp_path / "mixed" / name).mkdir(parents=True)
+        (tmp_path / "mixed" / name / some.name).write_bytes(some.read_bytes())
+    assert main(["predict", str(fitted.bundle), str(tmp_path / "mixed"), "--cache", str(cache)]) == 0
+    out, err = capsys.readouterr()
+    assert "accuracy" not in out and "true_label" not in out
+    assert "featx: note: the folder names wolf are not classes of the model" in err, err
+    assert main(["predict", str(fitted.bundle), str(some), "--cache", str(cache), "--tta", "views"]) == 0
+    assert "featx: note: --tta views: the head was not trained on augmented views; averaging over 4" in \
+        capsys.readouterr().err

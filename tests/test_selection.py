@@ -2,6 +2,7 @@
 
 import json
 import pickle
+import re
 import subprocess
 import sys
 
@@ -268,11 +269,14 @@ def test_fit_head_tta_views_trains_on_the_views_and_scores_their_mean(unclear, c
     assert list(table.loc[files, "predicted"]) == list(expected)
 
 
-def test_fit_head_auto_saves_the_selection_table(data, cache, tmp_path):
+def test_fit_head_auto_saves_the_selection_table(data, cache, tmp_path, capsys):
     code = main([
         "fit-head", str(data), "--cache", str(cache), "--out", str(tmp_path), "--head", "auto", "--budget", "6",
     ])
     assert code == 0
+    out = capsys.readouterr().out
+    # the validation rows were in the CV folds: the console says cv, not "val ... (before refit)"
+    assert re.search(r"^train \d\.\d{3}  cv \d\.\d{3} ± \d\.\d{3} \(3-fold, \d+ train\+val images\)$", out, re.M), out
     import pandas as pd
 
     table = pd.read_csv(tmp_path / "selection.csv")
@@ -281,6 +285,7 @@ def test_fit_head_auto_saves_the_selection_table(data, cache, tmp_path):
     assert table.loc[table["head"] == "dense", "status"].tolist() == ["skipped"]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["head"] == "auto" and metrics["refit"] and "cv" in metrics
+    assert metrics["cv"]["budget_s"] == 6.0 and metrics["tta_used"] == "none"
     # the report ranks runs by validation accuracy: for auto that is the chosen candidate's CV accuracy
     chosen = table.loc[table["candidate"] == metrics["chosen"]["candidate"], "cv_mean"].iloc[0]
     assert metrics["accuracy"]["val"] == pytest.approx(chosen)

@@ -204,13 +204,14 @@ def max_difference(a: dict, b: dict) -> dict:
     return {t: float(np.abs(np.asarray(a[t], np.float64) - np.asarray(b[t], np.float64)).max()) for t in a}
 
 
-def usual_convert_seconds(folder: Path) -> str:
-    """How long conversions took here before (median of the stored records), else the typical range."""
+def usual_convert_seconds(folder: Path, backbone: str | None = None) -> str:
+    """How long conversions of ``backbone`` took here before (median of its stored records), else the
+    typical range.  Only the same backbone counts: a larger network converts more slowly."""
     times = []
-    for record in Path(folder).glob("*.json"):
+    for record in Path(folder).glob(f"{backbone}-*.json" if backbone else "*.json"):
         try:
             record = json.loads(record.read_text())
-            times.append(float(record.get("total_seconds", record["convert_seconds"])))
+            times.append(float(record["total_seconds"] if "total_seconds" in record else record["convert_seconds"]))
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return f"about {statistics.median(times):.0f} s here before" if times else f"usually {TYPICAL_CONVERT_SECONDS}"
@@ -289,7 +290,7 @@ def load_or_convert(config, batch_size: int, cache_dir, build_model, warn, threa
     if path.exists() or record:
         warn(f"{path.name}: converted model is missing, damaged or stale; converting again")
     announce(f"converting {config.backbone} ({', '.join(config.taps)}) for the LiteRT engine, once for this "
-             f"configuration ({usual_convert_seconds(path.parent)}); it is stored in {path.parent}")
+             f"configuration ({usual_convert_seconds(path.parent, config.backbone)}); it is stored in {path.parent}")
     began = time.perf_counter()
     model = build_model()
     keras_engine = KerasEngine(config, model)
