@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from featx.backbones.registry import DEFAULT_BACKBONE
+from featx.stats import format_accuracy
 
 
 def write_digits(folder: Path, per_class: int = 40, unseen: int = 20, seed: int = 0) -> tuple[Path, Path]:
@@ -63,7 +64,7 @@ def run_demo(out_dir="featx-out/demo", backbone: str = DEFAULT_BACKBONE, cache_d
     table = predict(result.bundle, [unseen], out=csv, top=3, cache_dir=cache_dir, weights=weights)
     truth = table["id"].str.rsplit("_is_", n=1).str[1]
     right = int((truth == table["predicted"].astype(str)).sum())
-    echo(f"unseen images: {right}/{len(table)} predicted correctly")
+    echo(f"unseen images: {right}/{len(table)} predicted correctly, {format_accuracy(right, len(table))}")
     echo("outputs:")
     for label, path in (("bundle", result.bundle), ("metrics", result.out_dir / "metrics.json"),
                         ("confusion matrix", result.out_dir / "confusion.png"), ("predictions", csv)):

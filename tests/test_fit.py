@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -287,7 +288,10 @@ def test_demo_through_main_writes_what_it_names(tmp_path, capsys):
     for name in ("model.featx", "metrics.json", "confusion.png", "predictions.csv"):
         found = list(out.rglob(name))
         assert found and str(found[0]) in text, name  # written, and named in the outputs it prints
-    assert "unseen images:" in text and "$ featx predict" in text
+    assert "$ featx predict" in text
+    m = re.search(r"unseen images: (\d+)/(\d+) predicted correctly, (\d\.\d{3}) \[(\d\.\d{3}), (\d\.\d{3})\] \(n=(\d+)\)",
+                  text)
+    assert m and m.group(2) == m.group(6) and float(m.group(4)) <= int(m.group(1)) / int(m.group(2)) <= float(m.group(5))
 
 
 def test_two_images_per_class_fit_or_fail_in_one_line(tmp_path, capsys):
