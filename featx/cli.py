@@ -288,7 +288,9 @@ def cmd_cache(args) -> int:
         for path in files:
             info = FeatureCache(path).info()
             taps = ", ".join(f"{t} {v['rows']}x{v['dim']}" for t, v in info["taps"].items())
-            print(f"{path}  {info['size_bytes'] / 1e6:.1f} MB  {info['segments']} segment(s)  {taps}")
+            views = (info.get("config") or {}).get("views")  # a cache of mirrored or augmented views of images
+            kind = "" if not views else "  mirrored images (flip)" if views == "flip" else f"  augmented views ({views})"
+            print(f"{path}  {info['size_bytes'] / 1e6:.1f} MB  {info['segments']} segment(s)  {taps}{kind}")
         return 0
     if not args.target:
         raise FeatxError(f"CACHE: featx cache {args.action} needs a cache folder; list them with 'featx cache ls'")
@@ -976,7 +978,10 @@ def main(argv=None) -> int:
         return args.func(args)
     except FeatxError as exc:
         param = getattr(exc, "param", None)
-        text = f"{option_for(param)}: {exc.message}" if param else str(exc)
+        option = option_for(param) if param else None
+        if param == "backbone" and getattr(args, "backbones", None):  # the user typed the plural spelling
+            option = "--backbones"
+        text = f"{option}: {exc.message}" if param else str(exc)
         print(f"featx: error: {text}", file=sys.stderr)
         return 2
     except OSError as exc:  # disk full, permissions, read-only filesystem ... on cache, journal, engines, outputs

@@ -202,6 +202,9 @@ def fit_head(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), head="logist
             clean[name] = c.features.codes[t][r]
             if flip:
                 flipped[name] = c.features.flipped[t][r]
+    if fuse == "mean" and len(names) == 1:
+        print("featx: warning: --fuse mean averages one head per backbone (or tap); with one backbone and one tap "
+              "there is one head, so it changes nothing", file=sys.stderr)
     layout = [{"extractor": i, "tap": t, "view": "clean"} for i in range(len(backbones)) for t in taps]
     if flip:
         layout += [{"extractor": i, "tap": t, "view": "flip"} for i in range(len(backbones)) for t in taps]

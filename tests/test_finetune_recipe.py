@@ -148,7 +148,7 @@ def test_recipes_study_is_the_2017_one_and_default_is_adaptive():
     assert float(sgd.momentum) == pytest.approx(0.9)
     default = get_recipe("default")
     assert default.optimizer == "adamw" and default.schedule == "cosine" and default.warmup > 0
-    assert default.augment == "light" and default.epochs <= 5
+    assert default.augment == "light" and default.epochs <= 6  # a few CPU epochs: 6 ran 4.2 min on cifar10_3k (README)
     adamw = _optimizer(default, 100)
     schedule = adamw._learning_rate
     peak = max(float(schedule(s)) for s in range(100))

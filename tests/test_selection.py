@@ -381,3 +381,21 @@ def test_copies_of_rows_do_not_leak_into_the_choice_of_C(kind):
     # the mirrored view of a flip-TTA head is such a copy
     block = BlockHead(Head(kind), [[(0, 40)]], [[(40, 80)]]).fit(np.concatenate([X, X], axis=1), y)
     assert block.heads_[0].chosen_["C"] == honest
+
+
+def test_fuse_mean_with_one_block_warns_and_a_bad_second_backbone_names_backbones(data, cache, tmp_path, capsys):
+    assert main(["fit-head", str(data), "--cache", str(cache), "--fuse", "mean", "--out", str(tmp_path / "a")]) == 0
+    assert "featx: warning: --fuse mean averages one head per backbone" in capsys.readouterr().err
+    assert main(["fit-head", str(data), "--cache", str(cache), "--backbones", "mobilenet_v2,foo",
+                 "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("featx: error: --backbones: unknown backbone 'foo'"), err
+
+
+def test_cache_ls_says_which_caches_hold_mirrored_images(data, tmp_path, capsys):
+    from featx.extract import extract
+
+    extract(data, "mobilenet_v2", cache_dir=tmp_path, flip=True, progress=False)
+    assert main(["cache", "ls", "--cache", str(tmp_path)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "mobilenet_v2-" in line]
+    assert len(lines) == 2 and sum(line.endswith("mirrored images (flip)") for line in lines) == 1, lines
