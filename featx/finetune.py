@@ -493,8 +493,10 @@ def finetune(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), unfre
         init_head = fit_head(data, backbone, [tap], head="dense", weights=weights, cache_dir=cache_dir,
                              out_dir=Path(out_dir) / "init-head" if out_dir else None,
                              val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, refit=False).bundle
-    bundle = given or load_bundle(init_head, trust=trust)
-    _check_init_head(bundle, backbone, tap, int(base.output.shape[-1]))
+    bundle = given
+    if bundle is None:  # the head trained above, on this run's own codes
+        bundle = load_bundle(init_head, trust=trust)
+        _check_init_head(bundle, backbone, tap, int(base.output.shape[-1]))
     class_names = list(bundle.head.classes_)
     y = np.searchsorted(class_names, codes.y)
     images = load_network_inputs(spec, codes.features.paths)
@@ -679,26 +681,23 @@ def predict_finetuned(model_path, images, top=None, out=None, batch_size: int = 
 
     keras = _tf.keras()
     model_path = Path(model_path)
-    meta = read_model_meta(model_path)
-    meta_path = model_path.with_name(META_FILE)
-    kind, class_names = meta["kind"], meta["class_names"]
-    if kind == "baseline":
-        size = int(meta["size"])
+    meta = read_model_meta(model_path)  # kind is "baseline" or "finetune", checked there
+    class_names = meta["class_names"]
+    if meta["kind"] == "baseline":
+        size = meta["size"]
 
         def load(p):
             return center_crop_resize(load_image(p, min_side=size), size, 1.0)
 
         def prepare(batch):
             return batch.astype(np.float32)
-    elif kind == "finetune":
+    else:
         spec = get_backbone(meta["backbone"])
 
         def load(p):
             return load_network_inputs(spec, [p], workers=1)[0]
 
         prepare = spec.normalize
-    else:
-        raise FeatxError(f"{meta_path}: unknown model kind {kind!r} (expected finetune or baseline)")
     if top is not None and not 1 <= top <= len(class_names):
         raise FeatxError(f"expected 1..{len(class_names)}, got {top}", param="top")
     model = keras.models.load_model(model_path, compile=False)
