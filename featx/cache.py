@@ -272,6 +272,17 @@ def _bloom_test(bloom: np.ndarray, h1, h2) -> np.ndarray:
 
 
 # ---- segments --------------------------------------------------------------------------------
+def _segment_name() -> str:
+    """A new segment file name: creation time first (names sort by age), then a random suffix."""
+    return f"seg-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.h5"
+
+
+def _stamp(f, config: dict) -> None:
+    """The attributes every segment file carries: the format version and its extractor configuration."""
+    f.attrs["format"] = FORMAT_VERSION
+    f.attrs["config"] = json.dumps(config, sort_keys=True)
+
+
 def write_segment(folder: str | Path, rows: dict, config: dict, name: str | None = None) -> dict:
     """Write ``rows`` {tap: TapRows} as one immutable segment file in ``folder``.
 
@@ -283,12 +294,11 @@ def write_segment(folder: str | Path, rows: dict, config: dict, name: str | None
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     dtype = np.dtype(config["dtype"])
-    name = name or f"seg-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.h5"
+    name = name or _segment_name()
     entry = {"name": name, "taps": {}}
     with _temporary(folder, "seg", ".h5") as tmp:
         with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT_VERSION
-            f.attrs["config"] = json.dumps(config, sort_keys=True)
+            _stamp(f, config)
             datasets = {}
             for tap, r in sorted(rows.items()):
                 keys = _as_keys(r.keys)
@@ -934,7 +944,7 @@ class FeatureCache:
 
                 adopted = []
                 for n, (inc, entry, ks) in enumerate(sources[:-1]):  # Ray workers' segments
-                    name = f"seg-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.h5"
+                    name = _segment_name()
                     self.segments_dir.mkdir(parents=True, exist_ok=True)
                     if all(keep[n, t].all() for t in ks):  # a second name for the same file, no copy:
                         try:  # incoming/ keeps the first until the manifest is swapped
@@ -995,15 +1005,14 @@ class FeatureCache:
     def _migrate_legacy(self) -> dict:
         """Copy the legacy single file into one segment, streaming its codes (keys in memory)."""
         self.segments_dir.mkdir(parents=True, exist_ok=True)
-        name = f"seg-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.h5"
+        name = _segment_name()
         with self._legacy_open() as old:
             config = json.loads(old.attrs["config"])
             dtype = np.dtype(config["dtype"])
             entry = {"name": name, "taps": {}}
             with _temporary(self.segments_dir, "seg", ".h5") as tmp:
                 with h5py.File(tmp, "w") as f:
-                    f.attrs["format"] = FORMAT_VERSION
-                    f.attrs["config"] = json.dumps(config, sort_keys=True)
+                    _stamp(f, config)
                     ds = {}
                     for tap, g in old.get("taps", {}).items():
                         keys = _as_keys(g["keys"][:])
@@ -1069,12 +1078,11 @@ class FeatureCache:
         """One new segment holding the rows of ``srcs`` [(path, entry)], in order, streaming."""
         self.segments_dir.mkdir(parents=True, exist_ok=True)
         taps = sorted({t for _, e in srcs for t in e["taps"]})
-        name = f"seg-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.h5"
+        name = _segment_name()
         entry = {"name": name, "taps": {}}
         with _temporary(self.segments_dir, "seg", ".h5") as tmp:
             with h5py.File(tmp, "w") as f:
-                f.attrs["format"] = FORMAT_VERSION
-                f.attrs["config"] = json.dumps(config, sort_keys=True)
+                _stamp(f, config)
                 ds = {}
                 for tap in taps:
                     tap_srcs = [(path, e["taps"][tap]) for path, e in srcs if e["taps"].get(tap, {}).get("rows")]
