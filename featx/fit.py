@@ -20,7 +20,7 @@ import numpy as np
 from featx.backbones.registry import DEFAULT_BACKBONE, get_backbone
 from featx.bundle import Bundle, load_bundle, save_bundle
 from featx.cache import default_cache_dir
-from featx.datasets import Dataset, Split, discover, from_paths
+from featx.datasets import Dataset, Split, discover, from_paths, load_split
 from featx.errors import FeatxError
 from featx.extract import Features, load_features
 from featx.heads import fit_with_copies, make_head
@@ -517,12 +517,11 @@ def seen_in_training(bundle: Bundle, keys: list, cache_dir=None) -> int:
     no split or the split is not stored in this cache folder (nothing to compare against).
     """
     sid = getattr(bundle, "split_id", None)
-    path = Path(cache_dir or default_cache_dir()) / "splits" / f"{sid}.json"
-    if not sid or not path.is_file():
+    if not sid:
         return 0
     try:
-        assignments = json.loads(path.read_text())["assignments"]
-    except (OSError, ValueError, KeyError, TypeError):
+        assignments = load_split(cache_dir or default_cache_dir(), sid)["assignments"]
+    except (FeatxError, OSError, ValueError, KeyError, TypeError):  # not stored here, or unreadable
         return 0
     # a unit is a content key, or "<split folder>/<key>" when the dataset came in split folders
     fitted = {unit.rsplit("/", 1)[-1] for unit, part in assignments.items() if part in ("train", "val")}

@@ -401,10 +401,10 @@ def fit_with_copies(head, X, y, X_copies, y_copies, validation_data=None):
     -------
     The fitted estimator: ``head`` itself, or a frozen copy whose ``chosen_`` is what the originals chose.
     """
-    X_all = np.concatenate([np.asarray(X), np.asarray(X_copies)])
-    y_all = np.concatenate([np.asarray(y), np.asarray(y_copies)])
     if not len(y_copies):
         return head.fit(X, y, validation_data=validation_data) if isinstance(head, Head) else head.fit(X, y)
+    X_all = np.concatenate([np.asarray(X), np.asarray(X_copies)])
+    y_all = np.concatenate([np.asarray(y), np.asarray(y_copies)])
     if not isinstance(head, Head):
         return head.fit(X_all, y_all)
     if head.kind not in CV_CHOSEN or "C" in (head.options or {}):
