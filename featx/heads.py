@@ -10,7 +10,7 @@ softmax, RMSprop), trained in Keras and evaluated in numpy (:class:`DenseHead`).
 from __future__ import annotations
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
@@ -157,6 +157,7 @@ class LogisticCV(LogisticRegressionCV):
 
 
 SVM_C_GRID = {"linear_svm": (0.01, 0.1, 1.0, 10.0), "rbf_svm": (1.0, 10.0, 100.0)}
+SVM_DEFAULT_C = {"linear_svm": 1.0, "rbf_svm": 10.0}  # an SVM's C when too few images to choose one
 
 
 class Head(ClassifierMixin, BaseEstimator):
@@ -242,7 +243,7 @@ class Head(ClassifierMixin, BaseEstimator):
                 raise ValueError("SVM heads calibrate probabilities by cross-validation: every class needs at "
                                  "least 2 training images (a class has 1); add images, or use --head logistic, "
                                  "knn or dense")
-            C = opts.pop("C", 1.0 if self.kind == "linear_svm" else 10.0)
+            C = opts.pop("C", SVM_DEFAULT_C[self.kind])
             return CalibratedClassifierCV(self._svm(opts, C), cv=min(3, smallest), ensemble=False)
         if self.kind == "knn":
             # a vote has nothing to re-weight: class_weight does not apply to kNN
@@ -383,7 +384,13 @@ def fit_with_copies(head, X, y, X_copies, y_copies, validation_data=None):
     together, score an image while its mirror or view sits in the training folds; those folds
     reward weak regularisation (on flowers5 a linear SVM trained on both views lost 3 points of test
     accuracy to one trained on the originals alone).  So such a head chooses on the originals, and
-    the choice, frozen (:meth:`Head.frozen`), is trained on originals and copies.  A dense head
+    the choice, frozen (:meth:`Head.frozen`), is trained on originals and copies.
+
+    C stays a penalty *per image*: logistic regression and both SVMs minimise
+    ``C * sum(loss over rows) + ||w||^2 / 2``, so m copies of n images would weaken the penalty
+    (m + n) / n times.  The model trained on originals and copies uses ``C * n / (n + m)``, which is
+    the same as giving every row the weight ``n / (n + m)``: with exact copies it is the model the
+    originals alone give.  ``chosen_`` keeps the C chosen (or given) per image.  A dense head
     (validated on other images) and kNN (nothing chosen) train on all rows at once.
 
     Parameters
@@ -399,7 +406,8 @@ def fit_with_copies(head, X, y, X_copies, y_copies, validation_data=None):
 
     Returns
     -------
-    The fitted estimator: ``head`` itself, or a frozen copy whose ``chosen_`` is what the originals chose.
+    The fitted estimator: ``head`` itself, or a copy trained with the scaled C whose ``chosen_`` is
+    what the originals chose.
     """
     if not len(y_copies):
         return head.fit(X, y, validation_data=validation_data) if isinstance(head, Head) else head.fit(X, y)
@@ -407,9 +415,18 @@ def fit_with_copies(head, X, y, X_copies, y_copies, validation_data=None):
     y_all = np.concatenate([np.asarray(y), np.asarray(y_copies)])
     if not isinstance(head, Head):
         return head.fit(X_all, y_all)
-    if head.kind not in CV_CHOSEN or "C" in (head.options or {}):
+    if head.kind not in CV_CHOSEN:
         return head.fit(X_all, y_all, validation_data=validation_data)
-    chosen = head.fit(X, y).chosen_
-    trained = head.frozen().fit(X_all, y_all)
-    trained.chosen_ = dict(chosen)
+    options = dict(head.options or {})
+    if "C" in options:
+        chosen = {}
+    else:
+        chosen = dict(head.fit(X, y).chosen_)
+        # one image of a class: the logistic head keeps C=1 (see Head._classifier), chosen_ has no C
+        options["C"] = chosen.get("C", 1.0 if head.kind == "logistic" else SVM_DEFAULT_C[head.kind])
+    per_image_C = options["C"]
+    options["C"] = per_image_C * len(y) / len(y_all)
+    trained = clone(head).set_params(options=options).fit(X_all, y_all)
+    # the C per image, so that frozen() refits (on more rows and their copies) with the same penalty
+    trained.chosen_ = {**chosen, "C": per_image_C}
     return trained

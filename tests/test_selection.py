@@ -383,6 +383,42 @@ def test_copies_of_rows_do_not_leak_into_the_choice_of_C(kind):
     assert block.heads_[0].chosen_["C"] == honest
 
 
+def _decision(head, X):
+    """The fitted classifier's decision values (an SVM's before calibration), through the head's scaling."""
+    from sklearn.pipeline import Pipeline
+
+    steps = head.pipeline_.steps
+    clf = steps[-1][1]
+    Z = Pipeline(steps[:-1]).transform(X) if len(steps) > 1 else X
+    if hasattr(clf, "calibrated_classifiers_"):
+        clf = clf.calibrated_classifiers_[0].estimator
+    return clf.decision_function(Z)
+
+
+@pytest.mark.parametrize("kind, C", [("logistic", 0.05), ("linear_svm", 0.05), ("rbf_svm", 1.0), ("logistic", None)])
+def test_copies_keep_the_penalty_per_image(kind, C):
+    """C * sum(loss) + ||w||^2 / 2: a copy of every row would halve the penalty per image.  Trained on
+    the rows and an exact copy of each, a head must be the model the rows alone give (same decision
+    values), whether C was given or chosen, and its frozen copy must refit with the same C."""
+    from featx.heads import fit_with_copies
+
+    rng = np.random.default_rng(5)
+    y = np.repeat(["a", "b", "c"], 20)
+    X = rng.normal(size=(60, 30))
+    X[:, 0] += np.select([y == "a", y == "b"], [1.0, -1.0], 0.0)
+    X_new = rng.normal(size=(25, 30))
+    options = None if C is None else {"C": C}
+    alone = Head(kind, options=options).fit(X, y)
+    doubled = fit_with_copies(Head(kind, options=options), X, y, X, y)
+    assert doubled.chosen_["C"] == (C if C is not None else alone.chosen_["C"])
+    np.testing.assert_allclose(_decision(doubled, X_new), _decision(alone, X_new), rtol=1e-2, atol=1e-2)
+    # the unscaled penalty gives another model: the check above can tell
+    unscaled = Head(kind, options={"C": doubled.chosen_["C"]}).fit(np.concatenate([X, X]), np.concatenate([y, y]))
+    assert np.abs(_decision(unscaled, X_new) - _decision(alone, X_new)).max() > 0.05
+    refit = fit_with_copies(doubled.frozen(), X, y, X, y)
+    np.testing.assert_allclose(_decision(refit, X_new), _decision(alone, X_new), rtol=1e-2, atol=1e-2)
+
+
 def test_fuse_mean_with_one_block_warns_and_a_bad_second_backbone_names_backbones(data, cache, tmp_path, capsys):
     assert main(["fit-head", str(data), "--cache", str(cache), "--fuse", "mean", "--out", str(tmp_path / "a")]) == 0
     assert "featx: warning: --fuse mean averages one head per backbone" in capsys.readouterr().err
