@@ -69,6 +69,44 @@ PRIOR_SECONDS_PER_1000 = {"dense": 25.0, "rbf_svm": 5.0}
 #: up to 100 epochs each; a 15 s prior let ``--budget 20`` overrun to 28 s).
 PRIOR_MIN_SECONDS = {"dense": 30.0}
 
+#: How many times longer a candidate takes on both views (twice the rows) than on the images alone.
+#: Linear models and kNN grow about linearly with the rows (2, the default); a kernel SVM's fit grows
+#: between n^2 and n^3: on 3,455 flowers5 images of two backbones, 3-fold CV of rbf_svm C=10 took 141.4 s
+#: with the mirrors against 32.0 s without (4.4x), and a factor of 2 let ``--budget 300`` run 472 s.
+FLIP_COST_FACTOR = {"rbf_svm": 4.5}
+
+
+def expected_seconds(family: str, tta: str, costs: dict, n_rows: int) -> float:
+    """What scoring a candidate is expected to cost, from what this search has timed so far.
+
+    Parameters
+    ----------
+    family : str
+        Head family (:data:`HEAD_GRID`).
+    tta : {"none", "flip"}
+    costs : dict of (family, tta) -> seconds
+        The last cross-validation time of each family and view seen in this search.
+    n_rows : int
+        Images cross-validated.
+
+    Returns
+    -------
+    float
+        Seconds: the family's own time when timed; else the median of the timed families, raised to
+        :data:`PRIOR_SECONDS_PER_1000` / :data:`PRIOR_MIN_SECONDS` for families known to cost more;
+        times :data:`FLIP_COST_FACTOR` (default 2) for a flip candidate whose flip version is untimed.
+    """
+    if (family, tta) in costs:
+        return float(costs[(family, tta)])
+    base = costs.get((family, "none"))
+    if base is None:
+        timed = [v for (_, t), v in costs.items() if t == "none"]
+        base = float(np.median(timed)) if timed else 0.0
+        if family in PRIOR_SECONDS_PER_1000:
+            base = max(base, PRIOR_SECONDS_PER_1000[family] * n_rows / 1000, PRIOR_MIN_SECONDS.get(family, 0.0))
+    return float(base) * (FLIP_COST_FACTOR.get(family, 2.0) if tta == "flip" else 1.0)
+
+
 #: (family, {Head parameter: value}) in the order they are tried.
 HEAD_GRID = (
     ("logistic", {"standardize": True, "options": {"C": 0.1}}),
@@ -423,11 +461,7 @@ def select_head(blocks, y, flip=None, budget=None, cv: int = 3, keep_features: i
 
     def score(c: Candidate):
         elapsed = time.perf_counter() - start
-        expected = costs.get(c.family, np.median(list(costs.values())) if costs else 0.0)
-        if c.family not in costs and c.family in PRIOR_SECONDS_PER_1000:
-            expected = max(expected, PRIOR_SECONDS_PER_1000[c.family] * len(y) / 1000,
-                           PRIOR_MIN_SECONDS.get(c.family, 0.0))
-        expected *= 2 if c.tta == "flip" else 1
+        expected = expected_seconds(c.family, c.tta, costs, len(y))
         if rows and elapsed + expected > budget:
             rows.append({"candidate": c.name, "features": "+".join(c.features), "head": c.family,
                          "tta": c.tta, "cv_mean": np.nan, "cv_sd": np.nan, "fit_s": np.nan, "status": "skipped",
@@ -437,7 +471,7 @@ def select_head(blocks, y, flip=None, budget=None, cv: int = 3, keep_features: i
         res = cross_validate(estimator(c), X, y, cv=folds, n_jobs=1 if c.family == "dense" else n_jobs,
                              error_score="raise")
         seconds = time.perf_counter() - t0
-        costs[c.family] = seconds
+        costs[(c.family, c.tta)] = seconds
         acc = res["test_score"]
         rows.append({"candidate": c.name, "features": "+".join(c.features), "head": c.family, "tta": c.tta,
                      "cv_mean": float(acc.mean()), "cv_sd": float(acc.std()), "fit_s": seconds, "status": "done",
