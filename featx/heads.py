@@ -157,7 +157,8 @@ class LogisticCV(LogisticRegressionCV):
 
 
 SVM_C_GRID = {"linear_svm": (0.01, 0.1, 1.0, 10.0), "rbf_svm": (1.0, 10.0, 100.0)}
-SVM_DEFAULT_C = {"linear_svm": 1.0, "rbf_svm": 10.0}  # an SVM's C when too few images to choose one
+#: C when none is given or chosen (an SVM on too few images to choose; logistic with one image of a class).
+DEFAULT_C = {"logistic": 1.0, "linear_svm": 1.0, "rbf_svm": 10.0}
 
 
 class Head(ClassifierMixin, BaseEstimator):
@@ -232,8 +233,8 @@ class Head(ClassifierMixin, BaseEstimator):
         if self.kind == "logistic":
             n_jobs, tol = opts.pop("n_jobs", -1), opts.pop("tol", 1e-3)
             if "C" in opts or smallest < 2:  # one image of a class: no fold could hold it out, C stays 1
-                return LogisticRegression(C=opts.pop("C", 1.0), class_weight=cw, max_iter=2000, tol=tol,
-                                          random_state=seed, **opts)
+                return LogisticRegression(C=opts.pop("C", DEFAULT_C["logistic"]), class_weight=cw, max_iter=2000,
+                                          tol=tol, random_state=seed, **opts)
             return LogisticCV(
                 Cs=opts.pop("Cs", np.logspace(-4, 1, 6)), cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
                 class_weight=cw, max_iter=2000, tol=tol, n_jobs=n_jobs,
@@ -243,7 +244,7 @@ class Head(ClassifierMixin, BaseEstimator):
                 raise ValueError("SVM heads calibrate probabilities by cross-validation: every class needs at "
                                  "least 2 training images (a class has 1); add images, or use --head logistic, "
                                  "knn or dense")
-            C = opts.pop("C", SVM_DEFAULT_C[self.kind])
+            C = opts.pop("C", DEFAULT_C[self.kind])
             return CalibratedClassifierCV(self._svm(opts, C), cv=min(3, smallest), ensemble=False)
         if self.kind == "knn":
             # a vote has nothing to re-weight: class_weight does not apply to kNN
@@ -422,8 +423,7 @@ def fit_with_copies(head, X, y, X_copies, y_copies, validation_data=None):
         chosen = {}
     else:
         chosen = dict(head.fit(X, y).chosen_)
-        # one image of a class: the logistic head keeps C=1 (see Head._classifier), chosen_ has no C
-        options["C"] = chosen.get("C", 1.0 if head.kind == "logistic" else SVM_DEFAULT_C[head.kind])
+        options["C"] = chosen.get("C", DEFAULT_C[head.kind])  # too few images to choose: the default
     per_image_C = options["C"]
     options["C"] = per_image_C * len(y) / len(y_all)
     trained = clone(head).set_params(options=options).fit(X_all, y_all)

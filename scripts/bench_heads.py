@@ -81,10 +81,13 @@ def main():
         n_test = int(test.sum())
 
         def record(label, acc, seconds, kind):
-            correct = int(round(acc * n_test))
+            correct = acc * n_test
+            # a mean over seeds is no count of correct images: no interval, and not rounded to one
+            shown = (format_accuracy(int(round(correct)), n_test) if abs(correct - round(correct)) < 1e-6
+                     else f"{acc:.3f} (mean; n={n_test})")
             rows.append({"dataset": name, "model": label, "kind": kind, "test_acc": acc, "seconds": seconds,
-                         "interval": format_accuracy(correct, n_test)})
-            print(f"{name:12s} {label:48s} {format_accuracy(correct, n_test):34s} {seconds:7.1f}s", flush=True)
+                         "interval": shown})
+            print(f"{name:12s} {label:48s} {shown:34s} {seconds:7.1f}s", flush=True)
 
         def featx_head(kind, seed=0):
             h = Head(kind, random_state=seed).fit(X[train], y[train],
