@@ -711,8 +711,8 @@ def build_parser() -> FeatxParser:
     p.add_argument("--tta", default="none", choices=["none", "flip", "views"],
                    help="flip: train on each image and its mirror and average both (one more cached view); "
                         "views: train on and average the cached augmented views (extract --views K)")
-    p.add_argument("--budget", type=positive_float, default=None, metavar="SECONDS",
-                   help="time for --head auto's search (default: 45)")
+    p.add_argument("--budget", type=nonnegative_float, default=None, metavar="SECONDS",
+                   help="time for --head auto's search (default: 45; 0 scores the first candidate only)")
     p.add_argument("--refit", action=argparse.BooleanOptionalAction, default=True,
                    help="train the final model on train+val once validation has chosen C or epochs; "
                         "--no-refit keeps the model trained on train alone")

@@ -181,6 +181,14 @@ def fit_head(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), head="logist
     if tta == "views":
         views = views or 4
     backbones = backbone_list(backbone)
+    if views:
+        # augmented views are copies of one backbone's codes for one head: no other route trains on them
+        other = ("--head auto (its search runs on the images)" if head == "auto" else
+                 "--tta flip" if tta == "flip" else
+                 "several backbones" if len(backbones) > 1 else None)
+        if other:
+            raise FeatxError(f"augmented views train one backbone's named head; they do not combine with {other}: "
+                             f"drop --views / --tta views, or use one backbone and a named head", param="views")
     params = dict(head_params or {})
     if recipe != "default":
         params["recipe"] = recipe
@@ -322,7 +330,9 @@ def fit_head(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), head="logist
         best = selection.table[selection.table["candidate"] == selection.best.name].iloc[0]
         metrics["cv"] = {"mean": float(best["cv_mean"]), "sd": float(best["cv_sd"]),
                          "rows": int(np.isin(split, fit_splits).sum()), "budget_s": selection.budget,
-                         "seconds": selection.seconds, "logme": selection.logme}
+                         "seconds": selection.seconds, "logme": selection.logme,
+                         "flip_scored": int(((selection.table["tta"] == "flip")
+                                             & (selection.table["status"] == "done")).sum())}
     out_dir = Path(out_dir or Path("featx-out") / f"{dataset_name}-{'+'.join(backbones)}-{'+'.join(taps)}-{label}")
     out_dir.mkdir(parents=True, exist_ok=True)
     extractors = [{"backbone": b, "weights": None if weights is None else str(weights),
@@ -349,6 +359,13 @@ def fit_head(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), head="logist
     return FitResult(bundle_path, metrics, out_dir, text, selection)
 
 
+def _flip_not_used(m: dict) -> str:
+    """Why a search offered flip TTA chose a head without it: outscored, or never scored (budget)."""
+    if (m.get("cv") or {}).get("flip_scored", 1):
+        return " (flip TTA was a candidate; the chosen one does not use it)"
+    return " (flip TTA candidates were skipped: the time budget was spent; see selection.csv)"
+
+
 def _report_text(m: dict, summary: dict) -> str:
     acc = m["accuracy"]
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
@@ -364,7 +381,7 @@ def _report_text(m: dict, summary: dict) -> str:
         f"{' on ' + str(m['views']) + ' augmented views too' if m.get('views') else ''}"
         f"{' (' + m['fuse'] + ' of one head per backbone)' if m.get('fuse') == 'mean' and len(m['backbones']) > 1 else ''}"
         f"{' with flip TTA' if m.get('tta_used', m.get('tta')) == 'flip' else ''}"
-        f"{' (flip TTA was a candidate; the chosen one does not use it)' if m.get('tta_used') == 'none' and m.get('tta') == 'flip' else ''} "
+        f"{_flip_not_used(m) if m.get('tta_used') == 'none' and m.get('tta') == 'flip' else ''} "
         f"(split {m['split_id']}: {m['n']['train']} train, {m['n']['val']} val, {m['n']['test']} test)",
         f"{refit}{'; chosen: ' + chosen if chosen else ''}",
         f"{m['evaluated_on']} accuracy {summary['text']}  95% Wilson interval",

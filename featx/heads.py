@@ -390,8 +390,9 @@ def fit_with_copies(head, X, y, X_copies, y_copies, validation_data=None):
     C stays a penalty *per image*: logistic regression and both SVMs minimise
     ``C * sum(loss over rows) + ||w||^2 / 2``, so m copies of n images would weaken the penalty
     (m + n) / n times.  The model trained on originals and copies uses ``C * n / (n + m)``, which is
-    the same as giving every row the weight ``n / (n + m)``: with exact copies it is the model the
-    originals alone give.  ``chosen_`` keeps the C chosen (or given) per image.  A dense head
+    the same as giving every row the weight ``n / (n + m)``: with exact copies the classifier is the
+    one the originals alone give (an SVM's probability calibration, 3-fold inside the head, still
+    sees copies, so its probabilities can differ).  ``chosen_`` keeps the C chosen (or given) per image.  A dense head
     (validated on other images) and kNN (nothing chosen) train on all rows at once.
 
     Parameters
@@ -410,10 +411,16 @@ def fit_with_copies(head, X, y, X_copies, y_copies, validation_data=None):
     The fitted estimator: ``head`` itself, or a copy trained with the scaled C whose ``chosen_`` is
     what the originals chose.
     """
+    X, X_copies, y_copies = np.asarray(X), np.asarray(X_copies), np.asarray(y_copies)
+    if len(X_copies) != len(y_copies):
+        raise ValueError(f"fit_with_copies: {len(X_copies)} copies but {len(y_copies)} labels for them")
+    if len(y_copies) and X_copies.shape[1:] != X.shape[1:]:
+        raise ValueError(f"fit_with_copies: copies have shape {X_copies.shape}, the rows {X.shape}: "
+                         "a copy needs the same columns")
     if not len(y_copies):
         return head.fit(X, y, validation_data=validation_data) if isinstance(head, Head) else head.fit(X, y)
-    X_all = np.concatenate([np.asarray(X), np.asarray(X_copies)])
-    y_all = np.concatenate([np.asarray(y), np.asarray(y_copies)])
+    X_all = np.concatenate([X, X_copies])
+    y_all = np.concatenate([np.asarray(y), y_copies])
     if not isinstance(head, Head):
         return head.fit(X_all, y_all)
     if head.kind not in CV_CHOSEN:

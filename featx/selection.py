@@ -411,7 +411,10 @@ def select_head(blocks, y, flip=None, budget=None, cv: int = 3, keep_features: i
     import pandas as pd
 
     start = time.perf_counter()
-    budget = DEFAULT_BUDGET if budget is None else float(budget)
+    try:
+        budget = DEFAULT_BUDGET if budget is None else float(budget)
+    except (TypeError, ValueError):
+        raise FeatxError(f"expected a number of seconds, got {budget!r}", param="budget") from None
     if not (math.isfinite(budget) and budget >= 0):
         raise FeatxError(f"expected a finite number of seconds, 0 or more, got {budget}", param="budget")
     if not blocks:
@@ -425,6 +428,10 @@ def select_head(blocks, y, flip=None, budget=None, cv: int = 3, keep_features: i
         raise FeatxError("select_head: every block needs one row per label")
     if flip is not None and set(flip) != set(names):
         raise FeatxError("select_head: the flipped view must have the same blocks")
+    for n in names if flip is not None else ():
+        if np.shape(flip[n]) != blocks[n].shape:  # misaligned mirrors would train silently on wrong columns
+            raise FeatxError(f"select_head: the flipped view of block {n!r} has shape {np.shape(flip[n])}, "
+                             f"the block {blocks[n].shape}; each mirror row must match its image's row")
     grid = [g for g in HEAD_GRID if families is None or g[0] in families]
     if families is not None and (unknown := set(families) - {g[0] for g in HEAD_GRID}):
         raise FeatxError(f"unknown head families {', '.join(sorted(unknown))}", param="families")

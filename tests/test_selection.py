@@ -452,3 +452,47 @@ def test_expected_cost_of_a_flip_candidate_grows_with_the_family():
     # untimed: the median of the timed families, raised to the family's prior
     assert expected_seconds("linear_svm", "none", costs, 3000) == 16.0
     assert expected_seconds("dense", "none", costs, 100) == PRIOR_MIN_SECONDS["dense"]
+
+
+@pytest.mark.parametrize("extra", [["--head", "auto"], ["--tta", "flip"], ["--backbones", "mobilenet_v2,efficientnet_lite0"]])
+def test_views_with_a_route_that_cannot_train_on_them_is_refused_not_ignored(data, tmp_path, capsys, extra):
+    """Views are copies of one backbone's codes for one named head; with auto, flip or several backbones
+    they were dropped while the header said "on 2 augmented views too".  One line, before any work."""
+    cache = tmp_path / "cache"
+    rc = main(["fit-head", str(data), "--cache", str(cache), "--views", "2", "--out", str(tmp_path / "o")] + extra)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("featx: error: --views: augmented views train one"), err
+    assert not cache.exists() and not (tmp_path / "o").exists()
+
+
+def test_auto_budget_zero_scores_the_first_candidate_and_says_flip_was_skipped(data, cache, tmp_path, capsys):
+    import pandas as pd
+
+    out = tmp_path / "o"
+    assert main(["fit-head", str(data), "--cache", str(cache), "--head", "auto", "--tta", "flip", "--budget", "0",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    table = pd.read_csv(out / "selection.csv")
+    assert (table["status"] == "done").sum() == 1 and (table[table["tta"] == "flip"]["status"] == "skipped").all()
+    assert "flip TTA candidates were skipped: the time budget was spent" in text
+    assert "flip TTA was a candidate; the chosen one does not use it" not in text
+    assert json.loads((out / "metrics.json").read_text())["cv"]["flip_scored"] == 0
+
+
+def test_misaligned_mirrors_and_copies_are_refused():
+    from featx.errors import FeatxError
+    from featx.heads import fit_with_copies
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(30, 8)), np.repeat(["a", "b", "c"], 10)
+    with pytest.raises(FeatxError, match="flipped view of block 'codes' has shape"):
+        select_head({"codes": X}, y, flip={"codes": X[:, :4]}, budget=1)
+    with pytest.raises(FeatxError, match="flipped view of block 'codes' has shape"):
+        select_head({"codes": X}, y, flip={"codes": X[:20]}, budget=1)
+    with pytest.raises(FeatxError, match="expected a number of seconds, got 'abc'") as exc:
+        select_head({"codes": X}, y, budget="abc")
+    assert exc.value.param == "budget"
+    with pytest.raises(ValueError, match="30 copies but 0 labels"):
+        fit_with_copies(Head("logistic"), X, y, X, [])
+    with pytest.raises(ValueError, match="a copy needs the same columns"):
+        fit_with_copies(Head("logistic"), X, y, X[:, :4], y)
