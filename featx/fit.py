@@ -226,7 +226,7 @@ def fit_head(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), head="logist
         ``(X, y, X_copies, y_copies)``."""
         mask = np.isin(split, names_of_splits)
         X, y = X_all[mask], y_all[mask]
-        if views and len(backbones) == 1 and not flip:
+        if views:  # one backbone, no flip: checked before any work
             V = codes.features.X_views(taps)[rows[0]][mask]
             return X, y, V.reshape(-1, V.shape[-1]), np.repeat(y, V.shape[1])
         return X, y, X[:0], y[:0]
@@ -282,7 +282,7 @@ def fit_head(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), head="logist
     eval_split = "test" if n["test"] else "val"
     Xe, ye = parts[eval_split]
     pred = final.predict(Xe) if len(ye) else np.array([])
-    if tta == "views" and len(ye) and len(backbones) == 1:
+    if tta == "views" and len(ye):
         V = codes.features.X_views(taps)[rows[0]][masks[eval_split]]
         per_view = final.predict_proba(V.reshape(-1, V.shape[-1])).reshape(len(ye), V.shape[1], -1)
         proba = (final.predict_proba(Xe) + per_view.sum(axis=1)) / (V.shape[1] + 1)
