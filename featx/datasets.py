@@ -272,6 +272,41 @@ SPLIT_VERSION = 2
 SPLIT_NAMES = ("train", "val", "test")
 
 
+@dataclass(frozen=True)
+class SplitSpec:
+    """How a labelled dataset is split: the rule's parameters, as one value (validated at construction).
+
+    Parameters
+    ----------
+    val_fraction, test_fraction : float
+        Fractions in [0, 1) of the images (of each class) held out for validation and test when the
+        dataset's folders do not give that split.
+    seed : int
+        The split's seed; with the same files and fractions, the same seed gives the same split (its id).
+
+    Raises
+    ------
+    FeatxError
+        A fraction outside [0, 1) (names the keyword).
+    """
+
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise FeatxError(f"expected a fraction in [0, 1), got {value}", param=name)
+
+    @classmethod
+    def take(cls, options: dict) -> "SplitSpec":
+        """The spec named by ``val_fraction``/``test_fraction``/``seed`` in ``options`` (removed from it)."""
+        given = {k: options.pop(k) for k in ("val_fraction", "test_fraction", "seed") if k in options}
+        return cls(**given)
+
+
 @dataclass
 class Split:
     """A dataset's train/val/test assignment and what was found while making it.

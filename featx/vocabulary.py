@@ -1,0 +1,69 @@
+"""The allowed values of featx's options, named once: the API checks against them and the CLI offers them.
+
+Why one module: the same choice (a storage dtype, a head, a TTA mode) used to be spelt in two or three
+places (the checking module, the CLI's ``choices=``, a parser of another module's source) and could drift.
+Every tuple here is the complete, ordered set of values; the first is not necessarily the default (each
+option's default is declared where the option is). It imports only :mod:`featx.errors`, so every layer may read it.
+"""
+
+from __future__ import annotations
+
+from featx.errors import FeatxError
+
+#: Storage types of cached codes (the network always computes float32).
+DTYPES = ("float32", "float16")
+
+#: How a tap's feature map becomes a code: global average, global max, both concatenated, or the map flattened.
+POOLINGS = ("avg", "max", "avgmax", "none")
+
+#: Inference engines a local extraction can use (``auto`` picks LiteRT when it is installed and passes parity).
+ENGINES = ("auto", "keras", "litert")
+
+#: Engines ``featx extract`` accepts: the local ones and Ray Data scale-out.
+EXTRACT_ENGINES = ENGINES + ("ray",)
+
+#: Heads on cached codes (:mod:`featx.heads`).
+HEADS = ("logistic", "linear_svm", "rbf_svm", "knn", "dense")
+
+#: What ``--head`` accepts: a named head, or ``auto`` (cross-validated selection, :mod:`featx.selection`).
+HEAD_CHOICES = ("auto",) + HEADS
+
+#: Test-time augmentation: none, the image and its mirror, or its cached augmented views.
+TTA_MODES = ("none", "flip", "views")
+
+#: How several backbones' (or taps') codes meet: one head on the concatenation, or the mean of one head each.
+FUSE_MODES = ("concat", "mean")
+
+#: The parts of the stored split, in order.
+SPLITS = ("train", "val", "test")
+
+#: Training recipes: featx's measured defaults, or the 2017 study's settings exactly.
+RECIPES = ("default", "study")
+
+#: ``--class-weight``: inverse-frequency weights, or none.
+CLASS_WEIGHTS = ("balanced", "none")
+
+#: Augmentation presets (:mod:`featx.augment`).
+AUGMENTATIONS = ("light", "study", "none")
+
+#: The study's from-scratch CNN baselines.
+BASELINE_ARCHS = ("cnn1", "cnn6")
+
+#: ``featx advise --score``: LogME evidence, or a cross-validated linear probe.
+ADVISE_SCORES = ("logme", "probe")
+
+#: ``featx cache export --format``.
+EXPORT_FORMATS = ("npy", "parquet")
+
+#: ``featx cache`` actions.
+CACHE_ACTIONS = ("ls", "info", "verify", "compact", "export")
+
+
+def check_choice(value, allowed: tuple, param: str):
+    """``value`` when it is one of ``allowed``, else a :class:`~featx.errors.FeatxError` naming ``param``.
+
+    The error says what was expected and what was given (``expected one of a, b, got 'c'``).
+    """
+    if value not in allowed:
+        raise FeatxError(f"expected one of {', '.join(allowed)}, got {value!r}", param=param)
+    return value
