@@ -17,12 +17,15 @@ What is extracted is one :class:`~featx.config.ExtractorConfig` value; how (engi
 size, decode threads) are the call's other arguments, and engine-specific options live on the
 engine object (for instance :class:`featx.engines.ray.RayEngine`).  Files become network inputs
 through :func:`featx.preprocess.load_for_network`, the one function every engine is fed by.
+The image's own codes, its mirror and its augmented views are each a :class:`RowKind` of row, all
+cached by one step, :func:`fill`.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import functools
 import hashlib
 import os
 import sys
@@ -188,13 +191,196 @@ def hash_files(paths, workers: int = 4):
         return list(pool.map(one, paths))
 
 
-_hash_files = hash_files  # the old private name, for modules not yet moved to the public one
-
-
 def image_keys(data) -> tuple[Dataset, list]:
     """The dataset of ``data`` and each image's cache key (None where the file cannot be read)."""
     dataset = _as_dataset(data)
     return dataset, [k for k, _ in hash_files(dataset.paths)]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How missing rows are computed, never what they hold (see :func:`extract`'s parameters of these names):
+    one value, as every kind of row is run with the same settings."""
+
+    batch_size: int = 32
+    workers: int | None = None
+    progress: bool | None = None
+    flush_rows: int = 1
+
+
+@dataclass(frozen=True)
+class RowKind:
+    """A kind of cache row: which cache holds it, how its rows are keyed and seeded.
+
+    Clean codes, the mirrored view and augmented views are cached by the same :func:`fill`; only this differs.
+    ``view``: None (the image as it is, keyed by its content key, in the extractor's cache), ``FLIP`` (mirrored
+    left-right, same keys, cache of :func:`flip_config`) or ``AUGMENTATION_ID`` (cache of :func:`views_config`).
+    ``count``: rows per image, 1 or the K augmented views (keys :func:`view_key`, seeds :func:`view_seed`).
+    """
+
+    view: str | None = None
+    count: int = 1
+
+    @property
+    def clean(self) -> bool:
+        """Rows of the image itself: their decode failures are remembered (:mod:`featx.failed`) and
+        committed as the cache's failures, and running them is announced."""
+        return self.view is None
+
+    def cache_config(self, config: dict) -> dict:
+        """The configuration (the cache's key) of the cache holding this kind of row."""
+        return config if self.view is None else {**config, "views": self.view}
+
+    def rows(self, key: str) -> list[tuple[str, object]]:
+        """(row key, seed for :func:`featx.preprocess.load_for_network`) of each row of image ``key``."""
+        if self.view == AUGMENTATION_ID:
+            return [(view_key(key, v), view_seed(key, v)) for v in range(1, self.count + 1)]
+        return [(key, self.view)]
+
+
+CLEAN = RowKind()
+FLIPPED = RowKind(FLIP)
+
+
+def augmented(views: int) -> RowKind:
+    """The kind of row of ``views`` augmented views per image."""
+    return RowKind(AUGMENTATION_ID, views)
+
+
+@dataclass
+class Filled:
+    """What one :func:`fill` found and ran.
+
+    ``todo``: row key -> (path, seed, content key), the missing rows it ran (each row once: copies of a
+    file share theirs).  ``skipped``: content key -> reason, missing rows it was told not to run.
+    ``failures``: (path, reason, content key to remember as undecodable or None), from the run.
+    ``engine``: the name of the engine that ran the rows, None when none were missing.
+    """
+
+    todo: dict
+    skipped: dict = field(default_factory=dict)
+    failures: list = field(default_factory=list)
+    engine: str | None = None
+
+
+def provenance(engine_name: str) -> dict:
+    """What a commit records about how its rows were made: featx's version, the engine, library versions."""
+    return {"featx": __version__, "engine": engine_name,
+            **_tf.versions("CPU" if engine_name == "litert" else None)}
+
+
+class LocalRows:
+    """Runs missing rows on the local engine, made on first need and shared by every kind of row.
+
+    ``engine``: a name for :func:`featx.engines.make_engine` or an engine already made (it has ``run``);
+    ``cache_dir``: where a converted engine is kept.
+    """
+
+    def __init__(self, config: ExtractorConfig, engine, cache_dir: Path, options: RunOptions):
+        self.config, self.engine, self.cache_dir, self.options = config, engine, cache_dir, options
+        self.runner = engine if hasattr(engine, "run") else None
+        self.seconds = 0.0  # spent making the engine (building the network, a conversion, loading)
+
+    @property
+    def name(self) -> str:
+        return self.runner.name
+
+    def announce(self, count: int) -> None:
+        """Before clean rows run: the size warning; a notice, as building the network takes seconds."""
+        _warn_if_large(self.config)
+        if progress_enabled(self.options.progress):
+            print(f"featx: extracting {count} images with {self.config.backbone}; loading the network",
+                  file=sys.stderr, flush=True)
+
+    def make(self, count: int):
+        """The engine, made on first need for ``count`` rows (LiteRT plans for no more than there are)."""
+        if self.runner is None:
+            from featx.engines import make_engine
+
+            t0 = time.perf_counter()
+            self.runner = make_engine(self.config, min(self.options.batch_size, count), self.engine, self.cache_dir)
+            self.seconds += time.perf_counter() - t0
+        return self.runner
+
+    def run(self, cache: FeatureCache, todo: dict) -> list:
+        """Compute and journal the rows of ``todo`` (see :class:`Filled`); returns the failures."""
+        o = self.options
+        runner = self.make(len(todo))
+        return _run(self.config, runner, list(todo.items()), cache, min(o.batch_size, len(todo)), o.workers,
+                    o.progress, o.flush_rows)
+
+
+class RayRows:
+    """Runs missing clean rows on a Ray cluster (:class:`featx.engines.ray.RayEngine`); views run locally."""
+
+    name = "ray"
+
+    def __init__(self, engine, config: ExtractorConfig, batch_size: int):
+        self.engine, self.config, self.batch_size = engine, config, batch_size
+
+    def announce(self, count: int) -> None:
+        _warn_if_large(self.config)
+
+    def run(self, cache: FeatureCache, todo: dict) -> list:
+        """Compute the rows of ``todo`` on the cluster; failures as :meth:`LocalRows.run` gives them."""
+        failures = self.engine.extract(self.config, cache, [(k, p) for k, (p, _, _) in todo.items()],
+                                       self.batch_size)
+        key_of = {str(p): k for k, (p, _, _) in todo.items()}
+        return [(p, r, None if r.startswith(CHANGED) or r.endswith(VANISHED) else key_of.get(str(p)))
+                for p, r in failures]
+
+
+def missing_rows(cache: FeatureCache, kind: RowKind, paths, keys, taps) -> dict:
+    """Row key -> (path, seed, content key) of the rows of ``kind`` that ``cache`` lacks for a tap.
+
+    ``paths``, ``keys``: each image's path and content key (None: left out).  In dataset order, each row
+    once (copies of a file share theirs); the lookup costs in proportion to these images, not to the cache.
+    """
+    rows = [(path, key, kind.rows(key)) for path, key in zip(paths, keys) if key is not None]
+    present = {t: cache.keys(t, among=[rk for _, _, r in rows for rk, _ in r]) for t in taps}
+    todo: dict[str, tuple] = {}
+    for path, key, r in rows:
+        for row_key, seed in r:
+            if row_key not in todo and any(row_key not in present[t] for t in taps):
+                todo[row_key] = (path, seed, key)
+    return todo
+
+
+def fill(cache: FeatureCache, kind: RowKind, paths, keys, rows, *, skip=None, record=None) -> Filled:
+    """Compute and commit the rows of ``kind`` that ``cache`` lacks for these images; the one filling step.
+
+    Under the cache's lock: commit what a killed run left in the journal, find the missing rows
+    (:func:`missing_rows`), run them with ``rows`` (:class:`LocalRows` or :class:`RayRows`), commit
+    them with their provenance.
+
+    Parameters
+    ----------
+    cache : FeatureCache
+        The cache of ``kind`` (``kind.cache_config`` of the extractor's key).
+    paths, keys : sequences of the same length
+        Each image's path and content key (None: left out).
+    skip : callable, optional
+        ``skip()`` -> {content key: reason}, missing rows not to run; asked under the lock.
+    record : callable, optional
+        ``record(filled)`` -> failures to commit ([path, reason] each) or None; called under the lock
+        after the run (also when nothing ran), before the commit.
+    """
+    with cache:
+        cache.commit()  # fold in rows a killed run left in the journal
+        filled = Filled(missing_rows(cache, kind, paths, keys, list(rows.config.taps)))
+        known_bad = skip() if skip is not None else {}
+        filled.skipped = {k: known_bad[k] for k in filled.todo if k in known_bad}
+        for key in filled.skipped:
+            del filled.todo[key]
+        if filled.todo:
+            if kind.clean:
+                rows.announce(len(filled.todo))
+            filled.failures = rows.run(cache, filled.todo)
+            filled.engine = rows.name
+        failures = record(filled) if record is not None else None
+        if filled.todo:
+            cache.commit(provenance=provenance(filled.engine), failures=failures)
+    return filled
 
 
 def extract(data, config: ExtractorConfig | str | None = None, *, cache_dir=None, batch_size: int = 32,
@@ -245,8 +431,30 @@ def extract(data, config: ExtractorConfig | str | None = None, *, cache_dir=None
     FeatxError
         Bad configuration or option (one line, nothing written).
     """
-    from featx.engines.ray import RayEngine
+    _check_options(batch_size, views, flush_rows, workers)
+    ray_options = _ray_options(config_fields)
+    config = _as_config(config, config_fields)
+    engine = _engine(engine, ray_options, views, flip)
+    config_key = config.cache_key()
+    dataset = _as_dataset(data)
+    folder = cache_dir or default_cache_dir()
+    cache = FeatureCache(cache_path(folder, config_key), config_key)
+    memory = DecodeFailures(folder)
+    start = time.perf_counter()
+    report = hashed_report(cache, dataset)
+    local = LocalRows(config, engine, cache.path.parent, RunOptions(batch_size, workers, progress, flush_rows))
+    fill_clean(report, cache, _clean_rows(engine, local, config, batch_size), memory, retry_failed)
+    if views:
+        fill_views(report, augmented(views), local)
+    if flip:
+        fill_views(report, FLIPPED, local)
+    report.engine_seconds = local.seconds
+    report.seconds = time.perf_counter() - start
+    return report
 
+
+def _check_options(batch_size: int, views: int, flush_rows: int, workers: int | None) -> None:
+    """Refuse bad numbers before anything is read or written (FeatxError naming the keyword)."""
     if batch_size < 1:
         raise FeatxError(f"expected a positive number, got {batch_size}", param="batch_size")
     if views < 0:
@@ -255,13 +463,24 @@ def extract(data, config: ExtractorConfig | str | None = None, *, cache_dir=None
         raise FeatxError(f"expected a positive number, got {flush_rows}", param="flush_rows")
     if workers is not None:
         decode_workers(workers)  # validates
-    # the former keyword spelling of Ray's options, for callers not yet moved to RayEngine(...)
-    ray_options = {new: config_fields.pop(old) for old, new in (("ray_address", "address"),
-                                                                ("num_workers", "num_workers"),
-                                                                ("gpus_per_worker", "gpus_per_worker"),
-                                                                ("_ray_crash_marker", "crash_marker"))
-                   if old in config_fields}
-    config = _as_config(config, config_fields)
+
+
+def _ray_options(config_fields: dict) -> dict:
+    """Pop the former keyword spelling of Ray's options, for callers not yet moved to RayEngine(...)."""
+    return {new: config_fields.pop(old) for old, new in (("ray_address", "address"),
+                                                         ("num_workers", "num_workers"),
+                                                         ("gpus_per_worker", "gpus_per_worker"),
+                                                         ("_ray_crash_marker", "crash_marker"))
+            if old in config_fields}
+
+
+def _engine(engine, ray_options: dict, views: int, flip: bool):
+    """The engine asked for (default ``$FEATX_ENGINE`` or ``auto``; ``"ray"`` becomes a RayEngine).
+
+    Raises FeatxError when views or the mirrored view are asked of Ray (they run on the local engine).
+    """
+    from featx.engines.ray import RayEngine
+
     engine = engine if engine is not None else os.environ.get("FEATX_ENGINE", "auto")
     if engine == "ray":
         engine = RayEngine(**ray_options)
@@ -269,115 +488,84 @@ def extract(data, config: ExtractorConfig | str | None = None, *, cache_dir=None
         raise FeatxError("--views: augmented views run on the local engine; extract them without --engine ray")
     if flip and isinstance(engine, RayEngine):
         raise FeatxError("--tta flip: the mirrored view runs on the local engine; extract it without --engine ray")
-    config_key = config.cache_key()
-    taps = list(config.taps)
-    dataset = _as_dataset(data)
-    cache = FeatureCache(cache_path(cache_dir or default_cache_dir(), config_key), config_key)
-    memory = DecodeFailures(cache_dir or default_cache_dir())
-    start = time.perf_counter()
+    return engine
+
+
+def _clean_rows(engine, local: LocalRows, config: ExtractorConfig, batch_size: int):
+    """What runs the clean rows: the Ray cluster for a RayEngine, else the local engine."""
+    from featx.engines.ray import RayEngine
+
+    return RayRows(engine, config, batch_size) if isinstance(engine, RayEngine) else local
+
+
+def hashed_report(cache: FeatureCache, dataset: Dataset) -> ExtractReport:
+    """A report holding each image's content key (:func:`hash_files`); unreadable files are its first failures."""
     hashed = hash_files(dataset.paths)
     report = ExtractReport(cache.path, dataset, [k for k, _ in hashed])
     report.failures = [(p, err) for p, (k, err) in zip(dataset.paths, hashed) if k is None]
-    runner = engine if hasattr(engine, "run") else None
-
-    def get_runner(todo_count: int):
-        nonlocal runner
-        if runner is None:
-            from featx.engines import make_engine
-
-            t0 = time.perf_counter()
-            # a few new images need no full batch: LiteRT plans (and computes) for what there is
-            runner = make_engine(config, min(batch_size, todo_count), engine, cache.path.parent)
-            report.engine_seconds += time.perf_counter() - t0
-        return runner
-
-    with cache:
-        cache.commit()  # fold in rows a killed run left in the journal
-        present = {t: cache.keys(t, among=report.keys) for t in taps}  # cost ~ this dataset, not the cache
-        todo: dict[str, tuple] = {}
-        for path, key in zip(dataset.paths, report.keys):
-            if key is not None and key not in todo and any(key not in present[t] for t in taps):
-                todo[key] = (path, None, key)
-        report.cached = sum(1 for k in report.keys if k is not None and k not in todo)
-        known_bad = {} if retry_failed else {k: r for k, r in memory.remembered().items() if k in todo}
-        for key in known_bad:
-            del todo[key]
-        if known_bad:
-            report.failures += [(p, f"{known_bad[k]} (failed the same way before; --retry-failed tries again)")
-                                for p, k in zip(dataset.paths, report.keys) if k in known_bad]
-            report.keys = [None if k in known_bad else k for k in report.keys]
-        if todo:
-            if config.pooling == "none":
-                _warn_if_large(config)
-            if isinstance(engine, RayEngine):
-                failures = engine.extract(config, cache, [(k, p) for k, (p, _, _) in todo.items()], batch_size)
-                key_of = {str(p): k for k, (p, _, _) in todo.items()}
-                failures = [(p, r, None if r.startswith(CHANGED) or r.endswith(VANISHED) else key_of.get(str(p)))
-                            for p, r in failures]
-                engine_name, device = "ray", None
-            else:
-                if progress_enabled(progress):  # building the network takes seconds before the bar moves
-                    print(f"featx: extracting {len(todo)} images with {config.backbone}; loading the network",
-                          file=sys.stderr, flush=True)
-                runner = get_runner(len(todo))
-                failures = _run(config, runner, list(todo.items()), cache, min(batch_size, len(todo)), workers,
-                                progress, flush_rows)
-                engine_name, device = runner.name, ("CPU" if runner.name == "litert" else None)
-            failed_paths = {str(fp) for fp, _, _ in failures}
-            failed_keys = {todo_key for todo_key, (p, _, _) in todo.items() if str(p) in failed_paths}
-            reason = {str(p): r for p, r, _ in failures}
-            first = {str(p) for p, _, _ in todo.values()}
-            report.failures += [(p, r) for p, r, _ in failures]
-            # copies of a failed file fail with it (their rows do not exist either)
-            report.failures += [(p, reason[str(todo[k][0])]) for p, k in zip(dataset.paths, report.keys)
-                                if k in failed_keys and str(p) not in first]
-            report.computed = len(todo) - len(failed_keys)
-            report.keys = [None if k in failed_keys else k for k in report.keys]
-            memory.update({k: r for p, r, k in failures if k is not None},
-                          succeeded=[k for k in todo if k not in failed_keys] if retry_failed else ())
-            provenance = {"featx": __version__, "engine": engine_name, **_tf.versions(device)}
-            cache.commit(provenance=provenance, failures=[[str(p), r] for p, r in report.failures])
-            report.engine = engine_name
-    if views:
-        vcache = FeatureCache(cache_path(cache.path.parent, views_config(config_key)), views_config(config_key))
-        with vcache:
-            vcache.commit()
-            wanted = [view_key(k, v) for k in report.keys if k is not None for v in range(1, views + 1)]
-            present = {t: vcache.keys(t, among=wanted) for t in taps}
-            todo = {}
-            for path, key in zip(dataset.paths, report.keys):
-                for v in range(1, views + 1) if key is not None else ():
-                    vk = view_key(key, v)
-                    if vk not in todo and any(vk not in present[t] for t in taps):
-                        todo[vk] = (path, view_seed(key, v), key)
-            if todo:
-                runner = get_runner(len(todo))
-                _run(config, runner, list(todo.items()), vcache, min(batch_size, len(todo)), workers, progress,
-                     flush_rows)
-                report.computed_views = len(todo)
-                device = "CPU" if runner.name == "litert" else None
-                vcache.commit(provenance={"featx": __version__, "engine": runner.name, **_tf.versions(device)})
-                report.engine = report.engine or runner.name
-    if flip:
-        fcache = FeatureCache(cache_path(cache.path.parent, flip_config(config_key)), flip_config(config_key))
-        with fcache:
-            fcache.commit()
-            wanted = [k for k in report.keys if k is not None]
-            present = {t: fcache.keys(t, among=wanted) for t in taps}
-            todo = {}
-            for path, key in zip(dataset.paths, report.keys):
-                if key is not None and key not in todo and any(key not in present[t] for t in taps):
-                    todo[key] = (path, FLIP, key)
-            if todo:
-                runner = get_runner(len(todo))
-                _run(config, runner, list(todo.items()), fcache, min(batch_size, len(todo)), workers, progress,
-                     flush_rows)
-                report.computed_views += len(todo)
-                device = "CPU" if runner.name == "litert" else None
-                fcache.commit(provenance={"featx": __version__, "engine": runner.name, **_tf.versions(device)})
-                report.engine = report.engine or runner.name
-    report.seconds = time.perf_counter() - start
     return report
+
+
+def fill_clean(report: ExtractReport, cache: FeatureCache, rows, memory: DecodeFailures,
+               retry_failed: bool) -> None:
+    """Fill ``cache`` with the clean rows; ``report`` gets the counts, the failures and the engine.
+
+    Files whose exact bytes failed before are skipped (unless ``retry_failed``); new decode failures are
+    remembered in ``memory``.
+    """
+    filled = fill(cache, CLEAN, report.dataset.paths, report.keys, rows,
+                  skip=None if retry_failed else memory.remembered,
+                  record=functools.partial(_record_clean, report, memory, retry_failed))
+    report.engine = filled.engine
+
+
+def _record_clean(report: ExtractReport, memory: DecodeFailures, retry_failed: bool, filled: Filled):
+    """The clean fill's bookkeeping, before its commit: counts, failures, keys, the decode-failure memory.
+
+    Returns the failures to commit ([path, reason] each) or None when nothing ran.
+    """
+    report.cached = sum(1 for k in report.keys
+                        if k is not None and k not in filled.todo and k not in filled.skipped)
+    _drop_known_bad(report, filled.skipped)
+    if not filled.todo:
+        return None
+    failed_keys = _drop_failed(report, filled)
+    report.computed = len(filled.todo) - len(failed_keys)
+    memory.update({k: r for _, r, k in filled.failures if k is not None},
+                  succeeded=[k for k in filled.todo if k not in failed_keys] if retry_failed else ())
+    return [[str(p), r] for p, r in report.failures]
+
+
+def _drop_known_bad(report: ExtractReport, known_bad: dict) -> None:
+    """Report every file whose bytes failed before (content key -> reason) as skipped; its key becomes None."""
+    if known_bad:
+        report.failures += [(p, f"{known_bad[k]} (failed the same way before; --retry-failed tries again)")
+                            for p, k in zip(report.dataset.paths, report.keys) if k in known_bad]
+        report.keys = [None if k in known_bad else k for k in report.keys]
+
+
+def _drop_failed(report: ExtractReport, filled: Filled) -> set:
+    """Report the run's failures, and every copy of a failed file failing with it (their rows do not exist
+    either); their keys become None.  Returns the content keys that failed."""
+    todo, failures = filled.todo, filled.failures
+    failed_paths = {str(fp) for fp, _, _ in failures}
+    failed_keys = {key for key, (p, _, _) in todo.items() if str(p) in failed_paths}
+    reason = {str(p): r for p, r, _ in failures}
+    first = {str(p) for p, _, _ in todo.values()}
+    report.failures += [(p, r) for p, r, _ in failures]
+    report.failures += [(p, reason[str(todo[k][0])]) for p, k in zip(report.dataset.paths, report.keys)
+                        if k in failed_keys and str(p) not in first]
+    report.keys = [None if k in failed_keys else k for k in report.keys]
+    return failed_keys
+
+
+def fill_views(report: ExtractReport, kind: RowKind, rows: LocalRows) -> None:
+    """Fill the cache of ``kind`` (augmented views or the mirrored view) for the images the clean fill kept."""
+    config = kind.cache_config(rows.config.cache_key())
+    cache = FeatureCache(cache_path(report.cache_file.parent, config), config)
+    filled = fill(cache, kind, report.dataset.paths, report.keys, rows)
+    report.computed_views += len(filled.todo)
+    report.engine = report.engine or filled.engine
 
 
 def progress_enabled(progress: bool | None) -> bool:
@@ -388,6 +576,9 @@ def progress_enabled(progress: bool | None) -> bool:
 
 
 def _warn_if_large(config: ExtractorConfig):
+    """With pooling 'none', warn when a tap's flattened map holds more than LARGE_FLAT_DIM numbers per image."""
+    if config.pooling != "none":
+        return
     spec = config.spec
     for t in config.taps:
         tap = spec.tap(t)
