@@ -30,7 +30,7 @@ import hashlib
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,7 @@ from featx.backbones.registry import DEFAULT_BACKBONE
 from featx.cache import FeatureCache, TapRows, cache_path, content_key, default_cache_dir
 from featx.config import ExtractorConfig
 from featx.augment import STUDY
-from featx.datasets import Dataset, Split, discover, from_paths, make_split
+from featx.datasets import Dataset, Split, SplitSpec, discover, from_paths, make_split
 from featx.errors import FeatxError
 from featx.failed import DecodeFailures
 from featx.images import ImageError, read_bytes
@@ -50,6 +50,7 @@ from featx.preprocess import (CHANGED, FLIP, MIN_IMAGE_SIDE, VANISHED, FileChang
 __all__ = ["CHANGED", "MIN_IMAGE_SIDE", "VANISHED", "ExtractReport", "ExtractorConfig", "Features", "FileChangedError",
            "extract", "extractor_config", "flip_config", "hash_files", "load_features", "load_network_inputs"]
 
+_SPLIT_KEYWORDS = tuple(f.name for f in fields(SplitSpec))  # load_features' former split keywords
 LARGE_FLAT_DIM = 100_000  # warn when pooling='none' stores more numbers than this per image
 
 #: Test hook: called with each file's path in the decode worker, after the pre-pass hashed it and
@@ -678,15 +679,15 @@ def _run(config, runner, items, cache, batch_size, workers, progress, flush_rows
 
 
 def load_features(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), pooling: str = "avg",
-                  cache_dir=None, dtype: str = "float32", weights="imagenet", extract_missing: bool = True,
-                  views: int = 0, val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0,
-                  flip: bool = False, split: bool = True, **extract_options) -> Features:
+                  cache_dir=None, dtype: str = "float32", weights="imagenet", *, extract_missing: bool = True,
+                  views: int = 0, flip: bool = False, split: bool | SplitSpec = True, **options) -> Features:
     """The cached codes of ``data`` (extracting what is missing first, by default), with fit-head's split.
 
     Parameters
     ----------
     data : folder, list of paths, or Dataset
     backbone, taps, pooling, dtype, weights : the extractor (see :func:`extract`)
+        ``backbone`` may be an :class:`~featx.config.ExtractorConfig` instead (then the others are ignored).
     cache_dir : path, optional
         The cache folder (default ``$FEATX_CACHE`` or ``./cache``); the split is stored there too.
     extract_missing : bool
@@ -696,13 +697,17 @@ def load_features(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), 
     flip : bool
         Also load (extracting when allowed) the codes of each image mirrored left-right
         (``Features.flipped``, rows aligned with ``codes``).
-    val_fraction, test_fraction, seed :
+    split : bool or SplitSpec
         The split, exactly as ``featx fit-head`` makes it (:func:`featx.datasets.make_split`):
         for labelled data ``Features.split`` holds 'train' / 'val' / 'test' per row and
-        ``Features.split_id`` its id, the same stored assignment the CLI uses.
-    split : bool
-        False: no split, only codes and labels (``predict`` on a labelled folder needs no split, and
-        a folder with two images of a class could not be split).
+        ``Features.split_id`` its id, the same stored assignment the CLI uses.  True: the default
+        :class:`~featx.datasets.SplitSpec`, or the one named by ``val_fraction``, ``test_fraction``,
+        ``seed`` in ``options`` (the former keywords).  False: no split, only codes and labels
+        (``predict`` on a labelled folder needs no split, and a folder with two images of a class
+        could not be split).
+    **options
+        ``val_fraction``, ``test_fraction``, ``seed`` (see ``split``), ``mixed_precision``, and
+        :func:`extract`'s options.
 
     Returns
     -------
@@ -717,55 +722,77 @@ def load_features(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), 
     if isinstance(backbone, ExtractorConfig):
         extractor = backbone
     else:
-        extractor = ExtractorConfig(backbone, taps, pooling, dtype, weights,
-                                    extract_options.pop("mixed_precision", False))
+        extractor = ExtractorConfig(backbone, taps, pooling, dtype, weights, options.pop("mixed_precision", False))
+    spec = _split_spec(split, options)
     taps = list(extractor.taps)
     dataset = _as_dataset(data)
     config = extractor.cache_key()
     if extract_missing:
-        report = extract(dataset, extractor, cache_dir=cache_dir, views=views, flip=flip, **extract_options)
+        report = extract(dataset, extractor, cache_dir=cache_dir, views=views, flip=flip, **options)
         keys, failures, path = report.keys, report.failures, report.cache_file
     else:
-        path = cache_path(cache_dir or default_cache_dir(), config)
-        hashed = hash_files(dataset.paths)
-        present = FeatureCache(path)
-        have = set.intersection(*(present.keys(t, among=[k for k, _ in hashed]) for t in taps))
-        failures = [(p, e) for p, (k, e) in zip(dataset.paths, hashed) if k is None]
-        failures += [(p, "no cached codes (not extracted yet, or unreadable when it was)")
-                     for p, (k, _) in zip(dataset.paths, hashed) if k is not None and k not in have]
-        keys = [k if k in have else None for k, _ in hashed]
+        keys, failures, path = cached_rows(dataset, extractor, cache_dir)
     ok = [i for i, k in enumerate(keys) if k is not None]
     ok_keys = [keys[i] for i in ok]
-    cache = FeatureCache(path, config)
-    codes = {t: cache.read(t, ok_keys) for t in taps}
-    view_codes = None
-    if views:
-        vcache = FeatureCache(cache_path(path.parent, views_config(config)))
-        vkeys = [view_key(k, v) for k in ok_keys for v in range(1, views + 1)]
-        view_codes = {t: vcache.read(t, vkeys).reshape(len(ok_keys), views, -1) for t in taps}
-    flipped = None
-    if flip:
-        flipped = {t: FeatureCache(cache_path(path.parent, flip_config(config))).read(t, ok_keys) for t in taps}
     labels = dataset.labels[ok] if dataset.labels is not None else None
     given = dataset.splits[ok] if dataset.splits is not None else None
     paths = [dataset.paths[i] for i in ok]
-    want_split, split = split, None
-    if want_split and labels is not None and ok:
-        split = make_split(ok_keys, labels, given, val_fraction, test_fraction, seed,
-                           store=cache_dir or default_cache_dir(), class_names=dataset.class_names, paths=paths)
-    return Features(
-        codes=codes,
-        paths=paths,
-        keys=ok_keys,
-        labels=labels,
-        class_names=list(dataset.class_names),
-        split=split.assignment if split is not None else None,
-        cache_file=path,
-        config=config,
-        failures=failures,
-        views=view_codes,
-        flipped=flipped,
-        split_id=split.id if split is not None else None,
-        split_report=split,
-        given_splits=given,
-    )
+    codes = read_codes(FeatureCache(path, config), taps, ok_keys)
+    view_codes = read_views(path.parent, config, taps, ok_keys, views) if views else None
+    flipped = read_codes(FeatureCache(cache_path(path.parent, flip_config(config))), taps, ok_keys) if flip else None
+    made = None
+    if spec is not None and labels is not None and ok:
+        made = make_split(ok_keys, labels, given, spec.val_fraction, spec.test_fraction, spec.seed,
+                          store=cache_dir or default_cache_dir(), class_names=dataset.class_names, paths=paths)
+    return Features(codes=codes, paths=paths, keys=ok_keys, labels=labels, class_names=list(dataset.class_names),
+                    split=made.assignment if made is not None else None, cache_file=path, config=config,
+                    failures=failures, views=view_codes, flipped=flipped,
+                    split_id=made.id if made is not None else None, split_report=made, given_splits=given)
+
+
+def _split_spec(split, options: dict) -> SplitSpec | None:
+    """The split :func:`load_features` makes (None: none), taking the former keywords out of ``options``.
+
+    Raises FeatxError for a fraction outside [0, 1), TypeError for a SplitSpec given with those keywords.
+    """
+    if isinstance(split, SplitSpec):
+        given = sorted(k for k in _SPLIT_KEYWORDS if k in options)
+        if given:
+            raise TypeError(f"load_features: give either a SplitSpec or its fields, not both ({', '.join(given)})")
+        return split
+    if split:
+        return SplitSpec.take(options)
+    for name in _SPLIT_KEYWORDS:  # no split: accepted and unused, as before
+        options.pop(name, None)
+    return None
+
+
+def cached_rows(dataset: Dataset, extractor: ExtractorConfig, cache_dir=None) -> tuple[list, list, Path]:
+    """Without extracting: each image's content key where every tap has a cached row, else None.
+
+    Returns
+    -------
+    (keys, failures, cache folder)
+        ``keys`` aligned with ``dataset.paths``; ``failures`` (path, reason) for the unreadable files,
+        then for those the cache lacks.
+    """
+    path = cache_path(cache_dir or default_cache_dir(), extractor.cache_key())
+    hashed = hash_files(dataset.paths)
+    present = FeatureCache(path)
+    have = set.intersection(*(present.keys(t, among=[k for k, _ in hashed]) for t in extractor.taps))
+    failures = [(p, e) for p, (k, e) in zip(dataset.paths, hashed) if k is None]
+    failures += [(p, "no cached codes (not extracted yet, or unreadable when it was)")
+                 for p, (k, _) in zip(dataset.paths, hashed) if k is not None and k not in have]
+    return [k if k in have else None for k, _ in hashed], failures, path
+
+
+def read_codes(cache: FeatureCache, taps, keys) -> dict:
+    """tap -> (n, d) codes of ``keys`` (in their order) from ``cache``."""
+    return {t: cache.read(t, keys) for t in taps}
+
+
+def read_views(folder: Path, config: dict, taps, keys, views: int) -> dict:
+    """tap -> (n, views, d) codes of each image's augmented views, from the views cache in ``folder``."""
+    cache = FeatureCache(cache_path(folder, views_config(config)))
+    view_keys = [view_key(k, v) for k in keys for v in range(1, views + 1)]
+    return {t: cache.read(t, view_keys).reshape(len(keys), views, -1) for t in taps}
