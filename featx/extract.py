@@ -224,19 +224,20 @@ class RowKind:
 
     @property
     def clean(self) -> bool:
-        """Rows of the image itself: their decode failures are remembered (:mod:`featx.failed`) and
-        committed as the cache's failures, and running them is announced."""
+        """The image itself: decode failures are remembered and committed, running them is announced."""
         return self.view is None
 
     def cache_config(self, config: dict) -> dict:
         """The configuration (the cache's key) of the cache holding this kind of row."""
         return config if self.view is None else {**config, "views": self.view}
 
-    def rows(self, key: str) -> list[tuple[str, object]]:
-        """(row key, seed for :func:`featx.preprocess.load_for_network`) of each row of image ``key``."""
+    def rows(self, paths, keys) -> list[tuple]:
+        """(path, content key, row key, seed for :func:`featx.preprocess.load_for_network`) of each row
+        of each image; images whose key is None have none."""
         if self.view == AUGMENTATION_ID:
-            return [(view_key(key, v), view_seed(key, v)) for v in range(1, self.count + 1)]
-        return [(key, self.view)]
+            return [(p, k, view_key(k, v), view_seed(k, v))
+                    for p, k in zip(paths, keys) if k is not None for v in range(1, self.count + 1)]
+        return [(p, k, k, self.view) for p, k in zip(paths, keys) if k is not None]
 
 
 CLEAN = RowKind()
@@ -337,13 +338,13 @@ def missing_rows(cache: FeatureCache, kind: RowKind, paths, keys, taps) -> dict:
     ``paths``, ``keys``: each image's path and content key (None: left out).  In dataset order, each row
     once (copies of a file share theirs); the lookup costs in proportion to these images, not to the cache.
     """
-    rows = [(path, key, kind.rows(key)) for path, key in zip(paths, keys) if key is not None]
-    present = {t: cache.keys(t, among=[rk for _, _, r in rows for rk, _ in r]) for t in taps}
+    rows = kind.rows(paths, keys)
+    wanted = [row_key for _, _, row_key, _ in rows]
+    complete = set.intersection(*(cache.keys(t, among=wanted) for t in taps))  # a row for every tap
     todo: dict[str, tuple] = {}
-    for path, key, r in rows:
-        for row_key, seed in r:
-            if row_key not in todo and any(row_key not in present[t] for t in taps):
-                todo[row_key] = (path, seed, key)
+    for path, key, row_key, seed in rows:
+        if row_key not in complete and row_key not in todo:
+            todo[row_key] = (path, seed, key)
     return todo
 
 
@@ -354,17 +355,10 @@ def fill(cache: FeatureCache, kind: RowKind, paths, keys, rows, *, skip=None, re
     (:func:`missing_rows`), run them with ``rows`` (:class:`LocalRows` or :class:`RayRows`), commit
     them with their provenance.
 
-    Parameters
-    ----------
-    cache : FeatureCache
-        The cache of ``kind`` (``kind.cache_config`` of the extractor's key).
-    paths, keys : sequences of the same length
-        Each image's path and content key (None: left out).
-    skip : callable, optional
-        ``skip()`` -> {content key: reason}, missing rows not to run; asked under the lock.
-    record : callable, optional
-        ``record(filled)`` -> failures to commit ([path, reason] each) or None; called under the lock
-        after the run (also when nothing ran), before the commit.
+    ``cache``: the cache of ``kind`` (``kind.cache_config`` of the extractor's key); ``paths``, ``keys``: each
+    image's path and content key (None: left out).  ``skip()`` -> {content key: reason}: missing rows not to
+    run, asked under the lock.  ``record(filled)`` -> failures to commit ([path, reason] each) or None:
+    called under the lock after the run (also when nothing ran), before the commit.
     """
     with cache:
         cache.commit()  # fold in rows a killed run left in the journal
@@ -476,10 +470,8 @@ def _ray_options(config_fields: dict) -> dict:
 
 
 def _engine(engine, ray_options: dict, views: int, flip: bool):
-    """The engine asked for (default ``$FEATX_ENGINE`` or ``auto``; ``"ray"`` becomes a RayEngine).
-
-    Raises FeatxError when views or the mirrored view are asked of Ray (they run on the local engine).
-    """
+    """The engine asked for (default ``$FEATX_ENGINE`` or ``auto``; ``"ray"`` becomes a RayEngine); FeatxError
+    when views or the mirrored view are asked of Ray (they run on the local engine)."""
     from featx.engines.ray import RayEngine
 
     engine = engine if engine is not None else os.environ.get("FEATX_ENGINE", "auto")
@@ -509,11 +501,8 @@ def hashed_report(cache: FeatureCache, dataset: Dataset) -> ExtractReport:
 
 def fill_clean(report: ExtractReport, cache: FeatureCache, rows, memory: DecodeFailures,
                retry_failed: bool) -> None:
-    """Fill ``cache`` with the clean rows; ``report`` gets the counts, the failures and the engine.
-
-    Files whose exact bytes failed before are skipped (unless ``retry_failed``); new decode failures are
-    remembered in ``memory``.
-    """
+    """Fill ``cache`` with the clean rows; ``report`` gets the counts, the failures and the engine.  Files whose
+    exact bytes failed before are skipped (unless ``retry_failed``); new decode failures go into ``memory``."""
     filled = fill(cache, CLEAN, report.dataset.paths, report.keys, rows,
                   skip=None if retry_failed else memory.remembered,
                   record=functools.partial(_record_clean, report, memory, retry_failed))
@@ -521,10 +510,8 @@ def fill_clean(report: ExtractReport, cache: FeatureCache, rows, memory: DecodeF
 
 
 def _record_clean(report: ExtractReport, memory: DecodeFailures, retry_failed: bool, filled: Filled):
-    """The clean fill's bookkeeping, before its commit: counts, failures, keys, the decode-failure memory.
-
-    Returns the failures to commit ([path, reason] each) or None when nothing ran.
-    """
+    """The clean fill's bookkeeping before its commit (counts, failures, keys, the decode-failure memory);
+    returns the failures to commit ([path, reason] each), None when nothing ran."""
     report.cached = sum(1 for k in report.keys
                         if k is not None and k not in filled.todo and k not in filled.skipped)
     _drop_known_bad(report, filled.skipped)
@@ -740,10 +727,7 @@ def load_features(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), 
     codes = read_codes(FeatureCache(path, config), taps, ok_keys)
     view_codes = read_views(path.parent, config, taps, ok_keys, views) if views else None
     flipped = read_codes(FeatureCache(cache_path(path.parent, flip_config(config))), taps, ok_keys) if flip else None
-    made = None
-    if spec is not None and labels is not None and ok:
-        made = make_split(ok_keys, labels, given, spec.val_fraction, spec.test_fraction, spec.seed,
-                          store=cache_dir or default_cache_dir(), class_names=dataset.class_names, paths=paths)
+    made = _make_split(spec, ok_keys, labels, given, paths, dataset.class_names, cache_dir or default_cache_dir())
     return Features(codes=codes, paths=paths, keys=ok_keys, labels=labels, class_names=list(dataset.class_names),
                     split=made.assignment if made is not None else None, cache_file=path, config=config,
                     failures=failures, views=view_codes, flipped=flipped,
@@ -751,10 +735,8 @@ def load_features(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), 
 
 
 def _split_spec(split, options: dict) -> SplitSpec | None:
-    """The split :func:`load_features` makes (None: none), taking the former keywords out of ``options``.
-
-    Raises FeatxError for a fraction outside [0, 1), TypeError for a SplitSpec given with those keywords.
-    """
+    """The split :func:`load_features` makes (None: none), taking the former keywords out of ``options``;
+    FeatxError for a fraction outside [0, 1), TypeError for a SplitSpec given with those keywords."""
     if isinstance(split, SplitSpec):
         given = sorted(k for k in _SPLIT_KEYWORDS if k in options)
         if given:
@@ -765,6 +747,15 @@ def _split_spec(split, options: dict) -> SplitSpec | None:
     for name in _SPLIT_KEYWORDS:  # no split: accepted and unused, as before
         options.pop(name, None)
     return None
+
+
+def _make_split(spec: SplitSpec | None, keys, labels, given, paths, class_names, store) -> Split | None:
+    """fit-head's stored split of these rows (:func:`featx.datasets.make_split`); None without a spec,
+    labels or rows."""
+    if spec is None or labels is None or not keys:
+        return None
+    return make_split(keys, labels, given, spec.val_fraction, spec.test_fraction, spec.seed, store=store,
+                      class_names=class_names, paths=paths)
 
 
 def cached_rows(dataset: Dataset, extractor: ExtractorConfig, cache_dir=None) -> tuple[list, list, Path]:
