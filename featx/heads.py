@@ -200,6 +200,17 @@ class Head(ClassifierMixin, BaseEstimator):
         if recipe not in DENSE_RECIPES:
             raise FeatxError(f"expected one of {', '.join(DENSE_RECIPES)}, got {recipe!r}", param="recipe")
 
+    def check_options(self) -> "Head":
+        """Validate the head's options now, before any data is read (``fit`` would, later); returns self.
+
+        Raises
+        ------
+        FeatxError or ValueError
+            An unknown kind, class weight or recipe, or a classifier option scikit-learn refuses.
+        """
+        self._pipeline(2, 2)
+        return self
+
     def _scaling_steps(self) -> list:
         default_l2, default_std = _DEFAULT_SCALING[self.kind]
         if self.kind == "dense" and (self.options or {}).get("recipe") == "study":

@@ -13,7 +13,8 @@ from conftest import ROOT, make_photo, tinted, write_image
 from featx.advise import Advice, advise, measure_taps
 from featx.bundle import load_bundle
 from featx.cli import main
-from featx.fit import fit_head, predict
+from featx.prediction import predict
+from featx.training import fit_head
 from featx.heads import Head, make_head
 from featx.selection import BlockHead, logme, select_head
 from featx.stats import wilson_interval
@@ -236,7 +237,7 @@ def unclear(tmp_path_factory):
 def test_fit_head_tta_views_trains_on_the_views_and_scores_their_mean(unclear, cache, tmp_path):
     """--tta views: the head sees every cached augmented view as a training row, and the test accuracy it
     reports is that of the mean over the image and its views (what predict --tta views gives)."""
-    from featx.fit import labelled_codes
+    from featx.training import labelled_codes
 
     data = unclear
 
