@@ -36,7 +36,7 @@ from featx.errors import FeatxError
 from featx.extract import load_network_inputs
 from featx.heads import make_head
 from featx.modelmeta import ModelDescription
-from featx.outputs import DEFAULT_OUT_ROOT, RunOutputs, RunResult
+from featx.outputs import RunOutputs, RunResult
 from featx.runs import history_logger
 from featx.stats import accuracy_summary, format_accuracy
 from featx.training.codes import LabelledCodes, labelled_codes
