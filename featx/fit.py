@@ -23,7 +23,8 @@ from featx.cache import default_cache_dir
 from featx.datasets import Dataset, Split, discover, from_paths, load_split
 from featx.errors import FeatxError
 from featx.extract import Features, load_features
-from featx.heads import fit_with_copies, make_head
+from featx.heads import fit_with_copies
+from featx.selection import BlockHead, make_head, select_head
 from featx.stats import format_accuracy, small_test_warning, wilson_interval
 from featx.runs import append_run, plot_confusion, plot_sweep, runs_log_path
 
@@ -171,8 +172,6 @@ def fit_head(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), head="logist
     """
     from sklearn.metrics import classification_report
 
-    from featx.selection import BlockHead, select_head
-
     cache_dir = Path(cache_dir or default_cache_dir())
     if tta not in TTA_MODES:
         raise FeatxError(f"expected one of {', '.join(TTA_MODES)}, got {tta!r}", param="tta")
@@ -194,7 +193,7 @@ def fit_head(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), head="logist
         params["recipe"] = recipe
     model = make_head(head, class_weight=class_weight, l2=l2, standardize=standardize, pca=pca,
                       random_state=seed, **params)
-    model._pipeline(2, 2)  # validate the head's options before any extraction
+    model.check_params()  # validate the head's options before any extraction
     taps = [taps] if isinstance(taps, str) else list(taps)
     flip = tta == "flip"
     codes_list = [labelled_codes(data, b, taps, pooling, dtype, weights, cache_dir, val_fraction, test_fraction,
