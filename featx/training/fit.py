@@ -22,9 +22,9 @@ from featx.bundle import Bundle, save_bundle
 from featx.cache import default_cache_dir
 from featx.datasets import SplitSpec
 from featx.errors import FeatxError
-from featx.heads import fit_with_copies, make_head
+from featx.heads import fit_with_copies
 from featx.outputs import RunOutputs, RunResult
-from featx.selection import BlockHead, select_head
+from featx.selection import BlockHead, make_head, select_head
 from featx.stats import accuracy_summary
 from featx.training.codes import LabelledCodes, accuracy_of, backbone_list, common_rows, labelled_codes
 from featx.training.fit_text import fit_report_text
@@ -115,7 +115,7 @@ def plan_fit(backbone, taps, head: str, options: FitOptions) -> FitPlan:
         params["recipe"] = options.recipe
     model = make_head(head, class_weight=options.class_weight, l2=options.l2, standardize=options.standardize,
                       pca=options.pca, random_state=options.split.seed, **params)
-    model.check_options()  # the head's options fail here, before any extraction
+    model.check_params()  # the head's options fail here, before any extraction
     taps = [taps] if isinstance(taps, str) else list(taps)
     return FitPlan(backbones, taps, head, options, model)
 
