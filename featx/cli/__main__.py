@@ -4,4 +4,5 @@ import sys
 
 from featx.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # importing this module (pkgutil.walk_packages does) must not run the command
+    sys.exit(main())
