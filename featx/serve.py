@@ -42,15 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featx.backbones.registry import get_backbone
-from featx.bundle import load_bundle
-from featx.cache import default_cache_dir
-from featx.config import ExtractorConfig
-from featx.engines import make_engine
 from featx.errors import FeatxError
-from featx.modelmeta import ModelDescription
-from featx.prediction.bundles import bundle_proba, extractor_weights
-from featx.prediction.models import load_keras_model
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 MAX_FILES = 16
@@ -78,6 +70,10 @@ class Predictor:
 
     def load_finetuned(self) -> None:
         """A fine-tuned ``model.keras`` (through its featx.json): the backbone's preprocessing, then the model."""
+        from featx.backbones.registry import get_backbone  # here, not at the top: `featx --help` reads this module
+        from featx.modelmeta import ModelDescription
+        from featx.prediction.models import load_keras_model
+
         d = ModelDescription.read(self.path)  # checked before Keras reads anything
         if d.kind != "finetune":
             raise FeatxError(f"{self.path}: serve runs fine-tuned models and bundles; a {d.kind} "
@@ -91,6 +87,13 @@ class Predictor:
 
     def load_bundle(self, trust: bool, engine: str, cache_dir) -> None:
         """A ``model.featx`` bundle: one engine per extractor, decoded at the largest input any one needs."""
+        from featx.backbones.registry import get_backbone
+        from featx.bundle import load_bundle
+        from featx.cache import default_cache_dir
+        from featx.config import ExtractorConfig
+        from featx.engines import make_engine
+        from featx.prediction.bundles import bundle_proba, extractor_weights
+
         bundle = load_bundle(self.path, trust=trust)
         extractors = bundle.all_extractors()
         self.specs = [get_backbone(ext["backbone"]) for ext in extractors]

@@ -29,7 +29,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from featx.baselines import train_baseline
+    from featx.training import train_baseline
 
     check_folder(args.data, "DATA")
     check_fractions(args)

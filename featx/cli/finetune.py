@@ -60,7 +60,7 @@ def _recipe_options(p) -> None:
 
 
 def run(args) -> int:
-    from featx.finetune import finetune
+    from featx.training import finetune
 
     _check(args)
     result = finetune(

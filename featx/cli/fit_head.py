@@ -61,7 +61,7 @@ def _preprocessing_options(p) -> None:
 
 
 def run(args) -> int:
-    from featx.fit import fit_head
+    from featx.training import fit_head
 
     check_folder(args.data, "DATA")
     check_backbones(args, args.taps)

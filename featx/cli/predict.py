@@ -38,7 +38,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from featx.fit import PROBABILITY_FORMAT, predict
+    from featx.prediction import PROBABILITY_FORMAT, predict
 
     _check(args)
     table = predict(args.bundle, args.images, top=args.top, out=args.out, cache_dir=args.cache,

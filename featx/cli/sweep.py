@@ -19,7 +19,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from featx.fit import sweep
+    from featx.training import sweep
 
     check_folder(args.data, "DATA")
     check_extractor(args, args.taps)
