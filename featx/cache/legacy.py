@@ -11,7 +11,7 @@ import json
 
 import numpy as np
 
-import featx.cache.layout as layout
+import featx.cache.layout as layout  # noqa: PLR0402 -- `from featx.cache import` would import the package, a cycle
 from featx.cache.bloom import bloom
 from featx.cache.files import fsync_dir
 from featx.cache.folder import CacheFolder

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-import featx.cache.layout as layout
+import featx.cache.layout as layout  # noqa: PLR0402 -- `from featx.cache import` would import the package, a cycle
 from featx.cache.bloom import bloom_bits, bloom_set
 from featx.cache.files import fsync_dir, read_range
 from featx.cache.layout import KEY_DTYPE

@@ -11,7 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-import featx.cache.layout as layout
+import featx.cache.layout as layout  # noqa: PLR0402 -- `from featx.cache import` would import the package, a cycle
 from featx.cache.bloom import bloom_bits, bloom_test, key_hashes
 from featx.cache.errors import CacheDamagedError, missing, why
 from featx.cache.files import read_range
