@@ -442,7 +442,7 @@ def test_disk_full_during_extract_is_one_line_and_the_cache_still_verifies(small
     assert cli_main(["extract", str(data), "--cache", str(cache), "--engine", "keras"]) == 0
     assert FeatureCache(cache_file).verify() == []
     assert capsys.readouterr().out  # resumes: the new rows are computed now
-    if partial:  # everything above held; this part is issue 18's rewrite of featx/cache.py
+    if partial:  # everything above held; this part is issue 18's rewrite of the cache (featx/cache/)
         pytest.xfail(f"partial temporary file(s) left by the failed write: {partial} (issue 18)")
 
 
