@@ -40,11 +40,16 @@ from pathlib import Path
 import numpy as np
 
 from featx.backbones.registry import DEFAULT_BACKBONE, get_backbone
-from featx.datasets import Dataset, discover
+from featx.datasets import Dataset, SplitSpec, discover
 from featx.errors import FeatxError
+from featx.extract import load_features
+from featx.heads import Head
 from featx.peek import softmax
+from featx.selection import logme
+from featx.training.codes import backbone_list, labelled_codes
+from featx.vocabulary import ADVISE_SCORES, check_choice
 
-SCORES = ("logme", "probe")
+SCORES = ADVISE_SCORES
 TOP_TAPS = ("pre_logits", "features")  # the codes a linear probe reads by default
 
 
@@ -112,8 +117,6 @@ def imagenet_similarity(dataset: Dataset, backbone: str, cache_dir=None, sample:
     (confidence, entropy, sampled) : (float, float, int)
         Mean max softmax probability in [0, 1], mean entropy divided by log(1000) in [0, 1], images used.
     """
-    from featx.extract import load_features
-
     paths = list(dataset.paths)
     if len(paths) > sample:
         rng = np.random.default_rng(seed)
@@ -134,8 +137,6 @@ def probe_accuracy(X, y, folds: int = 3, seed: int = 0) -> float:
     ``folds``-fold accuracy, the best C's score (a fixed C favours some dimensionalities over others).
     """
     from sklearn.model_selection import StratifiedKFold, cross_val_score
-
-    from featx.heads import Head
 
     _, counts = np.unique(y, return_counts=True)
     k = max(2, min(folds, int(counts.min())))
@@ -162,8 +163,6 @@ def measure_taps(blocks: dict, y, score: str = "logme", probe_top: int = 2, seed
     (scores, best) : (dict, str)
         ``scores[name] = {"logme": float, "probe": float or None}``; ``best`` the name with the best probe.
     """
-    from featx.selection import logme
-
     scores = {name: {"logme": logme(X, y), "probe": None} for name, (_, _, X) in blocks.items()}
     ranked = sorted(scores, key=lambda k: -scores[k]["logme"])[:probe_top]
     for name, (_, t, X) in blocks.items():
@@ -176,90 +175,72 @@ def measure_taps(blocks: dict, y, score: str = "logme", probe_top: int = 2, seed
     return scores, best
 
 
-def _carry(options: dict) -> str:
-    """The caller's options as command-line flags, so a recommended command uses the same cache and split."""
+def carried_flags(cache_dir, split: SplitSpec) -> str:
+    """The caller's cache and split as command-line flags, so a recommended command uses the same ones."""
     flags = []
-    for flag, value, default in (("--cache", options.get("cache_dir"), None),
-                                 ("--val-fraction", options.get("val_fraction"), 0.2),
-                                 ("--test-fraction", options.get("test_fraction"), 0.2),
-                                 ("--seed", options.get("seed"), 0)):
+    for flag, value, default in (("--cache", cache_dir, None),
+                                 ("--val-fraction", split.val_fraction, 0.2),
+                                 ("--test-fraction", split.test_fraction, 0.2),
+                                 ("--seed", split.seed, 0)):
         if value is not None and value != default:
             flags.append(f"{flag} {value}")
     return (" " + " ".join(flags)) if flags else ""
 
 
-def advise(data, backbone=DEFAULT_BACKBONE, cache_dir=None, sample: int = 300, score: str = "logme",
-           large_per_class: int = 500, room: float = 0.05, probe_top: int = 2, max_rows: int = 3000,
-           val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0, out=None, with_sweep=None,
-           **extract_options) -> Advice:
-    """Recommend a route for ``data`` from measured transferability of its cached codes.
+@dataclass(frozen=True)
+class AdviceRules:
+    """The thresholds ``advise`` decides by (the module docstring says how each is used).
 
-    Parameters
-    ----------
-    data : str, Path or Dataset
-        A labelled dataset folder (class folders, or train/val/test of class folders).
-    backbone : str or list of str
-        One backbone, or several (``"a,b"``) to rank their taps together.
-    score : {"logme", "probe"}
-        How every tap is ranked first; the ``probe_top`` best (and ``pre_logits``) get the probe.
-    large_per_class : int
-        Median images per class from which fine-tuning is considered.
-    room : float
-        Fine-tuning is recommended only when the best probe accuracy is below ``1 - room``.
-    max_rows : int
-        Train+val images scored at most (a stratified sample beyond it), to keep advise to seconds.
-    out : str or Path, optional
-        Folder to write ``advice.json`` and ``advice.txt`` into.
-    with_sweep : ignored
-        Kept for callers of the old API: every tap is now always measured.
-
-    Returns
-    -------
-    Advice
-
-    Raises
-    ------
-    FeatxError
-        An unknown backbone or score, or a dataset without at least 2 labelled classes.
+    ``sample``: images the ImageNet classifier's confidence is measured on; ``large_per_class``: median images
+    per class from which fine-tuning is considered; ``room``: fine-tuning is recommended only when the best
+    probe accuracy is below ``1 - room``; ``probe_top``: taps (best by LogME) that get the probe;
+    ``max_rows``: train+val images scored at most (a stratified sample beyond it), to keep advise to seconds.
     """
-    from featx.fit import backbone_list, labelled_codes
 
-    if score not in SCORES:
-        raise FeatxError(f"expected one of {', '.join(SCORES)}, got {score!r}", param="score")
-    start = time.perf_counter()
-    backbones = backbone_list(backbone)
-    dataset = data if isinstance(data, Dataset) else discover(data)
-    if not dataset.labelled or len(dataset.class_names) < 2:
-        raise FeatxError(f"{dataset.root}: advise needs a labelled dataset with at least 2 class folders")
-    counts = np.bincount(dataset.labels, minlength=len(dataset.class_names))
-    large = bool(np.median(counts) >= large_per_class)
-    blocks = {}
-    y = None
+    sample: int = 300
+    large_per_class: int = 500
+    room: float = 0.05
+    probe_top: int = 2
+    max_rows: int = 3000
+
+    @classmethod
+    def take(cls, options: dict) -> "AdviceRules":
+        """The rules named in ``options`` (removed from it); the rest keep their defaults."""
+        return cls(**{f: options.pop(f) for f in ("sample", "large_per_class", "room", "probe_top", "max_rows")
+                      if f in options})
+
+
+def scored_blocks(dataset: Dataset, backbones: list, rules: AdviceRules, cache_dir, split: SplitSpec,
+                  options: dict) -> tuple[dict, np.ndarray]:
+    """Every tap's codes of the train+val images (a stratified sample of ``max_rows`` at most), and their labels.
+
+    Returns ``({name: (backbone, tap, (n, d) codes)}, y)``, names shallow to deep, ``backbone/tap`` when
+    several backbones are given.
+    """
+    blocks, y = {}, None
     for b in backbones:
-        spec = get_backbone(b)
-        taps = [t for t in spec.tap_names if t != "logits"]
-        codes = labelled_codes(dataset, b, taps, cache_dir=cache_dir, val_fraction=val_fraction,
-                               test_fraction=test_fraction, seed=seed, **extract_options)
+        taps = [t for t in get_backbone(b).tap_names if t != "logits"]
+        codes = labelled_codes(dataset, b, taps, cache_dir=cache_dir, split=split, **options)
         rows = np.flatnonzero(np.isin(codes.split, ["train", "val"]))
-        if len(rows) > max_rows:
+        if len(rows) > rules.max_rows:
             from sklearn.model_selection import train_test_split
 
-            rows = np.sort(train_test_split(rows, train_size=max_rows, stratify=codes.y[rows],
-                                            random_state=seed)[0])
+            rows = np.sort(train_test_split(rows, train_size=rules.max_rows, stratify=codes.y[rows],
+                                            random_state=split.seed)[0])
         y = codes.y[rows]
         for t in taps:
-            name = t if len(backbones) == 1 else f"{b}/{t}"
-            blocks[name] = (b, t, codes.features.codes[t][rows])
-    scores, best = measure_taps(blocks, y, score=score, probe_top=probe_top, seed=seed)
-    top = scores[best]["probe"]
-    best_backbone, best_tap, _ = blocks[best]
+            blocks[t if len(backbones) == 1 else f"{b}/{t}"] = (b, t, codes.features.codes[t][rows])
+    return blocks, y
+
+
+def recommend(dataset: Dataset, best: tuple, top: float, large: bool, rules: AdviceRules,
+              flags: str) -> tuple[str, str, list]:
+    """CS231n's case, the route in words and the commands to run, from the measured best tap and probe."""
+    best_backbone, best_tap = best
     similar = best_tap in TOP_TAPS
-    fine_tune = large and (1 - top) > room
-    extra = _carry({"cache_dir": cache_dir, "val_fraction": val_fraction, "test_fraction": test_fraction,
-                    "seed": seed})
-    data_arg = str(dataset.root)
-    b_arg = f"--backbone {best_backbone}"
-    head_cmd = f"featx fit-head {data_arg} {b_arg} --taps {best_tap} --head auto{extra}"
+    fine_tune = large and (1 - top) > rules.room
+    data_arg, b_arg = str(dataset.root), f"--backbone {best_backbone}"
+    head_cmd = f"featx fit-head {data_arg} {b_arg} --taps {best_tap} --head auto{flags}"
     if not fine_tune:
         route = (f"a head on the cached codes of {best_tap}"
                  + ("" if similar else " (an earlier tap than the top codes)")
@@ -271,25 +252,78 @@ def advise(data, backbone=DEFAULT_BACKBONE, cache_dir=None, sample: int = 300, s
         route = (f"fine-tune {'the top blocks' if similar else 'the whole network'}, starting from a head "
                  f"trained on the cache (the best cached probe reaches only {top:.3f})")
         commands = [head_cmd + "    # the cached baseline first",
-                    f"featx finetune {data_arg} {b_arg} --taps {best_tap} --unfreeze {unfreeze}{extra}"]
-    case = f"{'large' if large else 'small'}, {'similar' if similar else 'different'}"
+                    f"featx finetune {data_arg} {b_arg} --taps {best_tap} --unfreeze {unfreeze}{flags}"]
+    return f"{'large' if large else 'small'}, {'similar' if similar else 'different'}", route, commands
+
+
+def write_advice(advice: Advice, out) -> None:
+    """``advice.json`` and ``advice.txt`` in the folder ``out`` (created)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "advice.json").write_text(advice.to_json())
+    (out / "advice.txt").write_text(advice.text() + "\n")
+
+
+def advise(data, backbone=DEFAULT_BACKBONE, cache_dir=None, score: str = "logme", out=None, with_sweep=None, *,
+           rules: AdviceRules | None = None, split: SplitSpec | None = None, **options) -> Advice:
+    """Recommend a route for ``data`` from measured transferability of its cached codes.
+
+    Parameters
+    ----------
+    data : str, Path or Dataset
+        A labelled dataset folder (class folders, or train/val/test of class folders).
+    backbone : str or list of str
+        One backbone, or several (``"a,b"``) to rank their taps together.
+    score : {"logme", "probe"}
+        How every tap is ranked first; the ``probe_top`` best (and ``pre_logits``) get the probe.
+    out : str or Path, optional
+        Folder to write ``advice.json`` and ``advice.txt`` into.
+    with_sweep : ignored
+        Kept for callers of the old API: every tap is now always measured.
+    rules : AdviceRules, optional
+        The thresholds; or give ``sample``, ``large_per_class``, ``room``, ``probe_top``, ``max_rows`` as
+        keywords.
+    split : SplitSpec, optional
+        Or ``val_fraction``, ``test_fraction``, ``seed`` as keywords; other keywords are extraction options.
+
+    Returns
+    -------
+    Advice
+
+    Raises
+    ------
+    FeatxError
+        An unknown backbone or score, or a dataset without at least 2 labelled classes.
+    """
+    check_choice(score, SCORES, "score")
+    rules = rules or AdviceRules.take(options)
+    split = split or SplitSpec.take(options)
+    start = time.perf_counter()
+    backbones = backbone_list(backbone)
+    dataset = data if isinstance(data, Dataset) else discover(data)
+    if not dataset.labelled or len(dataset.class_names) < 2:
+        raise FeatxError(f"{dataset.root}: advise needs a labelled dataset with at least 2 class folders")
+    counts = np.bincount(dataset.labels, minlength=len(dataset.class_names))
+    large = bool(np.median(counts) >= rules.large_per_class)
+    blocks, y = scored_blocks(dataset, backbones, rules, cache_dir, split, options)
+    scores, best = measure_taps(blocks, y, score=score, probe_top=rules.probe_top, seed=split.seed)
+    top = scores[best]["probe"]
+    best_backbone, best_tap, _ = blocks[best]
+    case, route, commands = recommend(dataset, (best_backbone, best_tap), top, large, rules,
+                                      carried_flags(cache_dir, split))
     evidence = {
         "dataset": Path(dataset.root).name, "images": int(counts.sum()), "classes": len(counts),
-        "median_per_class": float(np.median(counts)), "large_per_class": large_per_class, "large": large,
+        "median_per_class": float(np.median(counts)), "large_per_class": rules.large_per_class, "large": large,
         "rows_scored": int(len(y)), "probe_folds": 3, "score": score, "scores": scores, "best": best,
-        "best_backbone": best_backbone, "best_tap": best_tap, "best_probe": top, "room": room,
+        "best_backbone": best_backbone, "best_tap": best_tap, "best_probe": top, "room": rules.room,
         "imagenet_confidence": None, "sampled": 0,
     }
-    spec = get_backbone(backbones[0])
-    if "logits" in spec.tap_names:
-        conf, entropy, sampled = imagenet_similarity(dataset, backbones[0], cache_dir, sample, seed,
-                                                     **extract_options)
+    if "logits" in get_backbone(backbones[0]).tap_names:
+        conf, entropy, sampled = imagenet_similarity(dataset, backbones[0], cache_dir, rules.sample, split.seed,
+                                                     **options)
         evidence.update(imagenet_confidence=conf, imagenet_entropy=entropy, sampled=sampled)
     evidence["seconds"] = time.perf_counter() - start
     advice = Advice(case, route, commands, evidence)
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "advice.json").write_text(advice.to_json())
-        (out / "advice.txt").write_text(advice.text() + "\n")
+        write_advice(advice, out)
     return advice

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from featx.backbones.registry import DEFAULT_BACKBONE, POOLINGS, Backbone, get_backbone
+from featx.backbones.registry import DEFAULT_BACKBONE, Backbone, get_backbone
 from featx.errors import FeatxError
-
-#: Storage types a cache can hold codes in.
-DTYPES = ("float32", "float16")
+from featx.vocabulary import DTYPES, POOLINGS, check_choice
 
 
 @dataclass(frozen=True)
@@ -56,10 +54,8 @@ class ExtractorConfig:
             raise FeatxError("give at least one tap", param="taps")
         for t in taps:
             spec.tap(t)
-        if self.pooling not in POOLINGS:
-            raise FeatxError(f"expected one of {', '.join(POOLINGS)}, got {self.pooling!r}", param="pooling")
-        if self.dtype not in DTYPES:
-            raise FeatxError(f"expected one of {', '.join(DTYPES)}, got {self.dtype!r}", param="dtype")
+        check_choice(self.pooling, POOLINGS, "pooling")
+        check_choice(self.dtype, DTYPES, "dtype")
         object.__setattr__(self, "taps", tuple(dict.fromkeys(taps)))
         object.__setattr__(self, "backbone", spec.name)
         object.__setattr__(self, "mixed_precision", bool(self.mixed_precision))

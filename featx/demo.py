@@ -12,7 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from featx.backbones.registry import DEFAULT_BACKBONE
+from featx.extract import extract
+from featx.prediction import predict
 from featx.stats import format_accuracy
+from featx.training import fit_head
 
 
 def write_digits(folder: Path, per_class: int = 40, unseen: int = 20, seed: int = 0) -> tuple[Path, Path]:
@@ -46,9 +49,6 @@ def write_digits(folder: Path, per_class: int = 40, unseen: int = 20, seed: int 
 
 def run_demo(out_dir="featx-out/demo", backbone: str = DEFAULT_BACKBONE, cache_dir=None, per_class: int = 40,
              head: str = "logistic", weights="imagenet", echo=print) -> dict:
-    from featx.extract import extract
-    from featx.fit import fit_head, predict
-
     out_dir = Path(out_dir)
     data, unseen = write_digits(out_dir / "data", per_class=per_class)
     echo(f"data: {data} (scikit-learn digits, {per_class} per class) and {unseen} (unseen)")

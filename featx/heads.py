@@ -5,6 +5,10 @@ optional row L2-normalisation, standardisation and PCA, then the classifier.
 They work on any 2-D array, not only featx caches, and compose with
 ``GridSearchCV``.  ``dense`` is the study's head (Dense(1024, relu) ->
 softmax, RMSprop), trained in Keras and evaluated in numpy (:class:`DenseHead`).
+
+``--head auto`` is not here: it searches over these heads, so it lives above them
+(:class:`featx.selection.AutoHead`, :func:`featx.selection.make_head`); this module imports no
+featx module but :mod:`featx.errors` and :mod:`featx.vocabulary`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from featx.errors import FeatxError
+from featx.vocabulary import HEAD_CHOICES
 
 HEADS = ("logistic", "linear_svm", "rbf_svm", "knn", "dense")
 
@@ -166,13 +171,13 @@ class Head(ClassifierMixin, BaseEstimator):
 
     ``kind``: logistic (C chosen by cross-validated log-loss), linear_svm and
     rbf_svm (C chosen by cross-validated accuracy over :data:`SVM_C_GRID`,
-    then probabilities calibrated), knn, dense, or auto (cross-validated
-    selection over families, regularisation, scaling and feature blocks:
-    :func:`featx.selection.select_head`).  ``l2`` and ``standardize`` default
+    then probabilities calibrated), knn or dense.  (``auto``, the
+    cross-validated selection over these, is :class:`featx.selection.AutoHead`.)
+    ``l2`` and ``standardize`` default
     per kind (None); ``pca`` reduces to that many dimensions; ``options`` go to
     the classifier (for instance ``{"epochs": 20}`` or ``{"recipe": "study"}``
-    for dense, ``{"C": 0.1}`` to fix an SVM's or the logistic head's C,
-    ``{"budget": 30}`` for auto).  Cross-validation folds adapt to the
+    for dense, ``{"C": 0.1}`` to fix an SVM's or the logistic head's C).
+    Cross-validation folds adapt to the
     smallest class, so heads also fit on a handful of images.
 
     After :meth:`fit`, ``chosen_`` holds what validation chose (``C``, or a
@@ -192,13 +197,16 @@ class Head(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
 
     def _check(self):
-        if self.kind not in HEADS + ("auto",):
-            raise FeatxError(f"unknown head {self.kind!r}; choose from auto, {', '.join(HEADS)}", param="head")
-        if self.class_weight not in (None, "balanced") and not isinstance(self.class_weight, dict):
-            raise FeatxError(f"expected 'balanced' or None, got {self.class_weight!r}", param="class_weight")
-        recipe = (self.options or {}).get("recipe", "default")
-        if recipe not in DENSE_RECIPES:
-            raise FeatxError(f"expected one of {', '.join(DENSE_RECIPES)}, got {recipe!r}", param="recipe")
+        check_head_name(self.kind)
+        check_head_options(self.class_weight, self.options)
+
+    def check_params(self) -> "Head":
+        """Validate ``kind`` and the options now, before any work (building the pipeline once); ``self``.
+
+        Raises :class:`~featx.errors.FeatxError` (or the classifier's ``TypeError`` for an unknown option).
+        """
+        self._pipeline(2, 2)
+        return self
 
     def _scaling_steps(self) -> list:
         default_l2, default_std = _DEFAULT_SCALING[self.kind]
@@ -215,8 +223,6 @@ class Head(ClassifierMixin, BaseEstimator):
 
     def _pipeline(self, smallest_class: int, n_samples: int) -> Pipeline:
         self._check()
-        if self.kind == "auto":
-            return Pipeline([("clf", "passthrough")])
         steps = self._scaling_steps()
         steps.append(("clf", self._classifier(dict(self.options or {}), smallest_class, n_samples)))
         return Pipeline(steps)
@@ -293,16 +299,6 @@ class Head(ClassifierMixin, BaseEstimator):
         if len(self.classes_) < 2:
             raise ValueError(f"a classifier needs at least 2 classes, got 1 class ({self.classes_[0]!r})")
         smallest = int(counts.min())
-        if self.kind == "auto":
-            from featx.selection import select_head
-
-            opts = dict(self.options or {})
-            result = select_head({"codes": X}, y, budget=opts.pop("budget", None), class_weight=self.class_weight,
-                                 random_state=self.random_state, **opts)
-            self.pipeline_ = result.estimator
-            self.selection_ = result.table
-            self.chosen_ = {"candidate": result.best.name}
-            return self
         self.chosen_ = {}
         options = dict(self.options or {})
         if self.kind in SVM_C_GRID and "C" not in options and smallest >= 3:
@@ -329,9 +325,7 @@ class Head(ClassifierMixin, BaseEstimator):
     def frozen(self) -> "Head":
         """An unfitted copy with what validation chose fixed (C, epochs): the model to refit on train+val."""
         check_is_fitted(self, "chosen_")
-        if self.kind == "auto":
-            return self  # the selection already refits its winner on everything it was given
-        options = {**(self.options or {}), **{k: v for k, v in self.chosen_.items() if k != "candidate"}}
+        options = {**(self.options or {}), **self.chosen_}
         if self.kind == "dense" and "epochs" in self.chosen_:
             options.update(patience=None, validation_fraction=0.0)
         return Head(self.kind, self.class_weight, self.l2, self.standardize, self.pca, options, self.random_state)
@@ -368,10 +362,35 @@ class Head(ClassifierMixin, BaseEstimator):
 
 def make_head(name: str = "logistic", class_weight=None, l2=None, standardize=None, pca=None, random_state=0,
               **options) -> Head:
-    """A fresh, unfitted :class:`Head` (validated when fitted)."""
-    if name not in HEADS + ("auto",):
-        raise FeatxError(f"unknown head {name!r}; choose from auto, {', '.join(HEADS)}", param="head")
+    """A fresh, unfitted :class:`Head` of a named kind (validated when fitted).
+
+    ``auto`` is made by :func:`featx.selection.make_head`, which takes every ``--head`` choice.
+    """
+    check_head_name(name)
     return Head(name, class_weight, l2, standardize, pca, options or None, random_state)
+
+
+def check_head_name(name) -> None:
+    """Refuse a name that is no head of this module (:data:`HEADS`): a :class:`~featx.errors.FeatxError`
+    naming ``head``.  ``auto`` gets its own message: it is made above this module."""
+    if name == "auto":
+        raise FeatxError("head 'auto' is the cross-validated search over the heads: make it with "
+                         "featx.selection.make_head('auto') or featx.selection.AutoHead", param="head")
+    if name not in HEADS:
+        raise FeatxError(f"unknown head {name!r}; choose from {', '.join(HEAD_CHOICES)}", param="head")
+
+
+def check_head_options(class_weight, options) -> None:
+    """Refuse a ``class_weight`` other than None, ``"balanced"`` or a dict, and an unknown dense
+    ``recipe`` in ``options``: a :class:`~featx.errors.FeatxError` naming the parameter.
+
+    Shared by :class:`Head` and :class:`featx.selection.AutoHead`: the checks every head makes before work.
+    """
+    if class_weight not in (None, "balanced") and not isinstance(class_weight, dict):
+        raise FeatxError(f"expected 'balanced' or None, got {class_weight!r}", param="class_weight")
+    recipe = (options or {}).get("recipe", "default")
+    if recipe not in DENSE_RECIPES:
+        raise FeatxError(f"expected one of {', '.join(DENSE_RECIPES)}, got {recipe!r}", param="recipe")
 
 
 #: Head kinds that choose their regularisation (C) by cross-validation inside ``fit``.

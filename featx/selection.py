@@ -44,6 +44,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
@@ -52,7 +53,9 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from featx.errors import FeatxError
-from featx.heads import Head, fit_with_copies
+from featx.heads import Head, check_head_options, fit_with_copies
+from featx.heads import make_head as make_named_head
+from featx.vocabulary import FUSE_MODES
 
 #: Default time budget of ``--head auto`` in seconds: about 1,000 images on two cores fit in it.
 DEFAULT_BUDGET = 45.0
@@ -346,6 +349,8 @@ LOGME_ROWS = 1000  # LogME on at most this many rows (stratified): ranking needs
 
 
 def _feature_sets(blocks: dict, y, keep: int, seed: int = 0) -> tuple[list, dict]:
+    """The ``keep`` feature sets LogME ranks best (tuples of block names, best first) and every set's score
+    (``"a+b"`` -> nats): each block, all blocks, and the two best blocks together."""
     names = list(blocks)
     if len(y) > LOGME_ROWS:
         from sklearn.model_selection import train_test_split
@@ -366,6 +371,195 @@ def _feature_sets(blocks: dict, y, keep: int, seed: int = 0) -> tuple[list, dict
         sets.append(pair)
     sets = sorted(dict.fromkeys(sets), key=lambda k: -scores[k])
     return sets[:keep], {"+".join(k): v for k, v in scores.items()}
+
+
+def _checked_budget(budget) -> float:
+    """``budget`` as seconds (``None``: :data:`DEFAULT_BUDGET`); :class:`FeatxError` unless finite and >= 0."""
+    try:
+        budget = DEFAULT_BUDGET if budget is None else float(budget)
+    except (TypeError, ValueError):
+        raise FeatxError(f"expected a number of seconds, got {budget!r}", param="budget") from None
+    if not (math.isfinite(budget) and budget >= 0):
+        raise FeatxError(f"expected a finite number of seconds, 0 or more, got {budget}", param="budget")
+    return budget
+
+
+def _checked_inputs(blocks, y, flip, fuse: str, families) -> tuple[dict, np.ndarray, list]:
+    """The blocks as float64 arrays, the labels as an array and the grid restricted to ``families``.
+
+    Refuses (:class:`FeatxError`, in this order) no blocks, an unknown ``fuse``, blocks and labels of
+    different lengths, a flipped view with other blocks or other shapes, unknown families, and a class
+    with fewer than 2 images.
+    """
+    if not blocks:
+        raise FeatxError("select_head: no code blocks given")
+    if fuse not in FUSE_MODES:
+        raise FeatxError(f"expected concat or mean, got {fuse!r}", param="fuse")
+    y = np.asarray(y)
+    names = list(blocks)
+    blocks = {k: np.asarray(v, dtype=np.float64) for k, v in blocks.items()}
+    if any(len(v) != len(y) for v in blocks.values()):
+        raise FeatxError("select_head: every block needs one row per label")
+    if flip is not None and set(flip) != set(names):
+        raise FeatxError("select_head: the flipped view must have the same blocks")
+    for n in names if flip is not None else ():
+        if np.shape(flip[n]) != blocks[n].shape:  # misaligned mirrors would train silently on wrong columns
+            raise FeatxError(f"select_head: the flipped view of block {n!r} has shape {np.shape(flip[n])}, "
+                             f"the block {blocks[n].shape}; each mirror row must match its image's row")
+    grid = [g for g in HEAD_GRID if families is None or g[0] in families]
+    if families is not None and (unknown := set(families) - {g[0] for g in HEAD_GRID}):
+        raise FeatxError(f"unknown head families {', '.join(sorted(unknown))}", param="families")
+    if np.unique(y, return_counts=True)[1].min() < 2:
+        raise FeatxError("head='auto': every class needs at least 2 images to cross-validate")
+    return blocks, y, grid
+
+
+def _folds(y: np.ndarray, cv: int, random_state: int) -> StratifiedKFold:
+    """``cv`` stratified folds, fewer when the smallest class is smaller (2 at least)."""
+    smallest = int(np.unique(y, return_counts=True)[1].min())
+    return StratifiedKFold(max(2, min(cv, smallest)), shuffle=True, random_state=random_state)
+
+
+@dataclass(frozen=True)
+class Design:
+    """The design matrix every candidate reads, and where each block lies in it.
+
+    ``X``: ``(n, sum of widths)`` float64 without a flipped view, twice as wide with one (the clean
+    blocks, then the flipped blocks, in the given order).  ``ranges`` / ``flip_ranges``: block name ->
+    ``(start, stop)`` columns of its clean / flipped codes.
+    """
+
+    X: np.ndarray
+    ranges: dict
+    flip_ranges: dict
+
+    @classmethod
+    def of(cls, blocks: dict, flip: dict | None) -> "Design":
+        names = list(blocks)
+        offsets = np.concatenate([[0], np.cumsum([blocks[n].shape[1] for n in names])]).astype(int)
+        ranges = {n: (int(offsets[i]), int(offsets[i + 1])) for i, n in enumerate(names)}
+        X = np.concatenate([blocks[n] for n in names] + ([np.asarray(flip[n], dtype=np.float64) for n in names]
+                                                          if flip is not None else []), axis=1)
+        total = int(offsets[-1])
+        return cls(X, ranges, {n: (a + total, b + total) for n, (a, b) in ranges.items()})
+
+
+@dataclass(frozen=True)
+class CandidateSettings:
+    """What every candidate's estimator shares: how blocks combine, class weights, the seed."""
+
+    fuse: str = "concat"
+    class_weight: object = None
+    random_state: int = 0
+
+
+def candidate_estimator(c: Candidate, design: Design, settings: CandidateSettings) -> BlockHead:
+    """The unfitted estimator of candidate ``c``: its head on its feature set's columns of ``design``.
+
+    ``fuse="mean"`` gives one head per block of the set; a flip candidate reads the mirrors' columns too.
+    """
+    head = Head(c.family, class_weight=settings.class_weight, random_state=settings.random_state,
+                **{k: (dict(v) if isinstance(v, dict) else v) for k, v in c.params.items()})
+    if settings.fuse == "mean" and len(c.features) > 1:
+        groups = [[design.ranges[n]] for n in c.features]
+        fgroups = [[design.flip_ranges[n]] for n in c.features]
+    else:
+        groups = [[design.ranges[n] for n in c.features]]
+        fgroups = [[design.flip_ranges[n] for n in c.features]]
+    return BlockHead(head, groups, fgroups if c.tta == "flip" else None)
+
+
+class BudgetedScorer:
+    """Cross-validates candidates in the order they come, within a time budget.
+
+    A candidate whose expected cost (:func:`expected_seconds`, from the families timed so far) would
+    take the time since ``start`` past ``budget`` is recorded as skipped; the first is always scored.
+    ``rows``: one dict per candidate (the table's columns, and ``_c``: the :class:`Candidate`).
+    """
+
+    def __init__(self, design: Design, y: np.ndarray, folds, estimator, budget: float, start: float,
+                 n_jobs: int = 1, verbose: bool = False):
+        self.design = design
+        self.y = y
+        self.folds = folds
+        self.estimator = estimator  # Candidate -> unfitted estimator
+        self.budget = budget
+        self.start = start
+        self.n_jobs = n_jobs
+        self.verbose = verbose
+        self.rows = []
+        self.costs = {}  # (family, tta) -> seconds of its last cross-validation
+
+    def score(self, c: Candidate) -> None:
+        """Cross-validate ``c`` (or record it as skipped when the budget cannot take it): one row more."""
+        row = {"candidate": c.name, "features": "+".join(c.features), "head": c.family, "tta": c.tta}
+        expected = expected_seconds(c.family, c.tta, self.costs, len(self.y))
+        if self.rows and time.perf_counter() - self.start + expected > self.budget:
+            self.rows.append({**row, "cv_mean": np.nan, "cv_sd": np.nan, "fit_s": np.nan, "status": "skipped",
+                              "_c": c})
+            return
+        t0 = time.perf_counter()
+        res = cross_validate(self.estimator(c), self.design.X, self.y, cv=self.folds,
+                             n_jobs=1 if c.family == "dense" else self.n_jobs, error_score="raise")
+        seconds = time.perf_counter() - t0
+        self.costs[(c.family, c.tta)] = seconds
+        acc = res["test_score"]
+        self.rows.append({**row, "cv_mean": float(acc.mean()), "cv_sd": float(acc.std()), "fit_s": seconds,
+                          "status": "done", "_c": c})
+        if self.verbose:
+            print(f"  {c.name}: {acc.mean():.3f} ± {acc.std():.3f} ({seconds:.1f}s)")
+
+    def score_all(self, candidates) -> None:
+        for c in candidates:
+            self.score(c)
+
+    def done(self) -> list:
+        """The scored rows, in the order they were scored."""
+        return [r for r in self.rows if r["status"] == "done"]
+
+    def best(self) -> Candidate:
+        """The highest mean CV accuracy; of equals, the first scored (the cheaper)."""
+        return max(self.done(), key=lambda r: r["cv_mean"])["_c"]
+
+    def table(self):
+        """One row per candidate: candidate, features, head, tta, cv_mean, cv_sd, fit_s, status (pandas)."""
+        import pandas as pd
+
+        return pd.DataFrame([{k: v for k, v in r.items() if k != "_c"} for r in self.rows])
+
+
+def _by_first_score(sets: list, rows: list) -> list:
+    """The feature sets ordered by their default head's CV accuracy (unscored last): from here on
+    cross-validation, not LogME, decides the order."""
+    first = {r["_c"].features: r["cv_mean"] for r in rows if r["status"] == "done"}
+    return sorted(sets, key=lambda fs: -first.get(fs, -1.0))
+
+
+def _grid_candidates(sets: list, grid: list) -> list:
+    """The rest of the grid but the dense head, set by set."""
+    return [Candidate(fs, fam, params) for fs in sets for fam, params in grid[1:] if fam != "dense"]
+
+
+def _flip_candidates(done: list) -> list:
+    """The two best candidates scored so far, again on both views."""
+    best = sorted(done, key=lambda r: -r["cv_mean"])[:2]
+    return [Candidate(r["_c"].features, r["_c"].family, r["_c"].params, "flip") for r in best]
+
+
+def _dense_candidates(sets: list, grid: list) -> list:
+    """The dense head on the best set, last: Keras fits cost the most."""
+    return [Candidate(sets[0], fam, params) for fam, params in grid[1:] if fam == "dense"]
+
+
+def _search(scorer: BudgetedScorer, sets: list, grid: list, with_flip: bool) -> None:
+    """Score the candidates in the documented order: the default head on every kept set; the rest of the
+    grid on the set that scored best first; the two best again with flip TTA; the dense head."""
+    scorer.score_all(Candidate(fs, *grid[0]) for fs in sets)
+    sets = _by_first_score(sets, scorer.rows)
+    scorer.score_all(_grid_candidates(sets, grid))
+    if with_flip:
+        scorer.score_all(_flip_candidates(scorer.done()))
+    scorer.score_all(_dense_candidates(sets, grid))
 
 
 def select_head(blocks, y, flip=None, budget=None, cv: int = 3, keep_features: int = 2, families=None,
@@ -408,105 +602,100 @@ def select_head(blocks, y, flip=None, budget=None, cv: int = 3, keep_features: i
     FeatxError
         Empty ``blocks``, mismatched row counts, an unknown family, or a class with fewer than 2 images.
     """
-    import pandas as pd
-
     start = time.perf_counter()
-    try:
-        budget = DEFAULT_BUDGET if budget is None else float(budget)
-    except (TypeError, ValueError):
-        raise FeatxError(f"expected a number of seconds, got {budget!r}", param="budget") from None
-    if not (math.isfinite(budget) and budget >= 0):
-        raise FeatxError(f"expected a finite number of seconds, 0 or more, got {budget}", param="budget")
-    if not blocks:
-        raise FeatxError("select_head: no code blocks given")
-    if fuse not in ("concat", "mean"):
-        raise FeatxError(f"expected concat or mean, got {fuse!r}", param="fuse")
-    y = np.asarray(y)
-    names = list(blocks)
-    blocks = {k: np.asarray(v, dtype=np.float64) for k, v in blocks.items()}
-    if any(len(v) != len(y) for v in blocks.values()):
-        raise FeatxError("select_head: every block needs one row per label")
-    if flip is not None and set(flip) != set(names):
-        raise FeatxError("select_head: the flipped view must have the same blocks")
-    for n in names if flip is not None else ():
-        if np.shape(flip[n]) != blocks[n].shape:  # misaligned mirrors would train silently on wrong columns
-            raise FeatxError(f"select_head: the flipped view of block {n!r} has shape {np.shape(flip[n])}, "
-                             f"the block {blocks[n].shape}; each mirror row must match its image's row")
-    grid = [g for g in HEAD_GRID if families is None or g[0] in families]
-    if families is not None and (unknown := set(families) - {g[0] for g in HEAD_GRID}):
-        raise FeatxError(f"unknown head families {', '.join(sorted(unknown))}", param="families")
-    _, counts = np.unique(y, return_counts=True)
-    if counts.min() < 2:
-        raise FeatxError("head='auto': every class needs at least 2 images to cross-validate")
-    if n_jobs is None:
-        n_jobs = 1 if len(y) < 1000 else 2
-    folds = StratifiedKFold(max(2, min(cv, int(counts.min()))), shuffle=True, random_state=random_state)
-
-    # the design matrix: clean blocks, then flipped blocks, in the given order
-    widths = [blocks[n].shape[1] for n in names]
-    offsets = np.concatenate([[0], np.cumsum(widths)]).astype(int)
-    ranges = {n: (int(offsets[i]), int(offsets[i + 1])) for i, n in enumerate(names)}
-    X = np.concatenate([blocks[n] for n in names] + ([np.asarray(flip[n], dtype=np.float64) for n in names]
-                                                      if flip is not None else []), axis=1)
-    total = int(offsets[-1])
-    flip_ranges = {n: (a + total, b + total) for n, (a, b) in ranges.items()}
-
+    budget = _checked_budget(budget)
+    blocks, y, grid = _checked_inputs(blocks, y, flip, fuse, families)
+    design = Design.of(blocks, flip)
     sets, scores = _feature_sets(blocks, y, keep_features, random_state)
+    estimator = partial(candidate_estimator, design=design,
+                        settings=CandidateSettings(fuse, class_weight, random_state))
+    scorer = BudgetedScorer(design, y, _folds(y, cv, random_state), estimator, budget, start,
+                            n_jobs=(1 if len(y) < 1000 else 2) if n_jobs is None else n_jobs, verbose=verbose)
+    _search(scorer, sets, grid, flip is not None)
+    best = scorer.best()
+    final = estimator(best).fit(design.X, y)
+    return SelectionResult(scorer.table(), best, final, scores, time.perf_counter() - start, budget)
 
-    def estimator(c: Candidate) -> BlockHead:
-        head = Head(c.family, class_weight=class_weight, random_state=random_state,
-                    **{k: (dict(v) if isinstance(v, dict) else v) for k, v in c.params.items()})
-        if fuse == "mean" and len(c.features) > 1:
-            groups = [[ranges[n]] for n in c.features]
-            fgroups = [[flip_ranges[n]] for n in c.features]
-        else:
-            groups = [[ranges[n] for n in c.features]]
-            fgroups = [[flip_ranges[n] for n in c.features]]
-        return BlockHead(head, groups, fgroups if c.tta == "flip" else None)
 
-    rows, costs = [], {}
+# ---- --head auto as an estimator ----------------------------------------------------------------
 
-    def score(c: Candidate):
-        elapsed = time.perf_counter() - start
-        expected = expected_seconds(c.family, c.tta, costs, len(y))
-        if rows and elapsed + expected > budget:
-            rows.append({"candidate": c.name, "features": "+".join(c.features), "head": c.family,
-                         "tta": c.tta, "cv_mean": np.nan, "cv_sd": np.nan, "fit_s": np.nan, "status": "skipped",
-                         "_c": c})
-            return
-        t0 = time.perf_counter()
-        res = cross_validate(estimator(c), X, y, cv=folds, n_jobs=1 if c.family == "dense" else n_jobs,
-                             error_score="raise")
-        seconds = time.perf_counter() - t0
-        costs[(c.family, c.tta)] = seconds
-        acc = res["test_score"]
-        rows.append({"candidate": c.name, "features": "+".join(c.features), "head": c.family, "tta": c.tta,
-                     "cv_mean": float(acc.mean()), "cv_sd": float(acc.std()), "fit_s": seconds, "status": "done",
-                     "_c": c})
-        if verbose:
-            print(f"  {c.name}: {acc.mean():.3f} ± {acc.std():.3f} ({seconds:.1f}s)")
+class AutoHead(ClassifierMixin, BaseEstimator):
+    """``--head auto`` as one scikit-learn estimator: :func:`select_head` on the codes as one block.
 
-    # the first (default) head on every kept set; then the rest of the grid, on the set that scored best
-    # first (cross-validation, not LogME, decides the order from here on)
-    for fs in sets:
-        score(Candidate(fs, *grid[0]))
-    first = {r["_c"].features: r["cv_mean"] for r in rows if r["status"] == "done"}
-    sets = sorted(sets, key=lambda fs: -first.get(fs, -1.0))
-    for fs in sets:
-        for fam, params in grid[1:]:
-            if fam != "dense":
-                score(Candidate(fs, fam, params))
-    if flip is not None:
-        done = sorted((r for r in rows if r["status"] == "done"), key=lambda r: -r["cv_mean"])[:2]
-        for r in done:
-            c = r["_c"]
-            score(Candidate(c.features, c.family, c.params, "flip"))
-    for fam, params in grid[1:]:  # the dense head last: Keras fits cost the most
-        for fs in sets[:1] if fam == "dense" else ():
-            score(Candidate(fs, fam, params))
-    scored = [r for r in rows if r["status"] == "done"]
-    best_row = max(scored, key=lambda r: r["cv_mean"])  # max keeps the first of equals: the cheaper one
-    best = best_row["_c"]
-    final = estimator(best).fit(X, y)
-    table = pd.DataFrame([{k: v for k, v in r.items() if k != "_c"} for r in rows])
-    return SelectionResult(table, best, final, scores, time.perf_counter() - start, budget)
+    Why here and not a kind of :class:`featx.heads.Head`: the search builds heads, so it sits above
+    them; :func:`make_head` gives it for the name ``auto``.
+
+    Parameters
+    ----------
+    class_weight : "balanced", dict or None
+        Passed to every candidate head.
+    options : dict, optional
+        :func:`select_head`'s keywords: ``budget`` (seconds), ``families``, ``cv``, ``keep_features``,
+        ``n_jobs``, ``fuse``, ``verbose``.
+    random_state : int
+
+    Attributes
+    ----------
+    classes_ : ndarray
+    pipeline_ : BlockHead
+        The winner, refit on every row :meth:`fit` was given.
+    selection_ : pandas.DataFrame
+        One row per candidate (:attr:`SelectionResult.table`).
+    chosen_ : dict
+        ``{"candidate": name}`` of the winner.
+    """
+
+    kind = "auto"  # what Head calls its kind: code that asks a head for it keeps working
+
+    def __init__(self, class_weight=None, options=None, random_state=0):
+        self.class_weight = class_weight
+        self.options = options
+        self.random_state = random_state
+
+    def check_params(self) -> "AutoHead":
+        """Validate ``class_weight`` and the options featx checks for every head, before any work; ``self``."""
+        check_head_options(self.class_weight, self.options)
+        return self
+
+    def fit(self, X, y, validation_data=None):
+        """Search and refit on ``X`` ``(n, d)`` float codes and ``y`` ``(n,)`` labels; ``validation_data``
+        is ignored (cross-validation chooses).  ValueError with fewer than 2 classes."""
+        self.check_params()
+        X, y = validate_data(self, X, y, dtype=np.float64)
+        check_classification_targets(y)
+        self.classes_ = np.unique(y)
+        if len(self.classes_) < 2:
+            raise ValueError(f"a classifier needs at least 2 classes, got 1 class ({self.classes_[0]!r})")
+        opts = dict(self.options or {})
+        result = select_head({"codes": X}, y, budget=opts.pop("budget", None), class_weight=self.class_weight,
+                             random_state=self.random_state, **opts)
+        self.pipeline_ = result.estimator
+        self.selection_ = result.table
+        self.chosen_ = {"candidate": result.best.name}
+        return self
+
+    def frozen(self) -> "AutoHead":
+        """``self``: the selection already refits its winner on everything it was given."""
+        check_is_fitted(self, "chosen_")
+        return self
+
+    def predict_proba(self, X):
+        """Class probabilities ``(n, classes)`` float64, columns in ``classes_``."""
+        check_is_fitted(self, "pipeline_")
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        return self.pipeline_.predict_proba(X)
+
+    def predict(self, X):
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+
+def make_head(name: str = "logistic", class_weight=None, l2=None, standardize=None, pca=None, random_state=0,
+              **options):
+    """A fresh, unfitted head for any ``--head`` choice (:data:`featx.vocabulary.HEAD_CHOICES`).
+
+    ``auto``: an :class:`AutoHead` (``options`` are its search's; ``l2``, ``standardize`` and ``pca`` do
+    not apply); any other name: :func:`featx.heads.make_head`.  Raises :class:`FeatxError` for an unknown name.
+    """
+    if name == "auto":
+        return AutoHead(class_weight, options or None, random_state)
+    return make_named_head(name, class_weight, l2, standardize, pca, random_state, **options)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 # z for a two-sided 95% interval of the normal distribution.
 Z95 = 1.959963984540054
 
@@ -75,3 +77,28 @@ def format_accuracy(correct: int, n: int) -> str:
         return "- (n=0)"
     low, high = wilson_interval(correct, n)
     return f"{correct / n:.3f} [{low:.3f}, {high:.3f}] (n={n})"
+
+
+def accuracy_summary(y_true, y_pred) -> dict:
+    """Accuracy with its 95% Wilson interval, test-set size and the small-test warning, as metrics save it.
+
+    Parameters
+    ----------
+    y_true, y_pred : array-like, shape (n,)
+        True and predicted labels (any comparable type: class names or indices).
+
+    Returns
+    -------
+    dict
+        ``accuracy`` (float in [0, 1], None when n is 0), ``correct`` and ``n`` (int), ``interval95``
+        ([low, high]), ``smallest_class`` (images of the rarest true class), ``text`` (for the console) and
+        ``warning`` (str or None, :func:`small_test_warning`).
+    """
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    n = int(len(y_true))
+    correct = int((y_true == y_pred).sum())
+    low, high = wilson_interval(correct, n)
+    per_class_min = int(np.unique(y_true, return_counts=True)[1].min()) if n else 0
+    return {"accuracy": correct / n if n else None, "correct": correct, "n": n, "interval95": [low, high],
+            "smallest_class": per_class_min, "text": format_accuracy(correct, n),
+            "warning": small_test_warning(n, per_class_min)}

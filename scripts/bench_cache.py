@@ -10,7 +10,7 @@ cache warm (everything was just written):
 
 once as built and once after ``compact()``, stating the segment count at each measurement, and
 reports its peak RSS (``ru_maxrss``).  The baseline is the previous ``featx/cache.py`` (taken from
-git, ``--baseline-ref``, default ``main``) on a single-file cache of the same rows, for the sizes in
+git, ``--baseline-ref``, default ``15e9c14``, the last commit where it was one module) on a single-file cache of the same rows, for the sizes in
 ``--baseline-sizes`` (default 10k and 200k: at 1M each of its commits rewrites 2.6 GB).
 
 ``--extract-images N`` also times ``featx extract`` re-run over an unchanged folder of N generated
@@ -221,7 +221,9 @@ def main() -> None:
     ap.add_argument("--sizes", default="10000,200000,1000000",
                     help="rows, comma-separated; empty for none (default 10000,200000,1000000)")
     ap.add_argument("--baseline-sizes", default="10000,200000", help="rows for the baseline (default 10000,200000)")
-    ap.add_argument("--baseline-ref", default="main", help="git ref of the baseline cache.py (default main)")
+    ap.add_argument("--baseline-ref", default="15e9c14",
+                    help="git ref of the baseline cache.py (default 15e9c14, the last commit with the cache in one "
+                         "module; featx/cache is a package since)")
     ap.add_argument("--dim", type=int, default=1280, help="code width (default 1280)")
     ap.add_argument("--extract-images", type=int, default=1000, help="0 skips the extract re-run (default 1000)")
     ap.add_argument("--extract-repeats", type=int, default=5, help="interleaved re-runs each (default 5)")

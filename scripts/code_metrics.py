@@ -46,9 +46,13 @@ def parameter_count(node: ast.FunctionDef) -> int:
     return n + (a.vararg is not None) + (a.kwarg is not None)
 
 
-def imported_modules(tree: ast.Module, name: str, is_package: bool) -> set[str]:
-    """featx modules imported anywhere in the module, inside functions too."""
-    found = set()
+def import_edges(tree: ast.Module, name: str, is_package: bool, known: set[str]) -> list[tuple[str, int, list]]:
+    """Every import of a featx module in a module, inside functions too: ``(target, line, names)``.
+
+    ``from featx.a import b`` imports the module ``featx.a.b`` when it is one (``known``), else names from
+    ``featx.a``; ``names`` lists what an ``ImportFrom`` takes (empty for ``import featx.a``).
+    """
+    edges = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             if node.level:
@@ -59,12 +63,17 @@ def imported_modules(tree: ast.Module, name: str, is_package: bool) -> set[str]:
                 target = node.module or ""
             if target.split(".")[0] != "featx":
                 continue
-            found.add(target)
-            for alias in node.names:  # `from featx import cache` imports the module featx.cache
-                found.add(f"{target}.{alias.name}")
+            plain = []
+            for alias in node.names:
+                if f"{target}.{alias.name}" in known:
+                    edges.append((f"{target}.{alias.name}", node.lineno, []))
+                else:
+                    plain.append(alias.name)
+            if plain:
+                edges.append((target, node.lineno, plain))
         elif isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name.split(".")[0] == "featx")
-    return found
+            edges += [(a.name, node.lineno, []) for a in node.names if a.name.split(".")[0] == "featx"]
+    return edges
 
 
 def load_package(root: Path) -> dict[str, tuple[Path, ast.Module]]:
@@ -73,11 +82,11 @@ def load_package(root: Path) -> dict[str, tuple[Path, ast.Module]]:
 
 
 def import_graph(modules: dict[str, tuple[Path, ast.Module]]) -> dict[str, set[str]]:
-    graph = {}
-    for name, (path, tree) in modules.items():
-        targets = imported_modules(tree, name, path.name == "__init__.py")
-        graph[name] = {t for t in targets if t in modules and t != name}
-    return graph
+    """Module -> the featx modules it imports (itself excluded)."""
+    known = set(modules)
+    return {name: {t for t, _, _ in import_edges(tree, name, path.name == "__init__.py", known)
+                   if t in known and t != name}
+            for name, (path, tree) in modules.items()}
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:

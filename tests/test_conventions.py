@@ -222,7 +222,7 @@ def test_fit_head_shows_progress_of_implicit_extraction_on_a_terminal_only(data,
 
 @pytest.fixture(scope="module")
 def fitted(data, tmp_path_factory):
-    from featx.fit import fit_head
+    from featx.training import fit_head
 
     root = tmp_path_factory.mktemp("fitted")
     result = fit_head(data, cache_dir=root / "cache", out_dir=root / "out")

@@ -65,7 +65,7 @@ def engines_only(cache, dest):
 def fast(tmp_path_factory):
     from conftest import tinted
 
-    from featx.fit import fit_head
+    from featx.training import fit_head
 
     root = tmp_path_factory.mktemp("fast")
     for c, name in enumerate(("red", "green", "blue")):

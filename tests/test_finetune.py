@@ -7,13 +7,15 @@ import pytest
 from conftest import write_image
 from featx.augment import STUDY, augment_view
 from featx.backbones.registry import get_backbone
-from featx.baselines import build_baseline
+from featx.training.networks import build_baseline
 from featx.bundle import load_bundle
 from featx.cli import main
 from featx.errors import FeatxError
 from featx.extract import extract, load_features
-from featx.finetune import apply_unfreeze, build_model, first_trainable_index
-from featx.fit import fit_head, predict
+from featx.training.networks import build_model
+from featx.training.recipes import apply_unfreeze, first_trainable_index
+from featx.prediction import predict
+from featx.training import fit_head
 from featx.report import write_report
 from conftest import tinted
 
@@ -295,7 +297,7 @@ def test_finetune_cli_end_to_end_and_predict_keras_model(data, cache, tmp_path, 
         assert (out / name).exists(), name
     runs = pd.read_csv(cache / "runs.csv")
     assert runs.iloc[-1]["route"] == "finetune"
-    from featx.fit import labelled_codes
+    from featx.training import labelled_codes
 
     # the fine-tune is judged on the cached route's stored split: same split id in the runs log
     assert runs.iloc[-1]["split_id"] == labelled_codes(data, cache_dir=cache).split_id
@@ -311,7 +313,7 @@ def test_finetune_cli_end_to_end_and_predict_keras_model(data, cache, tmp_path, 
 
 
 def test_default_unfreeze_policy_per_family():
-    from featx.finetune import default_policy
+    from featx.training.recipes import default_policy
 
     # the study's policies for VGG and Inception/Xception; the top two stages elsewhere
     assert [default_policy(b) for b in ("vgg16", "vgg19", "inception_v3", "xception")] == \
@@ -322,7 +324,7 @@ def test_default_unfreeze_policy_per_family():
 @pytest.mark.slow
 def test_baseline_trains_on_the_stored_split_and_logs_a_run(data, cache, tmp_path):
     from featx import _tf
-    from featx.baselines import train_baseline
+    from featx.training import train_baseline
 
     result = train_baseline(data, arch="cnn6", size=32, epochs=1, cache_dir=cache, out_dir=tmp_path, echo=lambda *_: None)
     m = result["metrics"]
@@ -330,7 +332,7 @@ def test_baseline_trains_on_the_stored_split_and_logs_a_run(data, cache, tmp_pat
     runs = pd.read_csv(cache / "runs.csv")
     assert runs.iloc[-1]["route"] == "baseline" and runs.iloc[-1]["backbone"] == "cnn6"
     cached_split = load_features(data, cache_dir=cache)  # same split id as the cached route
-    from featx.fit import labelled_codes
+    from featx.training import labelled_codes
 
     assert runs.iloc[-1]["split_id"] == labelled_codes(data, cache_dir=cache).split_id
     reloaded = _tf.keras().models.load_model(tmp_path / "model.keras")
@@ -340,7 +342,7 @@ def test_baseline_trains_on_the_stored_split_and_logs_a_run(data, cache, tmp_pat
 @pytest.mark.slow
 def test_ctrl_c_keeps_the_best_checkpoint(data, cache, tmp_path, monkeypatch):
     from featx import _tf
-    from featx.finetune import finetune
+    from featx.training import finetune
 
     keras = _tf.keras()
     original = keras.callbacks.ModelCheckpoint.on_epoch_end

@@ -138,18 +138,18 @@ def train_test_data(tmp_path_factory):
 
 
 def test_recipes_study_is_the_2017_one_and_default_is_adaptive():
-    from featx.finetune import _optimizer, get_recipe
+    from featx.training.recipes import get_recipe, make_optimizer
 
     study = get_recipe("study")
     assert (study.optimizer, study.learning_rate, study.momentum, study.schedule, study.augment, study.warmup) == \
         ("sgd", 1e-4, 0.9, "constant", "study", 0)
-    sgd = _optimizer(study, 100)
+    sgd = make_optimizer(study, 100)
     assert type(sgd).__name__ == "SGD" and float(sgd.learning_rate) == pytest.approx(1e-4)
     assert float(sgd.momentum) == pytest.approx(0.9)
     default = get_recipe("default")
     assert default.optimizer == "adamw" and default.schedule == "cosine" and default.warmup > 0
     assert default.augment == "light" and default.epochs <= 6  # a few CPU epochs: 6 ran 4.2 min on cifar10_3k (README)
-    adamw = _optimizer(default, 100)
+    adamw = make_optimizer(default, 100)
     schedule = adamw._learning_rate
     peak = max(float(schedule(s)) for s in range(100))
     assert peak == pytest.approx(default.learning_rate, rel=1e-3)
@@ -164,7 +164,7 @@ def test_recipes_study_is_the_2017_one_and_default_is_adaptive():
 ])
 def test_a_bad_option_fails_before_any_training_or_writing(train_test_data, tmp_path, kwargs, option):
     from featx.errors import FeatxError
-    from featx.finetune import finetune
+    from featx.training import finetune
 
     out, cache = tmp_path / "ft", tmp_path / "cache"
     with pytest.raises(FeatxError, match=f"^{option}: "):  # the API names the parameter, the CLI the option
@@ -178,11 +178,11 @@ def test_an_init_head_that_cannot_warm_start_fails_before_any_work(train_test_da
     """A file that is no bundle, or a bundle whose head is not dense, was refused only after the codes were
     extracted and a split stored; now before anything is written."""
     from featx.errors import FeatxError
-    from featx.finetune import finetune
+    from featx.training import finetune
 
     garbage = tmp_path / "garbage.featx"
     garbage.write_bytes(b"\x00" * 64)
-    from featx.fit import fit_head
+    from featx.training import fit_head
 
     logistic = fit_head(train_test_data, cache_dir=tmp_path / "other", out_dir=tmp_path / "logistic").bundle
     for init in (garbage, logistic):
@@ -204,7 +204,7 @@ def test_mistyped_unfreeze_on_the_command_line_is_one_line_exit_2(train_test_dat
 
 
 def test_carve_validation_is_stratified_seeded_and_order_free():
-    from featx.finetune import carve_validation
+    from featx.training.finetune import carve_validation
 
     y = np.repeat([0, 1, 2], [10, 10, 5])
     split = np.array(["train"] * 20 + ["test"] * 5)
@@ -224,8 +224,8 @@ def test_carve_validation_is_stratified_seeded_and_order_free():
 def test_finetune_carves_a_validation_split_shows_progress_and_logs_the_recipe(train_test_data, tmp_path):
     import pandas as pd
 
-    from featx.finetune import finetune
-    from featx.fit import predict
+    from featx.training import finetune
+    from featx.prediction import predict
 
     lines = []
     cache = tmp_path / "cache"
@@ -246,7 +246,7 @@ def test_finetune_carves_a_validation_split_shows_progress_and_logs_the_recipe(t
 
 
 def test_progress_bar_counts_images_per_step(train_test_data, tmp_path, capsys):
-    from featx.finetune import finetune
+    from featx.training import finetune
 
     result = finetune(train_test_data, cache_dir=tmp_path / "cache", out_dir=tmp_path / "ft", epochs=1,
                       batch_size=5, unfreeze="top:1", warmup=0, echo=lambda *_: None, progress=True)
@@ -257,8 +257,8 @@ def test_progress_bar_counts_images_per_step(train_test_data, tmp_path, capsys):
 
 def test_predict_accepts_a_baseline_model_keras(train_test_data, tmp_path):
     from featx import _tf
-    from featx.baselines import train_baseline
-    from featx.fit import predict
+    from featx.training import train_baseline
+    from featx.prediction import predict
     from featx.images import center_crop_resize, load_image
 
     result = train_baseline(train_test_data, arch="cnn1", size=32, epochs=1, cache_dir=tmp_path / "cache",
@@ -274,7 +274,7 @@ def test_predict_accepts_a_baseline_model_keras(train_test_data, tmp_path):
 
 def test_predict_refuses_a_model_keras_without_its_description(tmp_path):
     from featx.errors import FeatxError
-    from featx.fit import predict
+    from featx.prediction import predict
 
     (tmp_path / "model.keras").write_bytes(b"PK")
     with pytest.raises(FeatxError, match="featx.json"):
@@ -283,8 +283,8 @@ def test_predict_refuses_a_model_keras_without_its_description(tmp_path):
 
 def test_fine_tuning_that_never_beats_the_warm_start_gives_it_back(train_test_data, tmp_path):
     """A learning rate that wrecks the network: the saved model is the warm start, the init head exactly."""
-    from featx.finetune import finetune
-    from featx.fit import predict
+    from featx.training import finetune
+    from featx.prediction import predict
 
     result = finetune(train_test_data, cache_dir=tmp_path / "cache", out_dir=tmp_path / "ft", epochs=1,
                       batch_size=5, unfreeze="all", warmup=0, learning_rate=5.0, echo=lambda *_: None,

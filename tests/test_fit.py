@@ -14,7 +14,8 @@ from featx.bundle import load_bundle, save_bundle
 from featx.cli import main
 from featx.datasets import assign_splits, load_split
 from featx.errors import FeatxError
-from featx.fit import fit_head, predict, sweep
+from featx.prediction import predict
+from featx.training import fit_head, sweep
 from featx.sklearn_api import FeatureExtractor
 
 
@@ -145,7 +146,7 @@ def test_predict_on_the_training_folder_warns_that_its_accuracy_is_not_held_out(
                                                                                 capsys):
     """The whole dataset holds the model's train/val images: predict's accuracy on it must say so, and a
     folder of test images alone must not (the count comes from the stored split, by content)."""
-    from featx.fit import labelled_codes
+    from featx.training import labelled_codes
 
     assert main(["predict", str(fitted.bundle), str(data), "--cache", str(cache)]) == 0
     out = capsys.readouterr().out

@@ -442,7 +442,7 @@ def test_disk_full_during_extract_is_one_line_and_the_cache_still_verifies(small
     assert cli_main(["extract", str(data), "--cache", str(cache), "--engine", "keras"]) == 0
     assert FeatureCache(cache_file).verify() == []
     assert capsys.readouterr().out  # resumes: the new rows are computed now
-    if partial:  # everything above held; this part is issue 18's rewrite of featx/cache.py
+    if partial:  # everything above held; this part is issue 18's rewrite of the cache (featx/cache/)
         pytest.xfail(f"partial temporary file(s) left by the failed write: {partial} (issue 18)")
 
 
@@ -770,3 +770,52 @@ def test_serve_and_predict_refuse_a_bad_featx_json_in_one_line(meta, tmp_path, c
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("featx: error: ") and "Traceback" not in err[0], err
         assert "featx.json" in err[0] or "baseline model" in err[0], err
+
+
+# ---------------------------------------------------------------- the server's parts, alone
+
+def test_serve_parts_judge_origins_hosts_and_bytes_alone():
+    from featx.serve import ServeOptions, UploadLedger, host_refusal, loopback_hosts, origin_refusal, Refused
+
+    assert origin_refusal({}, "http", None) is None  # a direct request (curl) carries no Origin
+    assert origin_refusal({"sec-fetch-site": "cross-site"}, "http", None) == "a cross-site request"
+    assert origin_refusal({"origin": "http://127.0.0.1:8000", "host": "127.0.0.1:8000"}, "http", None) is None
+    assert origin_refusal({"origin": "https://evil.example", "host": "x"}, "http", None) == "origin https://evil.example"
+    assert origin_refusal({"origin": "https://friend.example", "host": "x"}, "http", "https://friend.example") is None
+    hosts = ServeOptions(allowed_hosts=loopback_hosts("127.0.0.1")).hosts()
+    assert host_refusal({b"host": b"localhost:8000"}, hosts) is None and host_refusal({b"host": b"[::1]:80"}, hosts) is None
+    assert "not rebind.example" in host_refusal({b"host": b"rebind.example"}, hosts)
+    assert host_refusal({}, None) is None and loopback_hosts("0.0.0.0") is None
+    ledger = UploadLedger(max_pending=1, max_buffered=10)
+    with ledger.claim() as claim:
+        claim.hold(6)
+        with pytest.raises(Refused) as busy:
+            with ledger.claim():
+                pass
+        assert busy.value.status == 503
+        with pytest.raises(Refused) as full:
+            claim.hold(5)
+        assert full.value.status == 503 and ledger.buffered == 6
+    assert ledger.pending == 0 and ledger.buffered == 0
+
+
+def test_serve_takes_its_limits_as_keywords_or_one_value(monkeypatch):
+    """``serve(bundle, **limits)`` as the CLI calls it, or ``options=ServeOptions(...)``; nothing else."""
+    import featx.serve as serve_module
+
+    pytest.importorskip("uvicorn", reason="featx serve needs its extra: pip install 'featx[serve]'")
+    seen = []
+
+    def bind(host, port):  # stands in for the socket: stop before a model is loaded
+        seen.append("bound")
+        raise serve_module.FeatxError("stop here")
+
+    monkeypatch.setattr(serve_module, "bind", bind)
+    options = serve_module.ServeOptions(top=3)
+    for kwargs in ({"top": 2, "max_bytes": 10, "cors": "https://a.example", "header_timeout": 1.0},
+                   {"options": options}):
+        with pytest.raises(serve_module.FeatxError, match="stop here"):
+            serve_module.serve("model.featx", "127.0.0.1", 0, **kwargs)
+    with pytest.raises(TypeError):
+        serve_module.serve("model.featx", max_upload=1)
+    assert seen == ["bound", "bound"]  # a wrong keyword is refused before the port is bound

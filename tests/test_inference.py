@@ -6,7 +6,8 @@ from featx.config import ExtractorConfig
 from featx.engines import KerasEngine, LiteRTEngine, make_engine
 from featx.engines.litert import converted_path, probe_batch
 from featx.extract import extract, load_features
-from featx.fit import fit_head, predict
+from featx.prediction import predict
+from featx.training import fit_head
 
 from conftest import require_extra  # noqa: E402
 

@@ -382,7 +382,7 @@ def test_serve_with_the_default_engine_answers_like_keras(multitap, tints, tmp_p
     require_extra("httpx", "starlette's test client")
     from starlette.testclient import TestClient
 
-    from featx.fit import predict
+    from featx.prediction import predict
     from featx.serve import Predictor, create_app
 
     cache, _, bundle = multitap

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from featx import cache as cache_mod
+from featx.cache import commit as cache_commit, files as cache_files, layout as cache_layout
+from featx.cache import merge as cache_merge, segments as cache_segments
 from featx.cache import FeatureCache, TapRows, cache_path, export
 from featx.errors import FeatxError
 
@@ -86,8 +87,8 @@ def test_journalled_and_incoming_rows_are_read_before_commit(tmp_path):
 
 
 def test_compaction_streams_and_keeps_every_row(tmp_path, monkeypatch):
-    monkeypatch.setattr(cache_mod, "_COPY_BYTES", 7 * DIM * 4)  # blocks of 7 rows
-    monkeypatch.setattr(cache_mod, "_MERGE_KEY_BYTES", 1)  # the k-way merge in blocks of 256 keys
+    monkeypatch.setattr(cache_layout, "COPY_BYTES", 7 * DIM * 4)  # blocks of 7 rows
+    monkeypatch.setattr(cache_merge, "_MERGE_KEY_BYTES", 1)  # the k-way merge in blocks of 256 keys
     cache = new_cache(tmp_path)
     rng = np.random.default_rng(0)
     order = [f"{x:032x}" for x in rng.permutation(3000) * 7919]  # keys in no particular order
@@ -132,7 +133,7 @@ def write_legacy(path, taps, config=CONFIG, failures=()):
 
 
 def test_a_legacy_single_file_is_read_then_migrated_with_identical_rows(tmp_path, monkeypatch):
-    monkeypatch.setattr(cache_mod, "_COPY_BYTES", 50 * DIM * 4)
+    monkeypatch.setattr(cache_layout, "COPY_BYTES", 50 * DIM * 4)
     folder = cache_path(tmp_path, CONFIG)
     legacy = folder.with_name(folder.name + ".h5")
     keys = keys_for(1000, 300)[::-1]
@@ -173,7 +174,7 @@ def test_no_temporary_file_is_left_when_the_disk_fills(tmp_path, monkeypatch):
     def full(*_):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(cache_mod.os, "fsync", full)
+    monkeypatch.setattr(cache_files.os, "fsync", full)
     with pytest.raises(OSError, match="No space left"):
         cache.append({"a": rows(keys_for(100, 5))})
     with pytest.raises(OSError, match="No space left"):
@@ -181,14 +182,14 @@ def test_no_temporary_file_is_left_when_the_disk_fills(tmp_path, monkeypatch):
     assert files_under(cache.path) == before
     monkeypatch.undo()
     part = cache.append({"a": rows(keys_for(100, 5))})
-    monkeypatch.setattr(cache_mod.os, "fsync", full)
+    monkeypatch.setattr(cache_files.os, "fsync", full)
     with pytest.raises(OSError, match="No space left"):
         cache.commit()
     assert files_under(cache.path) == sorted(before + [str(part.relative_to(cache.path))])  # the part waits
     monkeypatch.undo()
     cache.commit()
     before = files_under(cache.path)
-    monkeypatch.setattr(cache_mod.os, "fsync", full)
+    monkeypatch.setattr(cache_files.os, "fsync", full)
     with pytest.raises(OSError, match="No space left"):
         cache.compact()
     assert files_under(cache.path) == before
@@ -439,7 +440,7 @@ def test_cli_export_with_a_dataset_gives_paths_and_labels_in_its_order(tmp_path,
 
 
 def test_a_commit_adopting_many_worker_segments_merges_them_into_one(tmp_path, monkeypatch):
-    monkeypatch.setattr(cache_mod, "MERGE_ADOPTED_OVER", 2)
+    monkeypatch.setattr(cache_commit, "MERGE_ADOPTED_OVER", 2)
     cache = new_cache(tmp_path)
     with cache:
         cache.append({"a": rows(keys_for(0, 10))})
@@ -469,13 +470,13 @@ def one_error_line(capsys, *names):
 
 
 def two_segment_cache(tmp_path, monkeypatch):
-    monkeypatch.setattr(cache_mod, "_MAPS", type(cache_mod._MAPS)())  # no mapping from before the damage
+    monkeypatch.setattr(cache_segments, "_MAPS", type(cache_segments._MAPS)())  # no mapping from before the damage
     cache = new_cache(tmp_path)
     with cache:
         for s in (0, 10):
             cache.append({"a": rows(keys_for(s, 10))})
             cache.commit()
-    cache_mod._MAPS.clear()
+    cache_segments._MAPS.clear()
     return cache
 
 

@@ -13,9 +13,10 @@ from conftest import ROOT, make_photo, tinted, write_image
 from featx.advise import Advice, advise, measure_taps
 from featx.bundle import load_bundle
 from featx.cli import main
-from featx.fit import fit_head, predict
+from featx.prediction import predict
+from featx.training import fit_head
 from featx.heads import Head, make_head
-from featx.selection import BlockHead, logme, select_head
+from featx.selection import AutoHead, BlockHead, logme, select_head
 from featx.stats import wilson_interval
 
 
@@ -80,7 +81,7 @@ def test_budget_skips_candidates_but_always_scores_one():
 
 def test_head_auto_is_an_estimator():
     X, y = xor_codes()
-    head = Head("auto", options={"budget": 60, "families": ["logistic", "rbf_svm"]}).fit(X[::2], y[::2])
+    head = AutoHead(options={"budget": 60, "families": ["logistic", "rbf_svm"]}).fit(X[::2], y[::2])
     assert head.score(X[1::2], y[1::2]) > 0.9
     assert "candidate" in head.chosen_ and len(head.selection_) > 1
 
@@ -236,7 +237,7 @@ def unclear(tmp_path_factory):
 def test_fit_head_tta_views_trains_on_the_views_and_scores_their_mean(unclear, cache, tmp_path):
     """--tta views: the head sees every cached augmented view as a training row, and the test accuracy it
     reports is that of the mean over the image and its views (what predict --tta views gives)."""
-    from featx.fit import labelled_codes
+    from featx.training import labelled_codes
 
     data = unclear
 
@@ -496,3 +497,18 @@ def test_misaligned_mirrors_and_copies_are_refused():
         fit_with_copies(Head("logistic"), X, y, X, [])
     with pytest.raises(ValueError, match="a copy needs the same columns"):
         fit_with_copies(Head("logistic"), X, y, X[:, :4], y)
+
+
+def test_auto_is_made_above_the_heads_and_every_head_name_through_selection():
+    from featx.errors import FeatxError
+    from featx.selection import make_head as make_any_head
+
+    auto = make_any_head("auto", class_weight="balanced", budget=5)
+    assert isinstance(auto, AutoHead) and auto.options == {"budget": 5} and auto.class_weight == "balanced"
+    assert type(make_any_head("knn")) is Head
+    with pytest.raises(FeatxError, match="featx.selection"):
+        make_head("auto")
+    with pytest.raises(FeatxError, match="unknown head 'forest'; choose from auto, logistic"):
+        make_any_head("forest")
+    with pytest.raises(FeatxError, match="expected 'balanced' or None"):
+        make_any_head("auto", class_weight="rare").check_params()

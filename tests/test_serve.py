@@ -22,7 +22,7 @@ def _jpeg(rgb):
 def server(tmp_path_factory):
     import uvicorn
 
-    from featx.fit import fit_head
+    from featx.training import fit_head
     from featx.serve import Predictor, create_app
 
     root = tmp_path_factory.mktemp("serve")

@@ -21,10 +21,11 @@ import numpy as np
 from featx import _tf
 
 from featx.backbones import keras_apps, offline
+from featx import vocabulary
 from featx.errors import FeatxError
 from featx.images import center_crop_resize
 
-POOLINGS = ("avg", "max", "avgmax", "none")
+POOLINGS = vocabulary.POOLINGS  # re-exported: callers import it from here too
 
 
 @dataclass(frozen=True)

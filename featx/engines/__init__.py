@@ -20,8 +20,8 @@ import sys
 from featx.engines.keras import KerasEngine
 from featx.engines.litert import PARITY_ATOL, LiteRTEngine, is_converted, litert_available, load_or_convert
 from featx.errors import FeatxError
+from featx.vocabulary import ENGINES
 
-ENGINES = ("auto", "keras", "litert")
 
 __all__ = ["ENGINES", "PARITY_ATOL", "KerasEngine", "LiteRTEngine", "is_converted", "litert_available", "make_engine",
            "uses_litert"]

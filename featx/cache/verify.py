@@ -1,0 +1,154 @@
+"""Verification: every file of a cache folder read once, in blocks, and each problem found listed.
+
+Nothing raises for damage here (``featx cache verify`` prints the list) and nothing is repaired.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+import featx.cache.layout as layout  # noqa: PLR0402 -- `from featx.cache import` would import the package, a cycle
+from featx.cache.bloom import bloom_bits, bloom_test, key_hashes
+from featx.cache.errors import CacheDamagedError, missing, why
+from featx.cache.files import read_range
+from featx.cache.folder import CacheFolder
+from featx.cache.journal import verify_part
+from featx.cache.layout import KEY_DTYPE, MANIFEST, cache_path
+from featx.cache.segments import segment_entry
+
+
+def verify(folder: CacheFolder) -> list[str]:
+    """Problems found (empty when the cache is sound): committed segments, a legacy file, pending files."""
+    try:
+        m = folder.manifest()
+    except CacheDamagedError as exc:
+        return [f"{MANIFEST} is damaged ({exc.detail}): it lists the cache's segments and no featx command "
+                f"rebuilds it; move {folder.path} aside and run featx extract again to rebuild the cache"]
+    if m is None:
+        if folder.legacy.exists():
+            return verify_legacy(folder.legacy) + verify_pending(folder)
+        return ["no manifest: not a cache folder (or nothing committed yet)"] + verify_pending(folder)
+    return verify_committed(folder, m) + verify_pending(folder)
+
+
+def verify_committed(folder: CacheFolder, m: dict) -> list[str]:
+    """Problems of the segments manifest ``m`` names: each against its entry, and keys across segments."""
+    problems = []
+    try:
+        if cache_path(folder.path.parent, m["config"]).name != folder.path.name:
+            problems.append("folder name does not match its configuration hash")
+        all_keys: dict[str, list] = {}
+        for seg in m["segments"]:
+            _verify_segment(folder.segments_dir / seg["name"], seg, all_keys, problems)
+        for tap, parts in all_keys.items():
+            keys = np.concatenate(parts)
+            if np.unique(keys).size != keys.size:
+                problems.append(f"tap {tap}: a key has rows in more than one segment")
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        problems.append(f"cannot read: {exc}")
+    return problems
+
+
+def _verify_segment(path: Path, seg: dict, all_keys: dict, problems: list) -> None:
+    """Append the problems of one committed segment to ``problems``; add its sorted keys to
+    ``all_keys`` {tap: [keys]}."""
+    try:
+        actual = segment_entry(path)
+        for tap, info in seg["taps"].items():
+            a = actual["taps"].get(tap)
+            if a is None or any(a[k] != info[k] for k in ("rows", "dim", "dtype", "offsets")):
+                problems.append(f"segment {seg['name']} tap {tap}: does not match the manifest")
+                continue
+            problems += [f"segment {seg['name']} tap {tap}: {p}" for p in verify_block(path, info)]
+            all_keys.setdefault(tap, []).append(
+                read_range(path, info["offsets"]["sorted_keys"], KEY_DTYPE, 0, info["rows"]))
+    except CacheDamagedError as exc:
+        problems.append(f"segment {seg['name']}: cannot read: {exc.detail}")
+    except FileNotFoundError:
+        problems.append(f"segment {seg['name']}: {missing(path)}")
+    except (OSError, ValueError, KeyError) as exc:
+        problems.append(f"segment {seg['name']}: cannot read: {why(exc)}")
+
+
+def verify_block(path: Path, info: dict) -> list[str]:
+    """Problems of one tap of a segment (``info``: its manifest entry): keys, index, Bloom filter, codes."""
+    problems = []
+    n, dim, off = info["rows"], info["dim"], info["offsets"]
+    keys = read_range(path, off["keys"], KEY_DTYPE, 0, n)
+    sk = read_range(path, off["sorted_keys"], KEY_DTYPE, 0, n)
+    sr = read_range(path, off["sorted_rows"], np.int64, 0, n)
+    if any(len(x) != 32 for x in keys.tolist()):
+        problems.append("malformed keys")
+    elif off.get("bloom") is not None and n and not bloom_test(
+            read_range(path, off["bloom"], np.uint8, 0, bloom_bits(n) // 8), *key_hashes(keys)).all():
+        problems.append("Bloom filter misses a key")
+    if n and ((sr < 0).any() or (sr >= n).any() or not np.array_equal(keys[np.clip(sr, 0, n - 1)], sk)):
+        problems.append("key index does not match the keys")
+    elif n > 1 and (sk[1:] <= sk[:-1]).any():
+        problems.append("duplicate keys" if (sk[1:] == sk[:-1]).any() else "key index not sorted")
+    dtype = np.dtype(info["dtype"])
+    step = max(1, layout.COPY_BYTES // (dim * dtype.itemsize))
+    for start in range(0, n, step):
+        try:
+            block = read_range(path, off["codes"], dtype, start, min(step, n - start), (dim,))
+        except CacheDamagedError:
+            problems.append("codes truncated")
+            break
+        if not np.isfinite(block).all():
+            problems.append(f"non-finite values near row {start}")
+            break
+    return problems
+
+
+def verify_legacy(legacy: Path) -> list[str]:
+    """Problems of a legacy single-file cache."""
+    problems = []
+    try:
+        with h5py.File(legacy, "r") as f:
+            config = json.loads(f.attrs["config"])
+            if cache_path(legacy.parent, config).name + ".h5" != legacy.name:
+                problems.append("file name does not match its configuration hash")
+            for tap, g in f["taps"].items():
+                _verify_legacy_tap(g, f"tap {tap}: ", problems)
+    except (OSError, KeyError, ValueError) as exc:
+        problems.append(f"cannot read: {exc}")
+    return problems
+
+
+def _verify_legacy_tap(g, prefix: str, problems: list) -> None:
+    """Append the problems of one tap (group ``g``) of a legacy file to ``problems``."""
+    keys, codes = g["keys"], g["codes"]
+    if keys.shape[0] != codes.shape[0]:
+        problems.append(f"{prefix}{keys.shape[0]} keys but {codes.shape[0]} rows")
+    k = keys[:]
+    if len(set(k.tolist())) != k.size:
+        problems.append(f"{prefix}duplicate keys")
+    if any(len(x) != 32 for x in k.tolist()):
+        problems.append(f"{prefix}malformed keys")
+    for start in range(0, codes.shape[0], 8192):
+        if not np.isfinite(codes[start : start + 8192]).all():
+            problems.append(f"{prefix}non-finite values near row {start}")
+            break
+
+
+def verify_pending(folder: CacheFolder) -> list[str]:
+    """Problems of the journal parts and incoming segments (rows not committed yet)."""
+    problems = []
+    for part in folder.parts():
+        try:
+            verify_part(part)
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"journal part {part.name} unreadable: {why(exc)}")
+    for inc in folder.incoming():
+        try:
+            entry = segment_entry(inc)
+            for tap, info in entry["taps"].items():
+                problems += [f"incoming {inc.name} tap {tap}: {p}" for p in verify_block(inc, info)]
+        except Exception as exc:  # noqa: BLE001
+            detail = exc.detail if isinstance(exc, CacheDamagedError) else why(exc)
+            problems.append(f"incoming segment {inc.name} unreadable: {detail}")
+    return problems

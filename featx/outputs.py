@@ -1,0 +1,169 @@
+"""A training run's outputs, written one way for every route: folder, metrics.json, runs-log row, featx.json, plots.
+
+Why one module: the cached route (``fit-head``), fine-tuning and the from-scratch baselines each used to
+spell their default folder, build their runs-log row and write ``metrics.json`` themselves, and drifted
+apart. :class:`RunOutputs` owns all of it; :data:`METRICS_SCHEMA` is the one description of
+``metrics.json``, checked by :func:`check_metrics` on every write; :class:`RunResult` is what every route
+returns.
+
+Output folder: ``--out DIR`` when given, else ``featx-out/<dataset>-<what ran>`` in the working directory
+(:data:`DEFAULT_OUT_ROOT`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from featx.modelmeta import ModelDescription
+from featx.runs import append_run, plot_confusion, plot_curves, runs_log_path
+from featx.vocabulary import SPLITS
+
+#: Where runs write when no ``out_dir`` is given (relative to the working directory).
+DEFAULT_OUT_ROOT = Path("featx-out")
+
+#: The training routes, as the runs log and the report name them.
+ROUTES = ("cached", "finetune", "baseline")
+
+#: Keys every route writes into ``metrics.json`` (route-specific keys follow them; see ROUTE_METRICS).
+METRICS_SCHEMA = {
+    "dataset": "str: the dataset folder's name",
+    "route": "str: cached | finetune | baseline",
+    "backbone": "str: the network that made the codes or was trained ('a+b' for fused backbones; a baseline's "
+                "architecture)",
+    "taps": "list of str: the taps the head reads (empty for a baseline)",
+    "split_id": "str: the stored split (cache/splits/<split_id>.json)",
+    "n": "{train, val, test}: images in each split",
+    "accuracy": "{train, val, test}: float in [0, 1] or null (no image in that split)",
+    "evaluated_on": "str: 'test', or 'val' when the split has no test image",
+    "<evaluated_on>": "{accuracy, correct, n, interval95, smallest_class, warning}: the held-out figure "
+                      "(featx.stats.accuracy_summary) -- absent when that split is empty",
+}
+
+#: The documented route-specific keys (each route may write these beside METRICS_SCHEMA's).
+ROUTE_METRICS = {
+    "cached": ("backbones", "head", "pooling", "views", "tta", "fuse", "recipe", "tta_used", "refit", "n_fit",
+               "chosen", "val_note", "per_class", "fit_seconds", "extract_seconds", "skipped_images", "leakage",
+               "label_conflicts", "cv"),
+    "finetune": ("tap", "unfreeze", "recipe", "settings", "augmentation", "trainable_layers",
+                 "val_carved_from_train", "accuracy_text", "epochs_run", "warmup_steps", "warm_start_val_accuracy",
+                 "kept_warm_start", "train_seconds", "total_seconds", "interrupted", "init_head"),
+    "baseline": ("arch", "size", "accuracy_text", "epochs_run", "train_seconds", "total_seconds", "params"),
+}
+
+
+def check_metrics(metrics: dict) -> dict:
+    """``metrics`` when it holds every key of :data:`METRICS_SCHEMA` with the right shape, else ValueError.
+
+    Raises
+    ------
+    ValueError
+        A missing key, an unknown route, or ``n``/``accuracy`` without one entry per split. A programming
+        error, not a user's: the message names the key.
+    """
+    missing = [k for k in METRICS_SCHEMA if not k.startswith("<") and k not in metrics]
+    if missing:
+        raise ValueError(f"metrics.json lacks {', '.join(missing)}")
+    if metrics["route"] not in ROUTES:
+        raise ValueError(f"metrics.json route must be one of {', '.join(ROUTES)}, got {metrics['route']!r}")
+    for key in ("n", "accuracy"):
+        if set(metrics[key]) != set(SPLITS):
+            raise ValueError(f"metrics.json {key} must have one entry per split ({', '.join(SPLITS)})")
+    if metrics["evaluated_on"] not in ("test", "val"):
+        raise ValueError(f"metrics.json evaluated_on must be test or val, got {metrics['evaluated_on']!r}")
+    return metrics
+
+
+@dataclass
+class RunResult:
+    """What every training route returns.
+
+    ``model``: the saved model (``model.featx`` for fit-head, ``model.keras`` for finetune and baseline);
+    ``metrics``: as written to ``metrics.json``; ``out_dir``: the run's folder; ``report``: the console text;
+    ``selection``: ``--head auto``'s :class:`featx.selection.SelectionResult` (else None).
+    ``result["metrics"]`` style access still works for callers of the former dict results.
+    """
+
+    model: Path
+    metrics: dict
+    out_dir: Path
+    report: str = ""
+    selection: object = None
+
+    @property
+    def bundle(self) -> Path:
+        """The saved model's path (a fit-head run's ``model.featx``)."""
+        return self.model
+
+    def __getitem__(self, key: str):
+        if key not in ("model", "metrics", "out_dir", "report", "selection"):
+            raise KeyError(key)
+        return getattr(self, key)
+
+
+@dataclass(frozen=True)
+class RunOutputs:
+    """Where and how one run writes.
+
+    Parameters
+    ----------
+    dataset : str
+        The dataset folder's name (first part of the default folder name, and the runs log's ``dataset``).
+    route : {"cached", "finetune", "baseline"}
+    name : str
+        What ran, for the default folder ``featx-out/<dataset>-<name>``.
+    out_dir : path, optional
+        The folder the user chose (overrides the default).
+    cache_dir : path, optional
+        The cache folder whose ``runs.csv`` gets the run's row (no row when None).
+    """
+
+    dataset: str
+    route: str
+    name: str
+    out_dir: Path | None = None
+    cache_dir: Path | None = None
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.out_dir) if self.out_dir else DEFAULT_OUT_ROOT / f"{self.dataset}-{self.name}"
+
+    def prepare(self) -> Path:
+        """Create the folder (and its parents); returns it."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return self.folder
+
+    def write_metrics(self, metrics: dict) -> Path:
+        """``metrics.json`` (indented; paths and other objects as text), checked against the schema first."""
+        check_metrics(metrics)
+        path = self.prepare() / "metrics.json"
+        path.write_text(json.dumps(metrics, indent=2, default=str))
+        return path
+
+    def write_description(self, description: ModelDescription) -> Path:
+        """``featx.json`` beside the run's ``model.keras``."""
+        return description.write(self.prepare())
+
+    def log_run(self, metrics: dict, *, head: str, output, extract_s: float, fit_s: float) -> None:
+        """One row of the runs log (``cache_dir/runs.csv``), built from the checked ``metrics``."""
+        if self.cache_dir is None:
+            return
+        append_run(runs_log_path(self.cache_dir), {
+            "dataset": metrics["dataset"], "route": self.route, "backbone": metrics["backbone"],
+            "taps": "+".join(metrics["taps"]), "head": head, "split_id": metrics["split_id"],
+            **{f"n_{s}": metrics["n"][s] for s in SPLITS}, **{f"{s}_acc": metrics["accuracy"][s] for s in SPLITS},
+            "extract_s": extract_s, "fit_s": fit_s, "output": str(output),
+        })
+
+    def plot_curves(self, history: dict, title: str) -> Path | None:
+        """``curves.png`` (accuracy and loss per epoch) when at least one epoch ran."""
+        if not history.get("loss"):
+            return None
+        return plot_curves(history, self.prepare() / "curves.png", title)
+
+    def plot_confusion(self, y_true, y_pred, class_names, title: str) -> Path | None:
+        """``confusion.png`` when there is at least one evaluated image."""
+        if not len(y_true):
+            return None
+        return plot_confusion(y_true, y_pred, class_names, self.prepare() / "confusion.png", title)
