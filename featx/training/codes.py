@@ -95,8 +95,7 @@ def labelled_codes(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), poolin
     check_trainable(dataset)
     start = time.perf_counter()
     feats = load_features(dataset, backbone, taps, pooling, cache_dir, dtype, weights, views=views, flip=flip,
-                          val_fraction=split.val_fraction, test_fraction=split.test_fraction, seed=split.seed,
-                          **options)
+                          split=split, **options)
     seconds = time.perf_counter() - start
     if feats.split is None:
         first = f" (first: {feats.failures[0][0]}: {feats.failures[0][1]})" if feats.failures else ""
