@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import ROOT, make_photo, write_image
-from featx import extract as extract_module
+from featx import filling as extract_module  # the decode hook lives where the decoding is
 from featx.cache import FeatureCache, content_key
 from featx.cli import main
 from featx.datasets import discover, from_paths, make_split
