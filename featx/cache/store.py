@@ -38,14 +38,8 @@ def _close(blocks: list) -> None:
 class FeatureCache(CacheFolder):
     """One extractor configuration's rows: committed segments, plus journal and incoming segments.
 
-    Parameters
-    ----------
-    path : str or Path
-        The cache folder (``cache_path(cache_dir, config)``).  A legacy ``<name>.h5`` file path is
-        accepted too: it names the folder ``<name>`` and the old file is read (and migrated by the
-        next commit).
-    config : dict, optional
-        The extractor configuration; needed to write.
+    Parameters: ``path`` and ``config`` as :class:`~featx.cache.folder.CacheFolder` (the folder, or a legacy
+    ``<name>.h5`` file; the configuration, needed to write).
     """
 
     def __init__(self, path: str | Path, config: dict | None = None):
