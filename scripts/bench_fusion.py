@@ -34,7 +34,7 @@ def main():
     ap.add_argument("--budget", type=float, default=120.0)
     args = ap.parse_args()
 
-    from featx.fit import fit_head, labelled_codes
+    from featx.training import fit_head, labelled_codes
     from featx.heads import Head
     from featx.stats import format_accuracy
 

@@ -63,7 +63,7 @@ def main():
     import pandas as pd
 
     from featx.advise import measure_taps
-    from featx.fit import fit_head, labelled_codes
+    from featx.training import fit_head, labelled_codes
     from featx.heads import HEADS, Head
     from featx.stats import format_accuracy
 

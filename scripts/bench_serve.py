@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 def tiny_bundle(folder: Path) -> Path:
     import cv2
 
-    from featx.fit import fit_head
+    from featx.training import fit_head
 
     rng = np.random.default_rng(0)
     for c, name in enumerate(("red", "green", "blue")):

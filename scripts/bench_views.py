@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from featx.fit import fit_head  # noqa: E402
+from featx.training import fit_head  # noqa: E402
 from featx.stats import format_accuracy  # noqa: E402
 
 
