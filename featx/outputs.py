@@ -13,6 +13,7 @@ Output folder: ``--out DIR`` when given, else ``featx-out/<dataset>-<what ran>``
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,13 +77,16 @@ def check_metrics(metrics: dict) -> dict:
 
 
 @dataclass
-class RunResult:
+class RunResult(Mapping):
     """What every training route returns.
 
     ``model``: the saved model (``model.featx`` for fit-head, ``model.keras`` for finetune and baseline);
     ``metrics``: as written to ``metrics.json``; ``out_dir``: the run's folder; ``report``: the console text;
     ``selection``: ``--head auto``'s :class:`featx.selection.SelectionResult` (else None).
-    ``result["metrics"]`` style access still works for callers of the former dict results.
+
+    It is also a read-only mapping of ``model``, ``metrics`` and ``out_dir`` (``result["metrics"]``,
+    ``"metrics" in result``, ``result.keys()``, ``result.get(...)``, ``dict(result)``), as the former dict
+    results of finetune and train_baseline were; ``result["report"]`` and ``result["selection"]`` work too.
     """
 
     model: Path
@@ -100,6 +104,12 @@ class RunResult:
         if key not in ("model", "metrics", "out_dir", "report", "selection"):
             raise KeyError(key)
         return getattr(self, key)
+
+    def __iter__(self):
+        return iter(("model", "metrics", "out_dir"))
+
+    def __len__(self) -> int:
+        return 3
 
 
 @dataclass(frozen=True)

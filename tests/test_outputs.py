@@ -94,5 +94,7 @@ def test_run_result_is_one_type_with_the_former_dict_access(tmp_path):
     result = RunResult(tmp_path / "model.keras", metrics(), tmp_path)
     assert result["model"] == result.model == result.bundle == tmp_path / "model.keras"
     assert result["metrics"]["dataset"] == "tints" and result["out_dir"] == tmp_path
+    assert "metrics" in result and sorted(result.keys()) == ["metrics", "model", "out_dir"]
+    assert result.get("history") is None and dict(result)["out_dir"] == tmp_path
     with pytest.raises(KeyError):
         result["history"]

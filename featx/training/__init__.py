@@ -9,11 +9,12 @@ pipeline), :mod:`~featx.training.finetune` and :mod:`~featx.training.baselines`.
 prediction.
 """
 
+from featx.datasets import SplitSpec
 from featx.training.baselines import BaselineOptions, train_baseline
 from featx.training.codes import LabelledCodes, backbone_list, labelled_codes
 from featx.training.finetune import FinetuneOptions, finetune
 from featx.training.fit import FitOptions, fit_head
 from featx.training.sweep import sweep
 
-__all__ = ["BaselineOptions", "FinetuneOptions", "FitOptions", "LabelledCodes", "backbone_list", "finetune",
-           "fit_head", "labelled_codes", "sweep", "train_baseline"]
+__all__ = ["BaselineOptions", "FinetuneOptions", "FitOptions", "LabelledCodes", "SplitSpec", "backbone_list",
+           "finetune", "fit_head", "labelled_codes", "sweep", "train_baseline"]
