@@ -47,7 +47,7 @@ from featx.heads import Head
 from featx.peek import softmax
 from featx.selection import logme
 from featx.training.codes import backbone_list, labelled_codes
-from featx.vocabulary import ADVISE_SCORES, check_choice
+from featx.vocabulary import ADVISE_SCORES, check_choice, one_value
 
 SCORES = ADVISE_SCORES
 TOP_TAPS = ("pre_logits", "features")  # the codes a linear probe reads by default
@@ -203,11 +203,11 @@ class AdviceRules:
     probe_top: int = 2
     max_rows: int = 3000
 
-    @classmethod
-    def take(cls, options: dict) -> "AdviceRules":
-        """The rules named in ``options`` (removed from it); the rest keep their defaults."""
-        return cls(**{f: options.pop(f) for f in ("sample", "large_per_class", "room", "probe_top", "max_rows")
-                      if f in options})
+    @staticmethod
+    def fields_in(options: dict) -> dict:
+        """The rules' fields named in ``options``, removed from it."""
+        return {f: options.pop(f) for f in ("sample", "large_per_class", "room", "probe_top", "max_rows")
+                if f in options}
 
 
 def scored_blocks(dataset: Dataset, backbones: list, rules: AdviceRules, cache_dir, split: SplitSpec,
@@ -264,7 +264,7 @@ def write_advice(advice: Advice, out) -> None:
     (out / "advice.txt").write_text(advice.text() + "\n")
 
 
-def advise(data, backbone=DEFAULT_BACKBONE, cache_dir=None, score: str = "logme", out=None, with_sweep=None, *,
+def advise(data, backbone=DEFAULT_BACKBONE, cache_dir=None, *, score: str = "logme", out=None, with_sweep=None,
            rules: AdviceRules | None = None, split: SplitSpec | None = None, **options) -> Advice:
     """Recommend a route for ``data`` from measured transferability of its cached codes.
 
@@ -296,8 +296,8 @@ def advise(data, backbone=DEFAULT_BACKBONE, cache_dir=None, score: str = "logme"
         An unknown backbone or score, or a dataset without at least 2 labelled classes.
     """
     check_choice(score, SCORES, "score")
-    rules = rules or AdviceRules.take(options)
-    split = split or SplitSpec.take(options)
+    rules = one_value(rules, AdviceRules, AdviceRules.fields_in(options), "rules")
+    split = SplitSpec.resolve(split, options)
     start = time.perf_counter()
     backbones = backbone_list(backbone)
     dataset = data if isinstance(data, Dataset) else discover(data)

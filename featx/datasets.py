@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import logging
 import os
 import unicodedata
@@ -297,14 +298,43 @@ class SplitSpec:
     def __post_init__(self):
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
-            if not 0 <= value < 1:
-                raise FeatxError(f"expected a fraction in [0, 1), got {value}", param=name)
+            if not isinstance(value, numbers.Real) or not 0 <= value < 1:
+                raise FeatxError(f"expected a fraction in [0, 1), got {value!r}", param=name)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or not 0 <= self.seed < 2**32:
+            # scikit-learn and numpy take seeds in [0, 2**32): a negative one failed deep inside before
+            raise FeatxError(f"expected a whole number from 0 to 2**32 - 1, got {self.seed!r}", param="seed")
 
     @classmethod
     def take(cls, options: dict) -> "SplitSpec":
         """The spec named by ``val_fraction``/``test_fraction``/``seed`` in ``options`` (removed from it)."""
-        given = {k: options.pop(k) for k in ("val_fraction", "test_fraction", "seed") if k in options}
+        given = {k: options.pop(k) for k in SPLIT_KEYWORDS if k in options}
         return cls(**given)
+
+    @classmethod
+    def resolve(cls, split, options: dict) -> "SplitSpec":
+        """``split`` when it is a SplitSpec, else the one its former keywords in ``options`` name (popped).
+
+        Raises
+        ------
+        FeatxError
+            ``split`` is neither None nor a SplitSpec (names ``split``), or a fraction or seed out of range.
+        TypeError
+            ``split`` given together with ``val_fraction``/``test_fraction``/``seed`` (which one wins would
+            be a guess).
+        """
+        if split is None:
+            return cls.take(options)
+        if not isinstance(split, cls):
+            raise FeatxError(f"expected a SplitSpec (or val_fraction=, test_fraction=, seed=), got "
+                             f"{type(split).__name__}", param="split")
+        both = [k for k in SPLIT_KEYWORDS if k in options]
+        if both:
+            raise TypeError(f"give split= or {', '.join(both)}=, not both")
+        return split
+
+
+#: The keywords a SplitSpec's fields were given as before it existed (and still may be).
+SPLIT_KEYWORDS = ("val_fraction", "test_fraction", "seed")
 
 
 @dataclass

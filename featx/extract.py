@@ -27,7 +27,7 @@ import concurrent.futures as cf
 import functools
 import os
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,7 @@ import numpy as np
 from featx.backbones.registry import DEFAULT_BACKBONE
 from featx.cache import FeatureCache, cache_path, content_key, default_cache_dir
 from featx.config import ExtractorConfig
-from featx.datasets import Dataset, Split, SplitSpec, discover, from_paths, make_split
+from featx.datasets import SPLIT_KEYWORDS, Dataset, Split, SplitSpec, discover, from_paths, make_split
 from featx.errors import FeatxError
 from featx.failed import DecodeFailures
 from featx.filling import (AUGMENTATION_ID, CLEAN, FLIPPED, Filled, LocalRows, RayRows, RowKind,
@@ -50,7 +50,6 @@ __all__ = ["AUGMENTATION_ID", "CHANGED", "MIN_IMAGE_SIDE", "VANISHED", "ExtractR
            "image_keys", "load_features", "load_network_inputs", "progress_enabled", "view_key", "view_seed",
            "views_config"]
 
-_SPLIT_KEYWORDS = tuple(f.name for f in fields(SplitSpec))  # load_features' former split keywords
 
 
 @dataclass
@@ -422,13 +421,12 @@ def _split_spec(split, options: dict) -> SplitSpec | None:
     """The split :func:`load_features` makes (None: none), taking the former keywords out of ``options``;
     FeatxError for a fraction outside [0, 1), TypeError for a SplitSpec given with those keywords."""
     if isinstance(split, SplitSpec):
-        given = sorted(k for k in _SPLIT_KEYWORDS if k in options)
-        if given:
-            raise TypeError(f"load_features: give either a SplitSpec or its fields, not both ({', '.join(given)})")
-        return split
+        return SplitSpec.resolve(split, options)
+    if not isinstance(split, bool):
+        raise FeatxError(f"expected True, False or a SplitSpec, got {split!r}", param="split")
     if split:
         return SplitSpec.take(options)
-    for name in _SPLIT_KEYWORDS:  # no split: accepted and unused, as before
+    for name in SPLIT_KEYWORDS:  # no split: accepted and unused, as before
         options.pop(name, None)
     return None
 

@@ -67,3 +67,25 @@ def check_choice(value, allowed: tuple, param: str):
     if value not in allowed:
         raise FeatxError(f"expected one of {', '.join(allowed)}, got {value!r}", param=param)
     return value
+
+
+def one_value(value, cls, keywords: dict, param: str = "options"):
+    """An options value: ``value`` when given (an instance of ``cls``), else ``cls(**keywords)``; never both.
+
+    Why: a function that takes its options as one value *or* as keywords must not quietly drop one of
+    the two when a caller gives both.
+
+    Raises
+    ------
+    TypeError
+        Both ``value`` and keywords given (as Python does for an argument given twice), or an unknown keyword.
+    FeatxError
+        ``value`` is not a ``cls`` (names ``param``).
+    """
+    if value is None:
+        return cls(**keywords)
+    if keywords:
+        raise TypeError(f"give {param}= or its fields as keywords ({', '.join(sorted(keywords))}), not both")
+    if not isinstance(value, cls):
+        raise FeatxError(f"expected a {cls.__name__}, got {type(value).__name__}", param=param)
+    return value

@@ -203,6 +203,12 @@ def test_fit_head_cli_prints_metrics(data, cache, tmp_path, capsys):
 
 # ---- sweep, advise ------------------------------------------------------------------------------
 
+def test_sweep_takes_every_head_choice_auto_included(data, cache, tmp_path):
+    """Issue 23's restructure once built sweep's heads with featx.heads.make_head, which has no auto."""
+    table = sweep(data, taps=["pre_logits"], head="auto", cache_dir=cache, out_dir=tmp_path)
+    assert list(table["tap"]) == ["pre_logits"] and 0 <= table["test_acc"].iloc[0] <= 1
+
+
 def test_sweep_reports_every_tap(data, cache, tmp_path):
     table = sweep(data, taps=["stage2", "stage4", "pre_logits"], cache_dir=cache, out_dir=tmp_path)
     assert list(table["tap"]) == ["stage2", "stage4", "pre_logits"]

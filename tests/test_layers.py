@@ -145,9 +145,27 @@ def test_former_import_paths_still_give_the_same_objects():
     from featx import prediction, training
     from featx.training import networks, recipes
 
-    assert featx.fit.fit_head is training.fit_head and featx.fit.predict is prediction.predict
-    assert featx.fit.sweep is training.sweep and featx.fit.labelled_codes is training.labelled_codes
-    assert featx.finetune.finetune is training.finetune and featx.finetune.get_recipe is recipes.get_recipe
+    assert featx.fit.fit_head.__wrapped__ is training.fit_head and featx.fit.predict is prediction.predict
+    assert featx.fit.sweep.__wrapped__ is training.sweep
+    assert featx.fit.labelled_codes.__wrapped__ is training.labelled_codes
+    assert featx.finetune.finetune.__wrapped__ is training.finetune and featx.finetune.get_recipe is recipes.get_recipe
     assert featx.finetune.predict_finetuned is prediction.predict_keras
-    assert featx.baselines.train_baseline is training.train_baseline
+    assert featx.baselines.train_baseline.__wrapped__ is training.train_baseline
     assert featx.baselines.build_baseline is networks.build_baseline
+
+
+def test_the_former_paths_still_take_arguments_in_their_former_order(recwarn):
+    """``featx.fit.fit_head(data, backbone, taps, head, pooling, ...)`` names the later ones, with a warning."""
+    from featx.compat import positional
+
+    def fit(data, backbone="b", taps="t", head="h", *, pooling="avg", dtype="float32"):
+        return (data, backbone, taps, head, pooling, dtype)
+
+    old = positional(fit, ("data", "backbone", "taps", "head", "pooling", "dtype"))
+    assert old("d", "m", "p", "logistic", "max") == ("d", "m", "p", "logistic", "max", "float32")
+    assert any(issubclass(w.category, FutureWarning) and "pooling" in str(w.message) for w in recwarn)
+    assert old("d", dtype="float16") == ("d", "b", "t", "h", "avg", "float16")
+    with pytest.raises(TypeError, match="multiple values for pooling"):
+        old("d", "m", "p", "h", "max", pooling="avg")
+    with pytest.raises(TypeError, match="at most 6 positional"):
+        old("d", "m", "p", "h", "max", "float16", "extra")

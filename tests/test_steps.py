@@ -12,10 +12,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from featx.advise import AdviceRules, advise
 from featx.datasets import SplitSpec
 from featx.errors import FeatxError
 from featx.prediction.bundles import aligned_codes
 from featx.selection import BlockHead
+from featx.training import BaselineOptions, FinetuneOptions, finetune, fit_head, train_baseline
 from featx.training.fit import Design, FitOptions, block_estimator, plan_fit
 from featx.training.fit_text import fit_report_text
 
@@ -100,3 +102,41 @@ def test_prediction_keeps_the_images_every_extractor_read_in_the_first_ones_orde
     paths, codes = aligned_codes([feats(["a", "b", "c"], 0), feats(["c", "a"], 10)])
     assert paths == ["a", "c"]
     assert codes[0]["clean"]["t"].ravel().tolist() == [0.0, 2.0] and codes[1]["clean"]["t"].ravel().tolist() == [11.0, 10.0]
+
+
+@pytest.mark.parametrize("call", [
+    lambda tmp: fit_head(tmp, options=FitOptions(), pooling="max"),
+    lambda tmp: finetune(tmp, options=FinetuneOptions(), epochs=50),
+    lambda tmp: train_baseline(tmp, options=BaselineOptions(), size=16),
+    lambda tmp: advise(tmp, rules=AdviceRules(), room=0.5),
+])
+def test_an_options_value_and_its_fields_as_keywords_are_refused_together(call, tmp_path):
+    """Before: the keywords were dropped without a word when options= was given."""
+    with pytest.raises(TypeError, match="not both"):
+        call(tmp_path)
+
+
+@pytest.mark.parametrize("split", [{"val_fraction": 0.5}, (0.1, 0.1), "no", 0.5])
+def test_a_split_that_is_not_a_split_spec_is_named(split, tmp_path):
+    from featx.extract import load_features
+    from featx.training import labelled_codes
+
+    for call in (lambda: fit_head(tmp_path, split=split), lambda: labelled_codes(tmp_path, split=split),
+                 lambda: load_features(tmp_path, split=split)):
+        with pytest.raises(FeatxError) as caught:
+            call()
+        assert caught.value.param == "split"
+    with pytest.raises(TypeError, match="not both"):
+        labelled_codes(tmp_path, split=SplitSpec(), seed=2)
+
+
+@pytest.mark.parametrize("fields, param", [
+    ({"val_fraction": "0.2"}, "val_fraction"), ({"test_fraction": None}, "test_fraction"),
+    ({"val_fraction": float("nan")}, "val_fraction"), ({"seed": -3}, "seed"), ({"seed": 1.5}, "seed"),
+    ({"seed": "abc"}, "seed"), ({"seed": True}, "seed"),
+])
+def test_split_spec_refuses_what_is_not_a_fraction_or_a_seed(fields, param):
+    with pytest.raises(FeatxError) as caught:
+        SplitSpec(**fields)
+    assert caught.value.param == param
+    assert SplitSpec(0.0, 0.5, np.int64(7)).seed == 7

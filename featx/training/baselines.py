@@ -26,7 +26,7 @@ from featx.outputs import RunOutputs, RunResult
 from featx.runs import history_logger
 from featx.stats import accuracy_summary
 from featx.training.networks import batches, build_baseline
-from featx.vocabulary import BASELINE_ARCHS, SPLITS, check_choice
+from featx.vocabulary import BASELINE_ARCHS, SPLITS, check_choice, one_value
 
 
 @dataclass(frozen=True)
@@ -163,8 +163,10 @@ def train_baseline(data, arch: str = "cnn1", *, cache_dir=None, out_dir=None, ec
         An unknown arch, or fewer than 2 class folders.
     """
     if options is None:
-        split = keywords.pop("split", None) or SplitSpec.take(keywords)
+        split = SplitSpec.resolve(keywords.pop("split", None), keywords)
         options = BaselineOptions(**keywords, split=split)
+    else:
+        options = one_value(options, BaselineOptions, keywords)
     check_choice(arch, BASELINE_ARCHS, "arch")
     cache_dir = Path(cache_dir or default_cache_dir())
     start = time.perf_counter()

@@ -89,7 +89,7 @@ def labelled_codes(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), poolin
     FeatxError
         Not a labelled dataset of two classes or more, or no image could be decoded.
     """
-    split = split or SplitSpec.take(options)
+    split = SplitSpec.resolve(split, options)
     cache_dir = Path(cache_dir or default_cache_dir())
     dataset = data if isinstance(data, Dataset) else discover(data)
     check_trainable(dataset)

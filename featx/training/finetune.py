@@ -44,7 +44,7 @@ from featx.training.fit import fit_head
 from featx.training.networks import batches, build_backbone, build_classifier, check_init_head, progress_bar
 from featx.training.recipes import (Recipe, apply_unfreeze, default_policy, first_trainable_index, get_recipe,
                                     make_optimizer, one_tap)
-from featx.vocabulary import SPLITS
+from featx.vocabulary import SPLITS, one_value
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class FinetuneOptions:
 
     @classmethod
     def from_keywords(cls, **keywords) -> "FinetuneOptions":
-        split = keywords.pop("split", None) or SplitSpec.take(keywords)
+        split = SplitSpec.resolve(keywords.pop("split", None), keywords)
         known = {f.name for f in fields(cls)}
         unknown = set(keywords) - known
         if unknown:
@@ -384,7 +384,8 @@ def finetune(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), *, ca
     if tap is not None:
         warnings.warn("finetune(tap=...) is now finetune(taps=...)", FutureWarning, stacklevel=2)
         taps = tap
-    options = options or FinetuneOptions.from_keywords(**keywords)
+    options = one_value(options, FinetuneOptions, keywords) if options is not None else \
+        FinetuneOptions.from_keywords(**keywords)
     start = time.perf_counter()
     plan = plan_finetune(backbone, one_tap(taps), options)
     cache_dir = Path(cache_dir or default_cache_dir())

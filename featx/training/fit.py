@@ -28,7 +28,7 @@ from featx.selection import BlockHead, make_head, select_head
 from featx.stats import accuracy_summary
 from featx.training.codes import LabelledCodes, accuracy_of, backbone_list, common_rows, labelled_codes
 from featx.training.fit_text import fit_report_text
-from featx.vocabulary import FUSE_MODES, SPLITS, TTA_MODES, check_choice
+from featx.vocabulary import FUSE_MODES, SPLITS, TTA_MODES, check_choice, one_value
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class FitOptions:
     @classmethod
     def from_keywords(cls, **keywords) -> "FitOptions":
         """Options from ``fit_head``'s keywords: known fields, the split's three, the rest for extraction."""
-        split = keywords.pop("split", None) or SplitSpec.take(keywords)
+        split = SplitSpec.resolve(keywords.pop("split", None), keywords)
         own = {f.name for f in fields(cls)} - {"split", "extract"}
         given = {k: keywords.pop(k) for k in list(keywords) if k in own}
         return cls(**given, split=split, extract=keywords)
@@ -414,7 +414,8 @@ def fit_head(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), head: str = 
     FeatxError
         Unknown head, backbone, tap, fuse or tta value; a dataset with fewer than 2 classes.
     """
-    options = options or FitOptions.from_keywords(**keywords)
+    options = one_value(options, FitOptions, keywords) if options is not None else \
+        FitOptions.from_keywords(**keywords)
     plan = plan_fit(backbone, taps, head, options)
     cache_dir = Path(cache_dir or default_cache_dir())
     design = load_design(data, plan, cache_dir)

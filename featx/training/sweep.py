@@ -10,7 +10,7 @@ import time
 
 from featx.backbones.registry import DEFAULT_BACKBONE, get_backbone
 from featx.datasets import SplitSpec
-from featx.heads import make_head
+from featx.selection import make_head  # every --head choice, auto included
 from featx.outputs import RunOutputs
 from featx.runs import plot_sweep
 from featx.training.codes import accuracy_of, labelled_codes
@@ -54,7 +54,7 @@ def sweep(data, backbone=DEFAULT_BACKBONE, taps=None, head="logistic", *, poolin
 
     spec = get_backbone(backbone)
     taps = list(taps or spec.tap_names)
-    split = split or SplitSpec.take(options)
+    split = SplitSpec.resolve(split, options)
     codes = labelled_codes(data, backbone, taps, pooling, dtype, weights, cache_dir, split=split, **options)
     table = pd.DataFrame(sweep_rows(codes, spec, taps, head, split.seed))
     folder = RunOutputs(codes.name, "cached", f"{backbone}-sweep", out_dir).prepare()
