@@ -78,7 +78,7 @@ class Predictor:
         if d.kind != "finetune":
             raise FeatxError(f"{self.path}: serve runs fine-tuned models and bundles; a {d.kind} "
                              "model is scored with featx predict")
-        loaded = load_keras_model(self.path)
+        loaded = load_keras_model(self.path, description=d)
         self.spec = get_backbone(d.backbone)
         self.classes = loaded.class_names
         self.model = {"dataset": None, "backbone": d.backbone, "head": "fine-tuned", "taps": [d.tap] if d.tap else []}

@@ -54,15 +54,17 @@ class KerasModel:
         return np.asarray(self.model.predict_on_batch(self.prepare(batch)), dtype=np.float64)
 
 
-def load_keras_model(model_path, compile: bool = False) -> KerasModel:
+def load_keras_model(model_path, compile: bool = False, description: ModelDescription | None = None) -> KerasModel:
     """Read ``featx.json`` (checked first: a bad description fails before Keras reads anything), then the model.
+
+    ``description``: the file's description when the caller has already read it (it is not read again).
 
     Raises
     ------
     FeatxError
         The model or its featx.json is missing or unreadable.
     """
-    description = ModelDescription.read(model_path)
+    description = description or ModelDescription.read(model_path)
     model = _tf.keras().models.load_model(Path(model_path), compile=compile)
     return KerasModel(Path(model_path), description, model)
 
@@ -81,7 +83,7 @@ def predict_keras(model_path, images, top=None, out=None, batch_size: int = 32):
     description = ModelDescription.read(model_path)  # kind is "baseline" or "finetune", checked there
     class_names = list(description.class_names)
     check_top(top, len(class_names))
-    loaded = load_keras_model(model_path)
+    loaded = load_keras_model(model_path, description=description)
     dataset = prediction_dataset(images)
     paths, decoded, failures, labels = [], [], [], []
     for i, p in enumerate(dataset.paths):
