@@ -31,7 +31,7 @@ MAGIC = b"FEATX-BUNDLE-1\n"
 VIEWS = ("clean", "flip")
 
 
-@dataclass
+@dataclass(repr=False)
 class Bundle:
     """A fitted head and the extractors whose codes it reads.
 
@@ -52,6 +52,11 @@ class Bundle:
     featx_version: str = __version__
     extractors: list | None = None  # every extractor, in order (None: [extractor])
     layout: list | None = None  # blocks of the design matrix (None: extractor's taps, clean view)
+
+    def __repr__(self) -> str:
+        names = "+".join(f"{e.get('backbone')}/{','.join(e.get('taps') or [])}" for e in self.all_extractors())
+        return (f"Bundle({self.kind}: {type(self.head).__name__} on {names}, {len(self.class_names)} classes, "
+                f"split_id={self.split_id!r})")
 
     def all_extractors(self) -> list:
         """Every extractor, in order; ``extractor`` is always the first."""

@@ -41,7 +41,7 @@ SPLIT_FOLDERS = {"train": "train", "val": "val", "validate": "val", "validation"
 log = logging.getLogger("featx")
 
 
-@dataclass
+@dataclass(repr=False)
 class Dataset:
     root: Path
     paths: list[Path]
@@ -53,6 +53,11 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def __repr__(self) -> str:
+        classes = f"{len(self.class_names)} classes" if self.labels is not None else "unlabelled"
+        splits = ", split folders" if self.splits is not None else ""
+        return f"Dataset({str(self.root)!r}, {len(self)} images, {classes}{splits}, {sum(self.skipped.values())} left out)"
 
     @property
     def labelled(self) -> bool:
@@ -337,7 +342,7 @@ class SplitSpec:
 SPLIT_KEYWORDS = ("val_fraction", "test_fraction", "seed")
 
 
-@dataclass
+@dataclass(repr=False)
 class Split:
     """A dataset's train/val/test assignment and what was found while making it.
 
@@ -353,6 +358,11 @@ class Split:
     source: str
     leakage: list = field(default_factory=list)
     label_conflicts: list = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{s}={int((self.assignment == s).sum())}" for s in ("train", "val", "test"))
+        return (f"Split(id={self.id!r}, {counts}, source={self.source!r}, {len(self.leakage)} leakage, "
+                f"{len(self.label_conflicts)} label conflicts)")
 
     def warnings(self, limit: int = 5) -> list[str]:
         """Console lines (without the ``featx: warning:`` prefix) for leakage and label conflicts."""

@@ -52,7 +52,7 @@ __all__ = ["AUGMENTATION_ID", "CHANGED", "MIN_IMAGE_SIDE", "VANISHED", "ExtractR
 
 
 
-@dataclass
+@dataclass(repr=False)
 class ExtractReport:
     cache_file: Path
     dataset: Dataset
@@ -72,6 +72,10 @@ class ExtractReport:
         work = self.seconds - self.engine_seconds
         return self.computed / work if work > 0 else 0.0
 
+    def __repr__(self) -> str:
+        return (f"ExtractReport({len(self.dataset)} images: {self.computed} extracted, {self.cached} cached, "
+                f"{len(self.failures)} skipped, {self.seconds:.1f}s, cache={str(self.cache_file)!r})")
+
     def summary(self) -> str:
         text = (f"{len(self.dataset)} images: {self.computed} extracted, {self.cached} already cached, "
                 f"{len(self.failures)} skipped; {self.seconds:.1f}s")
@@ -83,14 +87,44 @@ class ExtractReport:
         return text + f"\ncache: {self.cache_file}"
 
 
-@dataclass
+@dataclass(repr=False)
 class Features:
-    """Codes of a dataset, rows in the dataset's order (images that failed are left out)."""
+    """The cached codes of a dataset, one row per image in the dataset's order.
+
+    Made by :func:`load_features`; images that failed to decode are left out (listed in ``failures``).
+
+    Attributes
+    ----------
+    X : ndarray of float32, shape (n_images, n_features)
+        The codes of every loaded tap, concatenated in tap order (``n_features`` is the sum of the taps'
+        code dimensions, e.g. 1280 for mobilenet_v2's ``pre_logits``).  A property: ``f.X``, not ``f.X()``;
+        :meth:`matrix` gives the codes of a subset of taps.
+    labels : ndarray of str, shape (n_images,), or None
+        The class name (folder) of each image, as :func:`featx.sklearn_api.image_paths` returns them;
+        None for a folder without class folders.
+    y : ndarray of int, shape (n_images,), or None
+        The same labels as indices into ``class_names``.
+    class_names : list of str
+        The classes, in featx's order (sorted folder names): the order of a model's probability columns.
+    codes : dict of str to ndarray, shape (n_images, d_tap)
+        The codes per tap.
+    paths : list of Path, shape (n_images,)
+    keys : list of str
+        The content key (hash of the file's bytes) of each row.
+    split : ndarray of str, shape (n_images,), or None
+        'train' / 'val' / 'test' per row: ``featx fit-head``'s stored split (labelled data only).
+    split_id : str or None
+        The id of that split (every run on it names it).
+    X_views : ndarray of float32, shape (n_images, n_views, n_features)
+        Codes of the cached augmented views (load with ``views=K``); :meth:`views_matrix` for a subset of taps.
+    flipped : dict of str to ndarray, shape (n_images, d_tap), or None
+        Codes of each image mirrored left-right (load with ``flip=True``).
+    """
 
     codes: dict  # tap -> (n, d) float32
     paths: list
     keys: list
-    labels: np.ndarray | None
+    y: np.ndarray | None  # class index per row (into class_names)
     class_names: list
     split: np.ndarray | None  # 'train' / 'val' / 'test' per row: fit-head's stored split (labelled data)
     cache_file: Path
@@ -103,20 +137,63 @@ class Features:
     given_splits: np.ndarray | None = None  # the split FOLDER of each row, when the dataset has them
 
     @property
+    def labels(self) -> np.ndarray | None:
+        """Class name per row, ndarray of str, shape (n_images,); None when the data has no class folders."""
+        if self.y is None:
+            return None
+        return np.asarray(self.class_names, dtype=object)[self.y].astype(str)
+
+    @property
     def splits(self) -> np.ndarray | None:
         """Alias of :attr:`split` (the assigned split, not the folders: see :attr:`given_splits`)."""
         return self.split
 
-    def X(self, taps=None) -> np.ndarray:
-        taps = list(taps or self.codes)
+    @property
+    def X(self) -> np.ndarray:
+        """Codes of every loaded tap, concatenated in tap order: ndarray of float32, shape (n_images, n_features)."""
+        return self.matrix()
+
+    def matrix(self, taps=None) -> np.ndarray:
+        """Codes of ``taps`` (a name or a list; default every loaded tap), concatenated in that order.
+
+        Returns
+        -------
+        ndarray of float32, shape (n_images, sum of the taps' code dimensions)
+        """
+        taps = [taps] if isinstance(taps, str) else list(taps or self.codes)
         return np.concatenate([self.codes[t] for t in taps], axis=1) if len(taps) > 1 else self.codes[taps[0]]
 
-    def X_views(self, taps=None) -> np.ndarray:
-        """(n, K, d) codes of the augmented views (extract with views=K first)."""
+    @property
+    def X_views(self) -> np.ndarray:
+        """Codes of the cached augmented views: ndarray of float32, shape (n_images, n_views, n_features)."""
+        return self.views_matrix()
+
+    def views_matrix(self, taps=None) -> np.ndarray:
+        """Codes of the augmented views of ``taps`` (default every loaded tap), concatenated on the last axis.
+
+        Returns
+        -------
+        ndarray of float32, shape (n_images, n_views, sum of the taps' code dimensions)
+
+        Raises
+        ------
+        FeatxError
+            No views were loaded (``load_features(..., views=K)`` after ``featx extract --views K``).
+        """
         if not self.views:
-            raise FeatxError("no augmented views were loaded; extract with --views K")
-        taps = list(taps or self.views)
+            raise FeatxError("no augmented views were loaded; extract with --views K and load with views=K")
+        taps = [taps] if isinstance(taps, str) else list(taps or self.views)
         return np.concatenate([self.views[t] for t in taps], axis=2)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __repr__(self) -> str:
+        taps = ", ".join(f"{t}: {c.shape[1]}" for t, c in self.codes.items())
+        extra = f", views={next(iter(self.views.values())).shape[1]}" if self.views else ""
+        split = f", split_id={self.split_id!r}" if self.split_id else ""
+        return (f"Features({len(self)} images, {self.config.get('backbone', '?')} {{{taps}}}, "
+                f"{len(self.class_names)} classes{split}{extra}, {len(self.failures)} failed)")
 
 
 def extractor_config(backbone: str, pooling: str = "avg", dtype: str = "float32", weights="imagenet",
@@ -411,7 +488,7 @@ def load_features(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), 
     view_codes = read_views(path.parent, config, taps, ok_keys, views) if views else None
     flipped = read_codes(FeatureCache(cache_path(path.parent, flip_config(config))), taps, ok_keys) if flip else None
     made = _make_split(spec, ok_keys, labels, given, paths, dataset.class_names, cache_dir or default_cache_dir())
-    return Features(codes=codes, paths=paths, keys=ok_keys, labels=labels, class_names=list(dataset.class_names),
+    return Features(codes=codes, paths=paths, keys=ok_keys, y=labels, class_names=list(dataset.class_names),
                     split=made.assignment if made is not None else None, cache_file=path, config=config,
                     failures=failures, views=view_codes, flipped=flipped,
                     split_id=made.id if made is not None else None, split_report=made, given_splits=given)

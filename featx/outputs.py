@@ -76,7 +76,7 @@ def check_metrics(metrics: dict) -> dict:
     return metrics
 
 
-@dataclass
+@dataclass(repr=False)
 class RunResult(Mapping):
     """What every training route returns.
 
@@ -99,6 +99,13 @@ class RunResult(Mapping):
     def bundle(self) -> Path:
         """The saved model's path (a fit-head run's ``model.featx``)."""
         return self.model
+
+    def __repr__(self) -> str:
+        m = self.metrics or {}
+        test = m.get("test") if isinstance(m.get("test"), dict) else None
+        acc = f", test {test['accuracy']:.3f} (n={test['n']})" if test and "accuracy" in test and "n" in test else ""
+        what = "/".join(str(m[k]) for k in ("dataset", "backbone", "head") if m.get(k))
+        return f"RunResult({what}{acc}, model={str(self.model)!r})"
 
     def __getitem__(self, key: str):
         if key not in ("model", "metrics", "out_dir", "report", "selection"):

@@ -320,7 +320,7 @@ class Candidate:
                 f"{' | flip TTA' if self.tta == 'flip' else ''}")
 
 
-@dataclass
+@dataclass(repr=False)
 class SelectionResult:
     table: object  # pandas DataFrame: candidate, features, head, cv_mean, cv_sd, fit_s, status
     best: Candidate
@@ -328,6 +328,9 @@ class SelectionResult:
     logme: dict = field(default_factory=dict)  # feature set -> LogME score
     seconds: float = 0.0
     budget: float = DEFAULT_BUDGET  # the budget the search ran under, seconds
+
+    def __repr__(self) -> str:
+        return f"SelectionResult(best={self.best.name!r}, {len(self.table)} candidates, {self.seconds:.1f}s)"
 
     def text(self, top: int = 12) -> str:
         t = self.table

@@ -166,7 +166,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         if feats.failures:
             path, reason = feats.failures[0]
             raise FeatxError(f"{len(feats.failures)} image(s) could not be read, first {path}: {reason}")
-        X_out = feats.X(self._tap_list())
+        X_out = feats.matrix(self._tap_list())
         if len(X_out) != len(paths):
             raise FeatxError(f"expected {len(paths)} rows of codes, got {len(X_out)}")  # the contract, checked
         return np.asarray(X_out, dtype=np.float32)

@@ -48,7 +48,7 @@ def test_codes_equal_the_backbone_through_its_preprocessing(reference, tmp_path)
     root, expected = reference
     feats = load_features(root, taps=TAPS, cache_dir=tmp_path, batch_size=3)
     assert len(feats.paths) == 8 and feats.class_names == ["cat", "dog"]
-    assert list(feats.labels) == [0] * 4 + [1] * 4
+    assert list(feats.y) == [0] * 4 + [1] * 4
     assert feats.codes["pre_logits"].shape == (8, 1280) and feats.codes["stage4"].shape == (8, 96)
     check_codes(feats, expected)
     assert FeatureCache(feats.cache_file).verify() == []
@@ -101,7 +101,7 @@ def test_renamed_or_duplicated_file_reuses_its_row(reference, tmp_path):
     feats = load_features(data, taps=TAPS, cache_dir=tmp_path / "c", extract_missing=False)
     i = [p.name for p in feats.paths].index("renamed.jpg")
     np.testing.assert_allclose(feats.codes["pre_logits"][i], expected["cat0.jpg"]["pre_logits"], atol=1e-5)
-    assert feats.labels[i] == feats.class_names.index("dog")  # labels come from the dataset
+    assert feats.labels[i] == "dog" and feats.y[i] == feats.class_names.index("dog")  # labels come from the dataset
 
 
 def test_bad_files_are_reported_and_skipped(reference, tmp_path, capsys, engine):

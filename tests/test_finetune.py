@@ -108,7 +108,7 @@ def test_warm_start_reproduces_the_cached_head(data, cache, tmp_path):
     from featx.images import load_image
 
     images = spec.preprocess([load_image(p) for p in feats.paths])
-    np.testing.assert_allclose(model.predict(images, verbose=0), bundle.predict_proba(feats.X()), atol=1e-4)
+    np.testing.assert_allclose(model.predict(images, verbose=0), bundle.predict_proba(feats.X), atol=1e-4)
 
 
 def test_augmentation_is_seeded_and_reproducible():

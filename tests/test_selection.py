@@ -251,7 +251,7 @@ def test_fit_head_tta_views_trains_on_the_views_and_scores_their_mean(unclear, c
     assert bundle.head.pipeline_.named_steps["scale"].n_samples_seen_ == 5 * (n["train"] + n["val"])
     codes = labelled_codes(data, cache_dir=cache, views=4)
     test = codes.split == "test"
-    X, V = codes.features.X()[test], codes.features.X_views()[test]  # (n, d), (n, 4, d)
+    X, V = codes.features.X[test], codes.features.X_views[test]  # (n, d), (n, 4, d)
     proba = bundle.head.predict_proba(X) + bundle.head.predict_proba(V.reshape(-1, V.shape[-1])).reshape(
         len(X), 4, -1).sum(axis=1)
     expected = np.asarray(bundle.head.classes_)[proba.argmax(axis=1)]

@@ -53,7 +53,7 @@ def test_plan_fit_resolves_views_tta_and_names_the_run():
 def design(views: np.ndarray | None = None) -> Design:
     """Six images, two blocks of widths 2 and 3 side by side, splits train x4, val, test."""
     a, b = np.arange(12.).reshape(6, 2), np.arange(18.).reshape(6, 3) + 100
-    features = SimpleNamespace(X_views=lambda taps: views)
+    features = SimpleNamespace(views_matrix=lambda taps: views)
     codes = SimpleNamespace(features=features)
     return Design([codes], [np.arange(6)], np.array(list("xyxyxy")),
                   np.array(["train"] * 4 + ["val", "test"]), ["a", "b"], {"a": a, "b": b}, {},

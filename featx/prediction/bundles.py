@@ -100,7 +100,7 @@ def aligned_codes(feats: list) -> tuple[list, list]:
 
 def views_proba(bundle: Bundle, proba: np.ndarray, first, rows, views: int) -> np.ndarray:
     """``proba`` averaged with the head's probabilities on each image's ``views`` cached augmented views."""
-    V = first.X_views(bundle.all_extractors()[0]["taps"])[rows]
+    V = first.views_matrix(bundle.all_extractors()[0]["taps"])[rows]
     per_view = bundle.predict_proba(V.reshape(-1, V.shape[-1])).reshape(len(proba), views, -1)
     return (proba + per_view.sum(axis=1)) / (views + 1)
 

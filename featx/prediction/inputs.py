@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from featx.datasets import Dataset, discover, from_paths
 from featx.errors import FeatxError
 
@@ -38,7 +36,7 @@ def true_labels(features, classes):
     else ``None`` (folder names that are not the model's classes are not labels)."""
     if features.labels is None or not set(features.class_names) <= {str(c) for c in classes}:
         return None
-    return np.asarray(features.class_names, dtype=object)[features.labels].astype(str)
+    return features.labels
 
 
 def check_top(top, n_classes: int) -> None:

@@ -40,9 +40,9 @@ class LabelledCodes:
     def part(self, name: str, taps=None, with_views: bool = False):
         """Codes ``(m, d)`` and labels ``(m,)`` of one split; ``with_views`` adds every augmented view as a row."""
         mask = self.split == name
-        X, y = self.features.X(taps)[mask], self.y[mask]
+        X, y = self.features.matrix(taps)[mask], self.y[mask]
         if with_views and self.features.views:
-            V = self.features.X_views(taps)[mask]  # (n, K, d)
+            V = self.features.views_matrix(taps)[mask]  # (n, K, d)
             X = np.concatenate([X, V.reshape(-1, V.shape[-1])])
             y = np.concatenate([y, np.repeat(y, V.shape[1])])
         return X, y
@@ -102,7 +102,7 @@ def labelled_codes(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), poolin
         raise FeatxError(f"{dataset.root}: none of its {len(dataset)} images could be decoded{first}")
     for line in feats.split_report.warnings():
         print(f"featx: warning: {line}", file=sys.stderr)
-    y = np.asarray(feats.class_names, dtype=object)[feats.labels].astype(str)
+    y = feats.labels
     return LabelledCodes(feats, y, feats.split, feats.split_id, seconds, Path(dataset.root).resolve().name,
                          feats.split_report)
 

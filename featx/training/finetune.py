@@ -163,7 +163,7 @@ def finetune_split(codes: LabelledCodes, split_spec: SplitSpec, echo) -> tuple[n
 def fit_init_head(codes: LabelledCodes, split, backbone: str, tap: str, weights, out_dir: Path, seed: int) -> Path:
     """A dense head on the codes of ``split == 'train'`` (early stopping on ``'val'``), saved as a bundle
     in ``out_dir`` with its metrics.json.  No runs-log row: it is a step of the fine-tune."""
-    X = codes.features.X([tap])
+    X = codes.features.matrix([tap])
     model = make_head("dense", random_state=seed)
     train, val = split == "train", split == "val"
     model.fit(X[train], codes.y[train], validation_data=(X[val], codes.y[val]) if val.any() else None)

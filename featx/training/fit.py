@@ -157,7 +157,7 @@ class Design:
 
     def view_codes(self, mask) -> np.ndarray:
         """The cached augmented views of the rows in ``mask``: (m, K, d)."""
-        return self.codes.features.X_views(self.taps)[self.rows[0]][mask]
+        return self.codes.features.views_matrix(self.taps)[self.rows[0]][mask]
 
     def with_views(self, splits):
         """Design rows of these splits and their augmented views as copies: ``(X, y, X_copies, y_copies)``."""
