@@ -114,8 +114,27 @@ def test_argument_errors_come_from_the_subcommand_with_a_suggestion(argv, messag
         main(argv)
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"usage: featx {argv[0]}")  # the subcommand's usage, not featx's
-    assert f"featx {argv[0]}: error:" in err and message in err
+    assert err.startswith(f"featx {argv[0]}: error:") and message in err  # the subcommand's, not featx's
+    assert err.count("\n") == 1 and err.endswith(f"; see 'featx {argv[0]} --help'\n"), err  # no usage block
+
+
+@pytest.mark.parametrize("argv", [["fit-head", "{root}/bird10"], ["extract", "{root}/bird10"],
+                                  ["predict", "{root}/model.featz", "{root}"]])
+def test_a_missing_path_beside_a_close_name_gets_did_you_mean(argv, tmp_path, capsys):
+    (tmp_path / "birds10" / "wren").mkdir(parents=True)
+    (tmp_path / "model.featx").write_bytes(b"x")
+    code = main([a.format(root=tmp_path) for a in argv])
+    err = capsys.readouterr().err
+    right = "birds10" if "bird10" in argv[1] else "model.featx"
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.rstrip().endswith(f"; did you mean {tmp_path / right}?"), err
+
+
+def test_a_missing_path_with_nothing_close_gets_no_guess(tmp_path, capsys):
+    (tmp_path / "leaves3").mkdir()
+    assert main(["fit-head", str(tmp_path / "birds10")]) == 2
+    err = capsys.readouterr().err
+    assert "no such folder" in err and "did you mean" not in err, err
 
 
 def test_misspelt_command_gets_a_suggestion(capsys):

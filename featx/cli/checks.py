@@ -8,25 +8,42 @@ half-written, costs the user that time; each check here is cheap (no TensorFlow)
 from __future__ import annotations
 
 import argparse
+import difflib
+import os
 from pathlib import Path
 
 from featx.cli.options import backbone_names, weights_value
 from featx.errors import FeatxError
 
 
+def did_you_mean(path) -> str:
+    """``'; did you mean PATH?'`` when a name beside the missing ``path`` is close to its own (``bird10`` beside
+    ``birds10``; difflib ratio at least 0.75, the closest one), else ``''``.  Only the parent folder is listed,
+    and only when it exists and can be read."""
+    path = Path(path)
+    parent = path.parent
+    try:
+        names = [n for n in os.listdir(parent or ".") if not n.startswith(".")]
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.75)
+    return f"; did you mean {parent / close[0]}?" if close else ""
+
+
 def check_folder(path, option: str) -> Path:
-    """``path`` as a Path; FeatxError naming ``option`` when it does not exist."""
+    """``path`` as a Path; FeatxError naming ``option`` (and a close name beside it) when it does not exist."""
     path = Path(path)
     if not path.exists():
-        raise FeatxError(f"{option}: {path}: no such folder")
+        raise FeatxError(f"{option}: {path}: no such folder{did_you_mean(path)}")
     return path
 
 
 def check_file(path, option: str) -> Path:
-    """``path`` as a Path; FeatxError naming ``option`` when it is not a file."""
+    """``path`` as a Path; FeatxError naming ``option`` (and a close name beside it) when it is not a file."""
     path = Path(path)
     if not path.is_file():
-        raise FeatxError(f"{option}: {path}: no such file")
+        missing = "no such file" if not path.exists() else "not a file"
+        raise FeatxError(f"{option}: {path}: {missing}{did_you_mean(path) if not path.exists() else ''}")
     return path
 
 

@@ -52,7 +52,7 @@ def add_alias(parser, old: str, new: str, dest: str, **kwargs) -> None:
 
 
 class FeatxParser(argparse.ArgumentParser):
-    """argparse with the subcommand's own usage in errors and a "did you mean" for misspellings."""
+    """argparse whose errors are one line from the subcommand used, with a "did you mean" for misspellings."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
@@ -103,8 +103,11 @@ class FeatxParser(argparse.ArgumentParser):
         return ""
 
     def error(self, message):
-        self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}{self.suggestion(message)}\n")
+        """One line, exit 2: the error, its "did you mean" when there is one, and where the options are.
+
+        The usage block is not printed: it buried the one useful line under a dozen lines of options
+        (``featx COMMAND --help`` shows them, with their defaults)."""
+        self.exit(2, f"{self.prog}: error: {message}{self.suggestion(message)}; see '{self.prog} --help'\n")
 
 
 def add_command(subparsers, name: str, help: str, description: str | None = None) -> FeatxParser:
