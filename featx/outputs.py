@@ -46,11 +46,12 @@ METRICS_SCHEMA = {
 ROUTE_METRICS = {
     "cached": ("backbones", "head", "pooling", "views", "tta", "fuse", "recipe", "tta_used", "refit", "n_fit",
                "chosen", "val_note", "per_class", "fit_seconds", "extract_seconds", "skipped_images", "leakage",
-               "label_conflicts", "cv"),
+               "label_conflicts", "cv", "validation"),
     "finetune": ("tap", "unfreeze", "recipe", "settings", "augmentation", "trainable_layers",
                  "val_carved_from_train", "accuracy_text", "epochs_run", "warmup_steps", "warm_start_val_accuracy",
-                 "kept_warm_start", "train_seconds", "total_seconds", "interrupted", "init_head"),
-    "baseline": ("arch", "size", "accuracy_text", "epochs_run", "train_seconds", "total_seconds", "params"),
+                 "kept_warm_start", "train_seconds", "total_seconds", "interrupted", "init_head", "validation"),
+    "baseline": ("arch", "size", "accuracy_text", "epochs_run", "train_seconds", "total_seconds", "params",
+                 "validation"),
 }
 
 
@@ -171,6 +172,8 @@ class RunOutputs:
             "taps": "+".join(metrics["taps"]), "head": head, "split_id": metrics["split_id"],
             **{f"n_{s}": metrics["n"][s] for s in SPLITS}, **{f"{s}_acc": metrics["accuracy"][s] for s in SPLITS},
             "extract_s": extract_s, "fit_s": fit_s, "output": str(output),
+            **({"val_kind": metrics["validation"]["kind"], "val_n": metrics["validation"]["n"]}
+               if metrics.get("validation") else {}),
         })
 
     def plot_curves(self, history: dict, title: str) -> Path | None:

@@ -3,8 +3,9 @@ curves, and (``html=True``) one self-contained HTML page with all of it.
 
 Each cell of the summary is the run with the best *validation* accuracy for its dataset, split, backbone and
 route (model selection never looks at test), reported by its *test* accuracy with a 95% Wilson interval
-(:mod:`featx.stats`).  Runs of one dataset on different splits are separate rows, never compared side by
-side silently.
+(:mod:`featx.stats`).  Only comparable validation figures are compared: a held-out validation accuracy and a
+cross-validated one (``--head auto``) are ranked apart, in separate columns.  Runs of one dataset on
+different splits are separate rows, never compared side by side silently.
 """
 
 from __future__ import annotations
@@ -18,17 +19,18 @@ from pathlib import Path
 import numpy as np
 
 from featx.runs import RUN_COLUMNS, plot_curves, pyplot
-from featx.stats import SMALL_TEST_IMAGES, format_accuracy, wilson_interval
+from featx.stats import KINDS, SMALL_TEST_IMAGES, accuracy_of_rate, wilson_interval
 
 ROUTE_ORDER = {"cached": 0, "finetune": 1, "baseline": 2}
 
 #: Columns of ``summary.csv``: one header row, one row per summary cell.
 SUMMARY_COLUMNS = ["dataset", "split_id", "backbone", "route", "head", "taps", "n_train", "n_val", "n_test",
-                   "val_acc", "test_acc", "test_low", "test_high", "seconds", "output"]
+                   "val_acc", "test_acc", "test_low", "test_high", "seconds", "output", "val_kind", "val_n"]
 
 
 #: Columns of the runs log that hold numbers (counts, accuracies, seconds).
-NUMERIC_RUN_COLUMNS = ["n_train", "n_val", "n_test", "train_acc", "val_acc", "test_acc", "extract_s", "fit_s"]
+NUMERIC_RUN_COLUMNS = ["n_train", "n_val", "n_test", "train_acc", "val_acc", "test_acc", "extract_s", "fit_s",
+                       "val_n"]
 
 #: Columns a runs log must have for a summary (the others may be missing: filled in empty).
 REQUIRED_RUN_COLUMNS = ["dataset", "route", "backbone", "test_acc"]
@@ -39,7 +41,7 @@ _KEY_COLUMNS = ["dataset", "route", "backbone"]
 #: Largest image count accepted in the runs log (larger is a corrupt cell, and overflows the intervals).
 MAX_COUNT = 10 ** 12
 
-_COUNTS, _ACCURACIES, _SECONDS = ["n_train", "n_val", "n_test"], ["train_acc", "val_acc", "test_acc"], \
+_COUNTS, _ACCURACIES, _SECONDS = ["n_train", "n_val", "n_test", "val_n"], ["train_acc", "val_acc", "test_acc"], \
     ["extract_s", "fit_s"]
 _ALLOWED = {**{c: f"a whole number from 0 to {MAX_COUNT:.0e}, or empty" for c in _COUNTS},
             **{c: "a number from 0 to 1, or empty (no such split)" for c in _ACCURACIES},
@@ -129,11 +131,25 @@ def read_runs(runs_csv):
             f"{column} is {value!r}, {why}; allowed: {_ALLOWED[column]}"
         raise ValueError(f"line {row + 2}: {problem}; fix or remove that line ({lines} such line(s))")
     runs["split_id"] = runs["split_id"].fillna("-").astype(str)  # an old log without split ids: one split "-"
+    kind = raw["val_kind"].str.strip().replace("", "val")  # a log without the column: held-out validation
+    bad = ~kind.isin(["val", "cv"])
+    if bad.any():
+        row = raw.index[bad][0]
+        raise ValueError(f"line {row + 2}: val_kind is {raw.at[row, 'val_kind']!r}; allowed: val, cv or empty; "
+                         f"fix or remove that line ({int(bad.sum())} such line(s))")
+    # a log begun before val_kind: --head auto's figure was its cross-validation over train+val (with refit)
+    older_auto = (raw["val_kind"].str.strip() == "") & (raw["head"].str.strip() == "auto")
+    kind[older_auto] = "cv"
+    runs.loc[older_auto & runs["val_n"].isna(), "val_n"] = (runs["n_train"] + runs["n_val"])[older_auto]
+    runs["val_kind"] = kind
     return runs.reset_index(drop=True)
 
 
 def summary_table(runs):
-    """One row per (dataset, split, backbone, route): the run with the best validation accuracy.
+    """One row per (dataset, split, backbone, route, kind of validation figure): the run with the best one.
+
+    A cross-validated accuracy (``--head auto``) and a held-out validation accuracy are not comparable, so
+    runs are ranked only against runs whose figure is of the same kind; each kind is its own cell.
 
     Parameters
     ----------
@@ -154,10 +170,10 @@ def summary_table(runs):
     runs["_val"] = runs["val_acc"].fillna(-1)
     runs["_order"] = runs["route"].map(ROUTE_ORDER).fillna(9)
     best = (runs.reset_index().sort_values(["_val", "index"])
-            .groupby(["dataset", "split_id", "backbone", "route"], sort=False).tail(1))
+            .groupby(["dataset", "split_id", "backbone", "route", "val_kind"], sort=False).tail(1))
     best = best.sort_values(["dataset", "split_id", "_order", "backbone"])
     low, high = zip(*[_interval(a, n) for a, n in zip(best["test_acc"], best["n_test"])]) if len(best) else ((), ())
-    best = best.assign(test_low=list(low), test_high=list(high))
+    best = best.assign(test_low=list(low), test_high=list(high), val_n=best["val_n"].astype("Int64"))
     return pd.DataFrame(best[SUMMARY_COLUMNS]).reset_index(drop=True)
 
 
@@ -185,6 +201,25 @@ def _sizes(row) -> str:
     return "" if all(v is None for v in n) else "/".join("-" if v is None else str(v) for v in n)
 
 
+def _column(backbone, route, kind) -> str:
+    """``mobilenet_v2 cached``; runs chosen by a cross-validated figure get their own column, ``... (cv)``."""
+    return f"{backbone} {route}" + (" (cv)" if kind == "cv" else "")
+
+
+def _figure(run, split: str) -> tuple[str, str]:
+    """(label, text) of a run's accuracy on ``split``, from :mod:`featx.stats` as the console printed it:
+    the validation figure says whether it is held out or cross-validated, with its own n."""
+    kind = "cv" if split == "val" and run.get("val_kind") == "cv" else split
+    n = _count(run["val_n"] if kind == "cv" else run[f"n_{split}"])
+    acc = run[f"{split}_acc"]
+    label = f"{KINDS[kind]} accuracy [95% interval]"
+    if acc != acc:
+        return label, "-" if n is None else f"- (n={n})"
+    if not n:
+        return label, f"{acc:.3f}"
+    return label, accuracy_of_rate(acc, n, kind)["text"]
+
+
 def pivot(summary):
     """The Markdown/HTML layout of a summary: rows dataset (and split), columns ``<backbone> <route>``.
 
@@ -194,19 +229,22 @@ def pivot(summary):
     columns : list of str
     """
     splits_of = summary.groupby("dataset")["split_id"].nunique().to_dict()
-    ordered = summary.assign(_o=summary["route"].map(ROUTE_ORDER).fillna(9)).sort_values(["_o", "backbone"])
-    columns = list(dict.fromkeys(f"{b} {r}" for b, r in zip(ordered["backbone"], ordered["route"])))
+    ordered = summary.assign(_o=summary["route"].map(ROUTE_ORDER).fillna(9), _k=summary["val_kind"] == "cv")
+    ordered = ordered.sort_values(["_o", "backbone", "_k"])
+    columns = list(dict.fromkeys(_column(b, r, k) for b, r, k in
+                                 zip(ordered["backbone"], ordered["route"], ordered["val_kind"])))
     rows = {}
     for row in summary.itertuples(index=False):
         label = _row_label(row.dataset, row.split_id, splits_of)
         entry = rows.setdefault(label, [label, row.split_id, _sizes(row), {}])
-        entry[3][f"{row.backbone} {row.route}"] = _cell(row)
+        entry[3][_column(row.backbone, row.route, row.val_kind)] = _cell(row)
         entry[2] = entry[2] or _sizes(row)
     return [tuple(r) for r in rows.values()], columns
 
 
 NOTE = ("Cells: test accuracy [95% Wilson interval] (training time incl. any extraction done by that run, head). "
-        "Each cell is the run with the best validation accuracy. Sizes: train/val/test images.")
+        "Each cell is the run with the best validation accuracy; '(cv)' columns hold runs chosen by a "
+        "cross-validated accuracy (--head auto), ranked only among themselves. Sizes: train/val/test images.")
 
 
 def write_report(runs_csv, out_dir, html: bool = False) -> dict:
@@ -413,16 +451,7 @@ def render_html(runs_csv, runs, summary, chart: Path, curves: dict) -> str:
         title = f"{run['dataset']}: {run['backbone']} {run['route']}, {run['head']}"
         out.append(f'<section class="run" id="run-{i + 1}"><h3>{e(title)}</h3>')
         facts = [("split", str(run["split_id"])), ("taps", "" if run["taps"] != run["taps"] else str(run["taps"]))]
-        for s in ("train", "val", "test"):
-            n = _count(run[f"n_{s}"])
-            acc = run[f"{s}_acc"]
-            if acc != acc:
-                text = "-" if n is None else f"- (n={n})"
-            elif n:
-                text = format_accuracy(int(round(acc * n)), n)
-            else:
-                text = f"{acc:.3f}"
-            facts.append((f"{s} accuracy [95% interval]", text))
+        facts += [_figure(run, s) for s in ("train", "val", "test")]
         facts.append(("time", _duration((run["extract_s"] if run["extract_s"] == run["extract_s"] else 0)
                                         + (run["fit_s"] if run["fit_s"] == run["fit_s"] else 0))))
         facts.append(("output", output or "-"))

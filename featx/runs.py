@@ -11,8 +11,10 @@ import numpy as np
 
 RUN_COLUMNS = [
     "time", "dataset", "route", "backbone", "taps", "head", "split_id", "n_train", "n_val", "n_test",
-    "train_acc", "val_acc", "test_acc", "extract_s", "fit_s", "output",
+    "train_acc", "val_acc", "test_acc", "extract_s", "fit_s", "output", "val_kind", "val_n",
 ]
+# val_kind: what val_acc is ('val': held-out validation, n_val images; 'cv': cross-validated on train+val,
+# val_n images; featx.stats.KINDS), val_n: its n.  Last, so that a log written before them stays readable.
 
 
 def runs_log_path(cache_dir) -> Path:
@@ -45,11 +47,15 @@ def append_run(path: str | Path, row: dict) -> None:
         raise ValueError(f"unknown runs-log columns: {sorted(unknown)}")
     with open(path, "a+", newline="") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        header = next(csv.reader([f.readline()]), None)
         f.seek(0, 2)
-        writer = csv.DictWriter(f, fieldnames=RUN_COLUMNS)
+        # a log begun before the newest columns keeps its header: rows stay aligned with it
+        columns = [c for c in header if c in RUN_COLUMNS] if header and f.tell() else RUN_COLUMNS
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         if f.tell() == 0:
             writer.writeheader()
-        writer.writerow({k: _fmt(row.get(k)) for k in RUN_COLUMNS})
+        writer.writerow({k: _fmt(row.get(k)) for k in columns})
 
 
 def _fmt(v):

@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from featx.errors import FeatxError
+from featx.stats import stated_accuracies
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 MAX_FILES = 16
@@ -102,7 +103,8 @@ class Predictor:
         metrics = bundle.metrics or {}
         self.model = {"dataset": metrics.get("dataset"), "backbone": "+".join(e["backbone"] for e in extractors),
                       "head": metrics.get("head") or type(bundle.head).__name__,
-                      "taps": list(dict.fromkeys(t for e in extractors for t in e["taps"]))}
+                      "taps": list(dict.fromkeys(t for e in extractors for t in e["taps"])),
+                      "accuracy": stated_accuracies(metrics)}
         flip = bundle.needs_flip()
         runners = []  # one engine per extractor
         for ext in extractors:

@@ -79,26 +79,79 @@ def format_accuracy(correct: int, n: int) -> str:
     return f"{correct / n:.3f} [{low:.3f}, {high:.3f}] (n={n})"
 
 
-def accuracy_summary(y_true, y_pred) -> dict:
-    """Accuracy with its 95% Wilson interval, test-set size and the small-test warning, as metrics save it.
+#: What an accuracy was measured on, as every output names it (console, metrics.json, runs.csv, report, serve).
+#: ``test``: the held-out test split, evaluated once; ``val``: the held-out validation split (model selection
+#: saw it); ``cv``: cross-validated on train+val (the mean over folds, n = the images in the folds).
+#: ``train``: the images the model was fitted on (no estimate of anything unseen).
+KINDS = {"test": "test", "val": "held-out validation", "cv": "cross-validated", "train": "training"}
+
+
+def accuracy_summary(y_true, y_pred, kind: str = "test") -> dict:
+    """Accuracy with its 95% Wilson interval, its size and the small-sample warning, as metrics save it.
+
+    The one place every accuracy featx shows is computed (:func:`accuracy_from_counts` when only counts
+    are known), so the console, ``metrics.json``, the runs log, the report and the server agree.
 
     Parameters
     ----------
     y_true, y_pred : array-like, shape (n,)
         True and predicted labels (any comparable type: class names or indices).
+    kind : {"test", "val", "cv", "train"}
+        What the figure is (:data:`KINDS`).
 
     Returns
     -------
     dict
         ``accuracy`` (float in [0, 1], None when n is 0), ``correct`` and ``n`` (int), ``interval95``
-        ([low, high]), ``smallest_class`` (images of the rarest true class), ``text`` (for the console) and
-        ``warning`` (str or None, :func:`small_test_warning`).
+        ([low, high]), ``smallest_class`` (images of the rarest true class), ``text`` (for the console),
+        ``warning`` (str or None, :func:`small_test_warning`), ``kind`` and ``label`` (:data:`KINDS`).
     """
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     n = int(len(y_true))
     correct = int((y_true == y_pred).sum())
-    low, high = wilson_interval(correct, n)
     per_class_min = int(np.unique(y_true, return_counts=True)[1].min()) if n else 0
+    return accuracy_from_counts(correct, n, kind, per_class_min)
+
+
+def accuracy_from_counts(correct: int, n: int, kind: str = "test", smallest_class: int | None = None) -> dict:
+    """:func:`accuracy_summary` from counts: ``correct`` of ``n`` images (a runs-log row, CV folds pooled).
+
+    Raises
+    ------
+    ValueError
+        An unknown ``kind``, or counts :func:`wilson_interval` refuses.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    low, high = wilson_interval(correct, n)
     return {"accuracy": correct / n if n else None, "correct": correct, "n": n, "interval95": [low, high],
-            "smallest_class": per_class_min, "text": format_accuracy(correct, n),
-            "warning": small_test_warning(n, per_class_min)}
+            "smallest_class": smallest_class, "text": format_accuracy(correct, n),
+            "warning": small_test_warning(n, smallest_class), "kind": kind, "label": KINDS[kind]}
+
+
+def accuracy_of_rate(accuracy: float, n: int, kind: str) -> dict:
+    """:func:`accuracy_from_counts` for a rate measured on ``n`` images (``correct`` = round(accuracy * n)):
+    a cross-validated mean over folds that together hold each of the n images once, a runs-log cell."""
+    return accuracy_from_counts(int(round(float(accuracy) * n)), int(n), kind)
+
+
+def stated_accuracies(metrics: dict) -> dict:
+    """A run's figures as sentences, from its ``metrics.json`` alone: ``{"test": "test accuracy 0.900 [...]
+    (n=40)", "validation": "cross-validated accuracy ..."}`` (only those the run has), for the server's model
+    information and anything else that shows a saved model's accuracy."""
+    out = {}
+    evaluated = metrics.get("evaluated_on")
+    held_out = metrics.get(evaluated) if evaluated in ("test", "val") else None
+    if isinstance(held_out, dict) and held_out.get("n") is not None and held_out.get("correct") is not None:
+        out[evaluated if evaluated == "test" else "validation"] = describe_accuracy(
+            accuracy_from_counts(int(held_out["correct"]), int(held_out["n"]), evaluated))
+    validation = metrics.get("validation")
+    if isinstance(validation, dict) and "validation" not in out and validation.get("kind") in KINDS:
+        out["validation"] = describe_accuracy(
+            accuracy_from_counts(int(validation["correct"]), int(validation["n"]), validation["kind"]))
+    return out
+
+
+def describe_accuracy(summary: dict) -> str:
+    """``'cross-validated accuracy 0.833 [0.733, 0.900] (n=78)'``: the figure, saying what it is."""
+    return f"{summary.get('label', KINDS['test'])} accuracy {summary['text']}"

@@ -276,8 +276,9 @@ def test_fit_head_auto_saves_the_selection_table(data, cache, tmp_path, capsys):
     ])
     assert code == 0
     out = capsys.readouterr().out
-    # the validation rows were in the CV folds: the console says cv, not "val ... (before refit)"
-    assert re.search(r"^train \d\.\d{3}  cv \d\.\d{3} ± \d\.\d{3} \(3-fold, \d+ train\+val images\)$", out, re.M), out
+    # the validation rows were in the CV folds: the console says cross-validated, with its n, not "held-out"
+    assert re.search(r"^train \d\.\d{3}  cross-validated accuracy \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\] \(n=\d+\), "
+                     r"± \d\.\d{3} over 3 folds$", out, re.M), out
     import pandas as pd
 
     table = pd.read_csv(tmp_path / "selection.csv")

@@ -15,6 +15,7 @@ import pytest
 from featx.advise import AdviceRules, advise
 from featx.datasets import SplitSpec
 from featx.errors import FeatxError
+from featx.stats import accuracy_from_counts
 from featx.prediction.bundles import aligned_codes
 from featx.selection import BlockHead
 from featx.training import BaselineOptions, FinetuneOptions, finetune, fit_head, train_baseline
@@ -86,11 +87,12 @@ def test_the_report_is_made_from_the_metrics_alone():
          "n": {"train": 6, "val": 2, "test": 3}, "n_fit": {"train": 6, "val": 2, "test": 0}, "refit": True,
          "chosen": {"C": 0.1}, "accuracy": {"train": 1.0, "val": 0.5, "test": 2 / 3}, "evaluated_on": "test",
          "fit_seconds": 0.5, "extract_seconds": 2.0,
-         "per_class": {"red": {"precision": 1.0, "recall": 0.5, "support": 2}}}
+         "per_class": {"red": {"precision": 1.0, "recall": 0.5, "support": 2}},
+         "validation": accuracy_from_counts(1, 2, "val")}
     text = fit_report_text(m, {"text": "0.667 [0.208, 0.939] (n=3)", "warning": "small test set"})
     assert "tints: mobilenet_v2/pre_logits -> logistic head (split s1: 6 train, 2 val, 3 test)" in text
     assert "final model trained on train+val (8 images); chosen: C 0.1" in text
-    assert "test accuracy 0.667 [0.208, 0.939] (n=3)" in text and "val 0.500 (before refit)" in text
+    assert "test accuracy 0.667 [0.208, 0.939] (n=3)" in text and "held-out validation accuracy 0.500 [0.095, 0.905] (n=2) (before refit)" in text
     assert "small test set" in text and "red" in text
 
 

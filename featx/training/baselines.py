@@ -125,7 +125,7 @@ def baseline_metrics(arch: str, data: BaselineData, model, parts: dict, options:
     preds = {s: model.predict(parts[s][0], verbose=0).argmax(1) for s in SPLITS if len(parts[s][1])}
     acc = {s: float((preds[s] == parts[s][1]).mean()) if s in preds else None for s in SPLITS}
     eval_split = "test" if "test" in preds else "val"
-    summaries = {s: accuracy_summary(parts[s][1], preds[s]) for s in preds}
+    summaries = {s: accuracy_summary(parts[s][1], preds[s], kind=s) for s in preds}
     return {"dataset": data.name, "route": "baseline", "backbone": arch, "taps": [], "arch": arch,
             "size": options.size, "split_id": data.split_id,
             "n": {s: int(len(parts[s][1])) for s in SPLITS}, "accuracy": acc,
@@ -133,6 +133,7 @@ def baseline_metrics(arch: str, data: BaselineData, model, parts: dict, options:
             "evaluated_on": eval_split,
             **({eval_split: {k: v for k, v in summaries[eval_split].items() if k != "text"}}
                if eval_split in summaries else {}),
+            **({"validation": summaries["val"]} if "val" in summaries and eval_split == "test" else {}),
             "epochs_run": len(history.get("loss", [])), "train_seconds": train_seconds,
             "total_seconds": total_seconds, "params": int(model.count_params())}
 

@@ -38,7 +38,7 @@ from featx.heads import make_head
 from featx.modelmeta import ModelDescription
 from featx.outputs import RunOutputs, RunResult
 from featx.runs import history_logger
-from featx.stats import accuracy_summary, format_accuracy
+from featx.stats import accuracy_from_counts, accuracy_summary, format_accuracy
 from featx.training.codes import LabelledCodes, labelled_codes
 from featx.training.fit import fit_head
 from featx.training.networks import batches, build_backbone, build_classifier, check_init_head, progress_bar
@@ -344,8 +344,10 @@ def finetune_metrics(plan: FinetunePlan, codes: LabelledCodes, parts: dict, carv
         "init_head": str(init_head),
         "evaluated_on": eval_split,
     }
+    if len(parts["val"][1]) and eval_split == "test":  # the figure early stopping watched, said as what it is
+        metrics["validation"] = accuracy_from_counts(int(correct["val"]), len(parts["val"][1]), "val")
     if eval_split in preds:  # as fit-head saves it: accuracy, correct, n, interval95, smallest_class, warning
-        summary = accuracy_summary(parts[eval_split][1], preds[eval_split])
+        summary = accuracy_summary(parts[eval_split][1], preds[eval_split], kind=eval_split)
         metrics[eval_split] = {k: v for k, v in summary.items() if k != "text"}
     return metrics
 

@@ -25,7 +25,7 @@ from featx.errors import FeatxError
 from featx.heads import fit_with_copies
 from featx.outputs import RunOutputs, RunResult
 from featx.selection import BlockHead, make_head, select_head
-from featx.stats import accuracy_summary
+from featx.stats import accuracy_of_rate, accuracy_summary
 from featx.training.codes import LabelledCodes, accuracy_of, backbone_list, common_rows, labelled_codes
 from featx.training.fit_text import fit_report_text
 from featx.vocabulary import FUSE_MODES, SPLITS, TTA_MODES, check_choice, one_value
@@ -297,12 +297,26 @@ def evaluate(plan: FitPlan, design: Design, fitted: Fitted) -> Evaluation:
                                    output_dict=True) if len(ye) else {}
     per_class = {c: {"precision": report[c]["precision"], "recall": report[c]["recall"],
                      "support": int(report[c]["support"])} for c in class_names} if report else {}
-    summary = accuracy_summary(ye, pred)
+    summary = accuracy_summary(ye, pred, kind=eval_split)
     accuracy = {"train": accuracy_of(final, *design.part("train")), "val": fitted.val_acc,
                 "test": summary["accuracy"] if eval_split == "test" else None}
     if eval_split == "val":
         accuracy["val"] = summary["accuracy"]
     return Evaluation(eval_split, ye, pred, summary, per_class, accuracy)
+
+
+def validation_figure(design: Design, fitted: Fitted, evaluation: Evaluation) -> dict | None:
+    """What model selection saw, said as what it is (:func:`featx.stats.accuracy_of_rate`): ``cv`` when the
+    validation rows were in ``--head auto``'s folds (n = the images in the folds), else ``val`` on the
+    held-out validation split; None without validation images."""
+    acc = evaluation.accuracy["val"]
+    cv = fitted.selection is not None and "val" in fitted.fit_splits and evaluation.split == "test"
+    n = int(np.isin(design.split, fitted.fit_splits).sum()) if cv else design.n["val"]
+    if acc is None or not n:
+        return None
+    figure = accuracy_of_rate(acc, n, "cv" if cv else "val")
+    figure.pop("warning")  # the small-sample warning is the evaluated split's (test), printed once
+    return figure
 
 
 def fit_metrics(plan: FitPlan, design: Design, fitted: Fitted, evaluation: Evaluation) -> dict:
@@ -333,6 +347,7 @@ def fit_metrics(plan: FitPlan, design: Design, fitted: Fitted, evaluation: Evalu
         "skipped_images": [[str(p), r] for c in design.codes_list for p, r in c.features.failures],
         "leakage": codes.split_report.leakage,
         "label_conflicts": codes.split_report.label_conflicts,
+        "validation": validation_figure(design, fitted, evaluation),
     }
     if selection is not None:
         best = selection.table[selection.table["candidate"] == selection.best.name].iloc[0]
