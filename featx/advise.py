@@ -46,6 +46,7 @@ from featx.extract import load_features
 from featx.heads import Head
 from featx.peek import softmax
 from featx.selection import logme
+from featx.stats import accuracy_of_rate, small_test_warning
 from featx.training.codes import backbone_list, labelled_codes
 from featx.vocabulary import ADVISE_SCORES, check_choice, one_value
 
@@ -85,11 +86,14 @@ class Advice:
             f"(LogME: higher is better; probe: {ev['probe_folds']}-fold CV accuracy of a logistic head, best C):",
         ]
         width = max(len(k) for k in ev["scores"])
+        n = ev["rows_scored"]
         for name, sc in sorted(ev["scores"].items(), key=lambda kv: -kv[1]["logme"]):
-            probe = "" if sc.get("probe") is None else f"  probe {sc['probe']:.3f}"
+            probe = "" if sc.get("probe") is None else f"  probe {accuracy_of_rate(sc['probe'], n, 'cv')['text']}"
             mark = "  <- best" if name == ev["best"] else ""
             lines.append(f"  {name:<{width}}  LogME {sc['logme']:7.3f}{probe}{mark}")
         room = 1 - ev["best_probe"]
+        if ev.get("warning"):
+            lines.append(ev["warning"])
         lines.append(f"best cached probe accuracy {ev['best_probe']:.3f}: "
                      + (f"{room:.3f} of room, {'more' if room > ev['room'] else 'not more'} than the "
                         f"{ev['room']:.2f} that makes fine-tuning worth its cost"))
@@ -233,6 +237,17 @@ def scored_blocks(dataset: Dataset, backbones: list, rules: AdviceRules, cache_d
     return blocks, y
 
 
+def small_sample_warning(y) -> str | None:
+    """fit-head's small-test warning (:func:`featx.stats.small_test_warning`) for the images the probes were
+    cross-validated on: with few of them, taps whose probes differ by an image or two are not told apart."""
+    counts = np.unique(np.asarray(y), return_counts=True)[1]
+    warning = small_test_warning(len(y), int(counts.min()) if len(counts) else None)
+    if warning is None:
+        return None
+    return (f"warning: the probes are cross-validated on few images ({len(y)}, smallest class "
+            f"{int(counts.min())}); their accuracies have wide intervals and should not rank taps")
+
+
 def recommend(dataset: Dataset, best: tuple, top: float, large: bool, rules: AdviceRules,
               flags: str) -> tuple[str, str, list]:
     """CS231n's case, the route in words and the commands to run, from the measured best tap and probe."""
@@ -317,6 +332,8 @@ def advise(data, backbone=DEFAULT_BACKBONE, cache_dir=None, *, score: str = "log
         "rows_scored": int(len(y)), "probe_folds": 3, "score": score, "scores": scores, "best": best,
         "best_backbone": best_backbone, "best_tap": best_tap, "best_probe": top, "room": rules.room,
         "imagenet_confidence": None, "sampled": 0,
+        "best_probe_figure": accuracy_of_rate(top, len(y), "cv"),
+        "warning": small_sample_warning(y),
     }
     if "logits" in get_backbone(backbones[0]).tap_names:
         conf, entropy, sampled = imagenet_similarity(dataset, backbones[0], cache_dir, rules.sample, split.seed,

@@ -94,3 +94,37 @@ def test_console_validation_line_names_kind_n_and_interval():
     m = {"evaluated_on": "test", "refit": True, "validation": accuracy_from_counts(13, 16, "val")}
     assert re.fullmatch(r"held-out validation accuracy 0\.812 \[0\.570, 0\.934\] \(n=16\) \(before refit\)",
                         validation_text(m))
+
+
+# ---- small samples flagged everywhere: sweep, advise, predict ---------------------------------------------
+
+@pytest.mark.slow
+def test_sweep_gives_intervals_and_the_small_test_warning(auto_run, capsys):
+    from featx.stats import wilson_interval
+
+    root, data = auto_run
+    out = root / "sweep"
+    assert main(["sweep", str(data), "--taps", "stage2,stage3", "--cache", str(root / "cache"), "--out", str(out)]) == 0
+    console = capsys.readouterr().out
+    table = pd.read_csv(out / "sweep.csv")
+    n_test = int(re.search(r"test \[95% interval\] \(n=(\d+)\)", console)[1])
+    assert 5 <= n_test <= 9  # the stored split of 36 images holds out about 20%
+    for r in table.itertuples():
+        low, high = wilson_interval(round(r.test_acc * n_test), n_test)
+        assert (r.test_low, r.test_high) == (pytest.approx(low, abs=1e-4), pytest.approx(high, abs=1e-4))
+        assert f"{r.test_acc:.3f} [{low:.3f}, {high:.3f}]" in console
+    assert f"warning: the test set is small ({n_test} images" in console and "should not rank taps" in console
+
+
+def test_advise_probes_carry_intervals_and_the_small_sample_warning():
+    from featx.advise import Advice, small_sample_warning
+
+    y = ["a"] * 9 + ["b"] * 4
+    evidence = {"dataset": "d", "images": 16, "classes": 2, "median_per_class": 8, "large_per_class": 500,
+                "large": False, "rows_scored": 13, "probe_folds": 3, "scores": {"pre_logits": {"logme": 1.0,
+                "probe": 12 / 13}, "stage4": {"logme": 0.5, "probe": None}}, "best": "pre_logits",
+                "best_probe": 12 / 13, "room": 0.05, "warning": small_sample_warning(y)}
+    text = Advice("small, similar", "a head", ["featx fit-head d"], evidence).text()
+    assert "probe 0.923 [0.667, 0.986] (n=13)  <- best" in text, text
+    assert "cross-validated on few images (13, smallest class 4)" in text and "should not rank taps" in text
+    assert small_sample_warning(["a"] * 30 + ["b"] * 30) is None

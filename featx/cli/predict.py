@@ -70,14 +70,12 @@ def _check(args) -> None:
 
 def _print_accuracy(table) -> None:
     """The accuracy against the folder names with its interval, and warnings when it is a weak estimate."""
-    from featx.stats import format_accuracy, small_test_warning
+    from featx.stats import accuracy_summary
 
-    correct = int((table["predicted"].astype(str) == table["true_label"].astype(str)).sum())
-    print(f"accuracy against the folder names: {format_accuracy(correct, len(table))}")
-    per_class = table["true_label"].value_counts()
-    warning = small_test_warning(len(table), int(per_class.min()) if len(per_class) else None)
-    if warning:
-        print(warning)
+    summary = accuracy_summary(table["true_label"].astype(str), table["predicted"].astype(str))
+    print(f"accuracy against the folder names: {summary['text']}  95% Wilson interval")
+    if summary["warning"]:
+        print(summary["warning"])
     seen = table.attrs.get("seen_in_training", 0)
     if seen:
         print(f"warning: {seen} of these {len(table)} images were in the model's own train/val split, so this "

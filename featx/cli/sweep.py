@@ -20,6 +20,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from featx.training import sweep
+    from featx.training.sweep import sweep_text
 
     check_folder(args.data, "DATA")
     check_extractor(args, args.taps)
@@ -29,6 +30,6 @@ def run(args) -> int:
                   weights=weights_value(args.weights), cache_dir=args.cache, out_dir=args.out, **split_kwargs(args),
                   engine=args.engine, batch_size=args.batch_size, workers=args.workers)
     print(f"{table.attrs['dataset']}: logistic head on each tap of {args.backbone} (split {table.attrs['split_id']})")
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(sweep_text(table))
     print(f"plot and table: {table.attrs['out_dir']}")
     return 0
