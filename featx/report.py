@@ -339,7 +339,8 @@ def plot_summary(summary, path) -> Path:
     plt = pyplot()
     splits_of = summary.groupby("dataset")["split_id"].nunique().to_dict()
     groups = list(dict.fromkeys(_row_label(d, s, splits_of) for d, s in zip(summary["dataset"], summary["split_id"])))
-    methods = list(dict.fromkeys(f"{b} {r}" for b, r in zip(summary["backbone"], summary["route"])))
+    methods = list(dict.fromkeys(_column(b, r, k) for b, r, k in
+                                 zip(summary["backbone"], summary["route"], summary["val_kind"])))
     colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
     ys, labels, y = [], [], 0.0
     fig_rows = len(summary) + len(groups)
@@ -350,7 +351,7 @@ def plot_summary(summary, path) -> Path:
         start = y
         for r in part:
             value = 0.0 if r.test_acc != r.test_acc else float(r.test_acc)
-            method = f"{r.backbone} {r.route}"
+            method = _column(r.backbone, r.route, r.val_kind)
             err = None
             if r.test_low is not None and r.test_low == r.test_low:
                 err = [[value - r.test_low], [r.test_high - value]]
