@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.model_selection import cross_val_score
 
-from conftest import tinted, write_image
+from newuser import newuser  # noqa: F401 -- the shared new user's folder (a fixture)
 from featx.bundle import load_bundle
 from featx.datasets import discover
 from featx.extract import extract, load_features
@@ -22,21 +22,17 @@ TAPS = ("stage3",)  # 32 numbers per image: the heads fit in a blink
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("api") / "colours"
-    for c, cls in enumerate(("blue", "green", "red")):
-        for i in range(9):
-            write_image(root / cls / f"{cls}{i}.jpg", tinted(10 * c + i, 2 - c))
-    return root
+def data(newuser):  # noqa: F811
+    return newuser / "photos"
 
 
 @pytest.fixture(scope="module")
-def feats(data, tmp_path_factory):
-    return load_features(data, taps=TAPS, cache_dir=tmp_path_factory.mktemp("cache"))
+def feats(data, newuser):  # noqa: F811
+    return load_features(data, taps=TAPS, cache_dir=newuser / "cache", extract_missing=False)
 
 
 def test_X_is_an_array_that_scikit_learn_takes(feats):
-    assert isinstance(feats.X, np.ndarray) and feats.X.shape == (27, 32) and feats.X.dtype == np.float32
+    assert isinstance(feats.X, np.ndarray) and feats.X.shape == (24, 32) and feats.X.dtype == np.float32
     scores = cross_val_score(Head("logistic"), feats.X, feats.labels, cv=3)
     assert scores.shape == (3,) and scores.mean() > 0.6  # the colour cast carries the class
     np.testing.assert_array_equal(feats.matrix("stage3"), feats.X)
@@ -70,5 +66,5 @@ def test_public_objects_have_short_reprs(data, feats, tmp_path):
     for obj in objects:
         text = repr(obj)
         assert len(text) <= MAX_REPR and "array(" not in text and "\n" not in text, text
-    assert repr(feats).startswith("Features(27 images, mobilenet_v2")
+    assert repr(feats).startswith("Features(24 images, mobilenet_v2")
     assert "test " in repr(run) and "(n=" in repr(run)

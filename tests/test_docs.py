@@ -4,7 +4,8 @@ page runs.
 What it can catch: a broken link or a docstring mkdocstrings cannot render (``mkdocs build --strict``), an
 example that no longer runs because an API or option changed, a README command that fails on a fresh
 folder.  Python blocks are executed in order in one namespace per page; shell blocks run their ``featx``
-lines through the CLI, in a folder holding a tiny generated ``photos/`` (3 classes) and ``new-photos/``.
+lines through the CLI, in a folder holding a tiny generated ``photos/`` (3 classes) and ``new-photos/``
+(:mod:`newuser`, whose codes are cached once for the run).
 A block preceded by ``<!-- illustrative: why -->`` is not run (installs, minutes-long routes); there are
 few, and each says why.
 """
@@ -19,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, tinted, write_image
+from conftest import ROOT
 from featx.cli import main
+from newuser import newuser  # noqa: F401 -- the shared new user's folder (a fixture)
 
 PAGES = [ROOT / "README.md", ROOT / "docs" / "notebook.md"]
 BLOCK = re.compile(r"(?P<marker><!-- illustrative:[^>]*-->\s*\n)?```(?P<lang>\w*)\n(?P<code>.*?)```", re.S)
@@ -32,23 +34,12 @@ def blocks(page: Path):
     return [(m["lang"], m["code"], bool(m["marker"])) for m in BLOCK.finditer(page.read_text(encoding="utf-8"))]
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """A fresh folder as a new user has it: photos/ (3 classes x 8) and new-photos/ (4 images, no classes)."""
-    root = tmp_path_factory.mktemp("newuser")
-    for c, cls in enumerate(("blue", "green", "red")):
-        for i in range(8):
-            write_image(root / "photos" / cls / f"{cls}{i}.jpg", tinted(20 * c + i, 2 - c))
-    for i in range(4):
-        write_image(root / "new-photos" / f"new{i}.jpg", tinted(500 + i, i % 3))
-    return root
-
-
 @pytest.fixture
-def in_workdir(workdir, monkeypatch):
-    monkeypatch.chdir(workdir)
-    monkeypatch.setenv("FEATX_CACHE", str(workdir / "cache"))
-    return workdir
+def in_workdir(newuser, monkeypatch):  # noqa: F811
+    """The new user's folder (photos/, new-photos/) as the working directory, its cache as $FEATX_CACHE."""
+    monkeypatch.chdir(newuser)
+    monkeypatch.setenv("FEATX_CACHE", str(newuser / "cache"))
+    return newuser
 
 
 def run_shell(code: str) -> None:
