@@ -48,7 +48,7 @@ import numpy as np
 
 from featx.errors import FeatxError
 from featx.serve_http import (BODY_TIMEOUT, HEADER_TIMEOUT, KEEP_ALIVE_TIMEOUT, BodyDeadline, IdleTrim,  # noqa: F401
-                              bind, error_response, limit_malloc_arenas, release_memory, server_config)
+                              bind, error_response, tune_allocator, release_memory, server_config)
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 MAX_FILES = 16
@@ -67,12 +67,14 @@ class Predictor:
         self.path = Path(bundle_path)
         self.lock = threading.Lock()
         if self.path.suffix == ".keras":
-            self.load_finetuned()
+            self.load_finetuned(trust)
         else:
             self.load_bundle(trust, engine, cache_dir)
 
-    def load_finetuned(self) -> None:
-        """A fine-tuned ``model.keras`` (through its featx.json): the backbone's preprocessing, then the model."""
+    def load_finetuned(self, trust: bool = False) -> None:
+        """A fine-tuned ``model.keras`` (through its featx.json, checked with the file by
+        :func:`featx.prediction.models.load_keras_model`; ``trust``: unsigned accepted): the backbone's
+        preprocessing, then the model."""
         from featx.backbones.registry import get_backbone  # here, not at the top: `featx --help` reads this module
         from featx.modelmeta import ModelDescription
         from featx.prediction.models import load_keras_model
@@ -81,7 +83,7 @@ class Predictor:
         if d.kind != "finetune":
             raise FeatxError(f"{self.path}: serve runs fine-tuned models and bundles; a {d.kind} "
                              "model is scored with featx predict")
-        loaded = load_keras_model(self.path, description=d)
+        loaded = load_keras_model(self.path, description=d, trust=trust)
         self.spec = get_backbone(d.backbone)
         self.classes = loaded.class_names
         self.model = {"dataset": None, "backbone": d.backbone, "head": "fine-tuned", "taps": [d.tap] if d.tap else []}
@@ -657,7 +659,7 @@ def serve(bundle, host: str = "127.0.0.1", port: int = 8000, *, options: ServeOp
     options = replace(options or ServeOptions(), **limits, allowed_hosts=loopback_hosts(host))
     began = time.perf_counter()
     sock = bind(host, port)
-    limit_malloc_arenas()  # before the model's and the server's threads allocate
+    tune_allocator()  # before the model's and the server's threads allocate
     try:
         predictor = Predictor(bundle, trust=trust, engine=engine, cache_dir=cache_dir)
         server = uvicorn.Server(server_config(build_app(predictor, options), host, port, options.header_timeout,

@@ -10,7 +10,7 @@ What the HTTP layer needs to stay bounded whatever the clients send, apart from 
   close*: after a refusal sent while the client is still uploading, the rest of its body is read and
   discarded within bounds before the socket closes, so the client reads the answer instead of a
   TCP reset (the kernel resets a socket closed with unread bytes);
-* :func:`limit_malloc_arenas`, :func:`release_memory`, :class:`IdleTrim`: glibc's allocator told to
+* :func:`tune_allocator`, :func:`release_memory`, :class:`IdleTrim`: glibc's allocator told to
   keep fewer arenas and to give freed memory back after a burst;
 * :func:`bind`: the listening socket, or a one-line error.
 """
@@ -31,6 +31,8 @@ LINGER_SECONDS = 5.0
 LINGER_BYTES = 32 * 1024 * 1024
 #: glibc malloc arenas for the whole process (default: 8 per core); fewer arenas, less memory kept.
 MALLOC_ARENAS = 2
+#: Allocations of this many bytes or more get their own mapping, returned to the system when freed.
+MMAP_THRESHOLD = 1024 * 1024
 #: Seconds without a /predict in progress before the allocator is asked to return freed memory.
 TRIM_AFTER = 0.25
 
@@ -63,16 +65,21 @@ def _libc():
         return None
 
 
-def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
-    """Cap glibc's malloc arenas for this process (``mallopt(M_ARENA_MAX)``); False where not glibc.
+def tune_allocator(arenas: int = MALLOC_ARENAS, mmap_threshold: int = MMAP_THRESHOLD) -> bool:
+    """Tell glibc's malloc to keep less memory behind (``mallopt``); False where not glibc.
 
-    Why: glibc gives each thread that allocates its own arena (up to 8 per core), and memory freed in
-    one arena is not reused by another, so a burst of uploads handled by many worker threads leaves
-    resident memory behind.  Call before the threads start (:func:`serve` does).
-    Source: ``mallopt(3)``, ``M_ARENA_MAX`` = -8.
+    * ``M_ARENA_MAX`` = ``arenas``: glibc gives each thread that allocates its own arena (up to 8 per
+      core), and memory freed in one arena is not reused by another, so a burst of uploads handled by
+      many worker threads leaves resident memory behind;
+    * ``M_MMAP_THRESHOLD`` = ``mmap_threshold``: buffers this large or larger (upload bodies, decoded
+      images) are mapped on their own and unmapped when freed; a fixed threshold also stops glibc from
+      raising it after each free, which would move multi-megabyte buffers into the heap for good.
+
+    Call before the threads start (:func:`featx.serve.serve` does).  Source: ``mallopt(3)``
+    (``M_ARENA_MAX`` = -8, ``M_MMAP_THRESHOLD`` = -3).
     """
     libc = _libc()
-    return bool(libc and libc.mallopt(-8, int(arenas)) == 1)
+    return bool(libc and libc.mallopt(-8, int(arenas)) == 1 and libc.mallopt(-3, int(mmap_threshold)) == 1)
 
 
 def release_memory() -> bool:
@@ -248,9 +255,13 @@ def _protocol(header_timeout: float, body_timeout: float = BODY_TIMEOUT, linger_
             if self.conn.their_state is not h11.SEND_BODY or not real.can_write_eof():
                 real.close()
                 return
+            try:
+                real.write_eof()  # after the answer is flushed: the client reads it, then its send ends
+            except OSError:  # the client is gone already
+                real.close()
+                return
             self._lingering, self._linger_left = True, linger_bytes
             self._cancel("_body_timer")
-            real.write_eof()  # after the answer is flushed: the client reads it, then its send ends
             real.resume_reading()
             self._linger_timer = self.loop.call_later(min(linger_seconds, body_timeout), real.close)
 
