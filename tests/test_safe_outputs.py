@@ -77,13 +77,13 @@ def test_report_renders_what_it_can_and_names_what_it_skipped(tmp_path):
         folder.mkdir()
         (folder / "history.csv").write_text(text)
     runs = pd.DataFrame([dict(_RUN, dataset="=HYPERLINK(1)", output=str(good)),
-                         dict(_RUN, dataset="costs $5 and $x^{", backbone="-neg", output=str(bad)),
+                         dict(_RUN, dataset="costs $\\undefinedcmd$ in dollars", backbone="-neg", output=str(bad)),
                          dict(_RUN, dataset="broken", test_acc="oops"),
                          dict(_RUN, dataset="@birds", test_acc=0.75)]).astype(str)
     runs.to_csv(tmp_path / "runs.csv", index=False)
     result = write_report(tmp_path / "runs.csv", tmp_path / "report", html=True)
     md = result["markdown"].read_text()
-    assert "| '=HYPERLINK(1) |" in md and "| '@birds |" in md and "costs $5 and $x^{" in md
+    assert "| '=HYPERLINK(1) |" in md and "| '@birds |" in md and "costs $\\undefinedcmd$ in dollars" in md
     _assert_neutral(_cells(result["csv"]))
     assert sorted(pd.read_csv(result["csv"])["test_acc"]) == [0.5, 0.5, 0.75]  # the bad line left out, numbers kept
     skipped = result["skipped"]
