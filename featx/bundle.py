@@ -120,12 +120,22 @@ def _key() -> bytes:
     return bytes.fromhex(path.read_text().strip())
 
 
+def sign_payload(payload: bytes) -> str:
+    """HMAC-SHA256 of ``payload`` under this user's key, hex: what featx signs its bundles and models with."""
+    return hmac.new(_key(), payload, hashlib.sha256).hexdigest()
+
+
+def signature_matches(payload: bytes, signature: str) -> bool:
+    """True when ``signature`` (hex) is :func:`sign_payload` of ``payload`` (compared in constant time)."""
+    return hmac.compare_digest(sign_payload(payload).encode(), str(signature).encode())
+
+
 def save_bundle(bundle: Bundle, path: str | Path) -> Path:
     path = Path(path)
     buf = io.BytesIO()
     joblib.dump(bundle, buf, compress=3)
     payload = buf.getvalue()
-    signature = hmac.new(_key(), payload, hashlib.sha256).hexdigest().encode()
+    signature = sign_payload(payload).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(MAGIC + signature + b"\n" + payload)
@@ -142,8 +152,7 @@ def load_bundle(path: str | Path, trust: bool = False) -> Bundle:
     if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 65:
         raise FeatxError(f"{path}: not a featx bundle (write one with 'featx fit-head')")
     signature, payload = data[len(MAGIC) : len(MAGIC) + 64], data[len(MAGIC) + 65 :]
-    expected = hmac.new(_key(), payload, hashlib.sha256).hexdigest().encode()
-    if not hmac.compare_digest(signature, expected) and not trust:
+    if not signature_matches(payload, signature.decode("latin-1")) and not trust:
         raise FeatxError(
             f"{path}: this bundle was not written by featx for this user, or was modified since; "
             "bundles are pickles that can run code, so featx refuses it. If you trust its origin, "

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from featx.modelcheck import sign_model
 from featx.modelmeta import ModelDescription
 from featx.runs import append_run, plot_confusion, plot_curves, runs_log_path
 from featx.vocabulary import SPLITS
@@ -161,7 +162,10 @@ class RunOutputs:
 
     def write_description(self, description: ModelDescription) -> Path:
         """``featx.json`` beside the run's ``model.keras``."""
-        return description.write(self.prepare())
+        path = description.write(self.prepare())
+        if (self.folder / "model.keras").is_file():  # signed like a bundle: predict and serve check it
+            sign_model(self.folder / "model.keras")
+        return path
 
     def log_run(self, metrics: dict, *, head: str, output, extract_s: float, fit_s: float) -> None:
         """One row of the runs log (``cache_dir/runs.csv``), built from the checked ``metrics``."""

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from featx.runs import RUN_COLUMNS, plot_curves, pyplot
+from featx.cells import markdown_cell, safe_frame
+from featx.runs import MAX_FIGURE_INCHES, RUN_COLUMNS, plain_text, plot_curves, pyplot
 from featx.stats import KINDS, SMALL_TEST_IMAGES, accuracy_of_rate, wilson_interval
 
 ROUTE_ORDER = {"cached": 0, "finetune": 1, "baseline": 2}
@@ -37,6 +38,11 @@ REQUIRED_RUN_COLUMNS = ["dataset", "route", "backbone", "test_acc"]
 
 #: Of those, the text columns every run must fill (a run without them would drop out of the summary).
 _KEY_COLUMNS = ["dataset", "route", "backbone"]
+
+#: Most bars in ``summary.png`` (the best by test accuracy; every row stays in the tables).
+MAX_CHART_BARS = 60
+#: Most learning-curve plots drawn (the latest runs'; 2,000 runs took over a minute).
+MAX_CURVES = 50
 
 #: Largest image count accepted in the runs log (larger is a corrupt cell, and overflows the intervals).
 MAX_COUNT = 10 ** 12
@@ -79,8 +85,11 @@ def _bad_cells(raw, values, column):
     return why
 
 
-def read_runs(runs_csv):
+def read_runs(runs_csv, skip_bad: bool = False):
     """The runs log as a DataFrame with every column of :data:`featx.runs.RUN_COLUMNS` (missing ones empty).
+
+    ``skip_bad``: leave out the lines with a bad cell instead of raising, and list them, one line each
+    (``"line 7: test_acc is 'x', ..."``), in ``attrs["skipped"]`` (a report renders what it can).
 
     Every row is checked once: counts (``n_*``) are whole numbers >= 0, accuracies (``*_acc``) lie in
     [0, 1], seconds (``*_s``) are finite and >= 0; each may be empty (a run without a test set).  Blank
@@ -124,25 +133,39 @@ def read_runs(runs_csv):
         why = _bad_cells(raw[column].str.strip(), values, column)
         problems += [(row, column, raw.at[row, column], why[row]) for row in raw.index[why != ""]]
         runs[column] = values
+    skipped = []
     if problems:
-        row, column, value, why = min(problems, key=lambda p: (p[0], RUN_COLUMNS.index(p[1])))
-        lines = len({p[0] for p in problems})
-        problem = f"{column} is empty; every run names its dataset, route and backbone" if why == "empty" else \
-            f"{column} is {value!r}, {why}; allowed: {_ALLOWED[column]}"
-        raise ValueError(f"line {row + 2}: {problem}; fix or remove that line ({lines} such line(s))")
+        first = {}
+        for p in sorted(problems, key=lambda p: (p[0], RUN_COLUMNS.index(p[1]))):
+            first.setdefault(p[0], p)
+        messages = {row: _problem_text(*p) for row, p in first.items()}
+        if not skip_bad or len(first) == len(runs):
+            row = min(messages)
+            raise ValueError(f"{messages[row]}; fix or remove that line ({len(first)} such line(s))")
+        skipped = [messages[row] for row in sorted(messages)]
+        runs = runs.drop(index=list(first))
     runs["split_id"] = runs["split_id"].fillna("-").astype(str)  # an old log without split ids: one split "-"
-    kind = raw["val_kind"].str.strip().replace("", "val")  # a log without the column: held-out validation
+    kind = raw["val_kind"].str.strip().replace("", "val").loc[runs.index]  # no column: held-out validation
     bad = ~kind.isin(["val", "cv"])
     if bad.any():
-        row = raw.index[bad][0]
+        row = kind.index[bad][0]
         raise ValueError(f"line {row + 2}: val_kind is {raw.at[row, 'val_kind']!r}; allowed: val, cv or empty; "
                          f"fix or remove that line ({int(bad.sum())} such line(s))")
     # a log begun before val_kind: --head auto's figure was its cross-validation over train+val (with refit)
-    older_auto = (raw["val_kind"].str.strip() == "") & (raw["head"].str.strip() == "auto")
+    older_auto = ((raw["val_kind"].str.strip() == "") & (raw["head"].str.strip() == "auto")).loc[runs.index]
     kind[older_auto] = "cv"
     runs.loc[older_auto & runs["val_n"].isna(), "val_n"] = (runs["n_train"] + runs["n_val"])[older_auto]
     runs["val_kind"] = kind
-    return runs.reset_index(drop=True)
+    runs = runs.reset_index(drop=True)
+    runs.attrs["skipped"] = skipped
+    return runs
+
+
+def _problem_text(row, column, value, why) -> str:
+    """One bad line of the runs log in words (the header is line 1)."""
+    problem = f"{column} is empty; every run names its dataset, route and backbone" if why == "empty" else \
+        f"{column} is {value!r}, {why}; allowed: {_ALLOWED[column]}"
+    return f"line {row + 2}: {problem}"
 
 
 def summary_table(runs):
@@ -274,54 +297,77 @@ def write_report(runs_csv, out_dir, html: bool = False) -> dict:
         The runs log has no runs, lacks a needed column or has a bad cell (:func:`read_runs`).
     """
     runs_csv, out_dir = Path(runs_csv), Path(out_dir)
-    runs = read_runs(runs_csv)
+    runs = read_runs(runs_csv, skip_bad=True)
+    skipped = list(runs.attrs["skipped"])
     summary = summary_table(runs)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows, columns = pivot(summary)
-    lines = ["| " + " | ".join(["dataset", "split", "sizes", *columns]) + " |",
-             "|" + "---|" * (len(columns) + 3)]
-    for label, split, sizes, cells in rows:
-        lines.append("| " + " | ".join([label, split, sizes or "-", *(cells.get(c, "") for c in columns)]) + " |")
-    (out_dir / "summary.md").write_text("\n".join(lines) + "\n\n" + NOTE + "\n")
-    summary.to_csv(out_dir / "summary.csv", index=False, float_format="%.4f")
     chart = plot_summary(summary, out_dir / "summary.png")
-    curves = _learning_curves(runs, out_dir)
+    curves = _learning_curves(runs, out_dir, skipped)
+    write_markdown(summary, out_dir / "summary.md", skipped)
+    safe_frame(summary).to_csv(out_dir / "summary.csv", index=False, float_format="%.4f")
     page = None
     if html:
         page = out_dir / "report.html"
-        page.write_text(render_html(runs_csv, runs, summary, chart, curves), encoding="utf-8")
+        page.write_text(render_html(runs_csv, runs, summary, chart, curves, skipped), encoding="utf-8")
     return {"markdown": out_dir / "summary.md", "csv": out_dir / "summary.csv", "chart": chart, "html": page,
-            "curves": sorted(set(curves.values())), "table": summary}
+            "curves": sorted(set(curves.values())), "table": summary, "skipped": skipped}
+
+
+def write_markdown(summary, path: Path, skipped: list) -> Path:
+    """``summary.md``: the pivoted table (names spreadsheet-safe and ``|``-escaped, :mod:`featx.cells`; the
+    cells featx computes, such as ``- (1.0 s, dense)``, as they are), the note, and what the report left out."""
+    rows, columns = pivot(summary)
+    lines = ["| " + " | ".join(markdown_cell(h) for h in ["dataset", "split", "sizes", *columns]) + " |",
+             "|" + "---|" * (len(columns) + 3)]
+    for label, split, sizes, cells in rows:  # names come from folders: neutralised; featx's own cells as they are
+        lines.append("| " + " | ".join([markdown_cell(label), markdown_cell(split), sizes or "-",
+                                        *(cells.get(c, "").replace("|", "\\|") for c in columns)]) + " |")
+    text = "\n".join(lines) + "\n\n" + NOTE + "\n"
+    if skipped:
+        text += "\nSkipped (the rest is reported):\n\n" + "".join(f"- {markdown_cell(s)}\n" for s in skipped)
+    path.write_text(text)
+    return path
 
 
 def _run_name(run) -> str:
     return f"{run['dataset']}-{run['backbone']}-{run['route']}-{run['head']}".replace("/", "_").replace(" ", "_")
 
 
-def _learning_curves(runs, out_dir: Path) -> dict:
-    """Run index -> curves PNG, for every run whose output folder has a ``history.csv`` (the last run
-    that wrote to that folder)."""
+def _learning_curves(runs, out_dir: Path, skipped: list) -> dict:
+    """Run index -> curves PNG, for the latest :data:`MAX_CURVES` runs whose output folder has a
+    ``history.csv`` (the last run that wrote to that folder).  An unreadable history is named in
+    ``skipped`` (appended), as is the number of runs past the limit."""
     import pandas as pd
 
-    curves = {}
+    curves, found = {}, []
     for i, run in runs.drop_duplicates("output", keep="last").iterrows():
-        if not isinstance(run["output"], str) or not run["output"]:
-            continue
-        history = Path(run["output"]).parent / "history.csv"
-        if not history.is_file() or not history.stat().st_size:
-            continue
-        frame = pd.read_csv(history)
-        if len(frame) and "loss" in frame:
+        if isinstance(run["output"], str) and run["output"]:
+            history = Path(run["output"]).parent / "history.csv"
+            if history.is_file() and history.stat().st_size:
+                found.append((i, run, history))
+    if len(found) > MAX_CURVES:
+        skipped.append(f"learning curves of {len(found) - MAX_CURVES} earlier run(s): only the latest "
+                       f"{MAX_CURVES} are drawn")
+    for i, run, history in found[-MAX_CURVES:]:
+        try:
+            frame = pd.read_csv(history)
+            if not (len(frame) and "loss" in frame):
+                continue
             path = out_dir / f"curves-{_run_name(run)}.png"
-            plot_curves({c: frame[c].tolist() for c in frame.columns if c != "epoch"}, path,
-                        f"{run['dataset']}: {run['backbone']} {run['route']}")
+            plot_curves({c: pd.to_numeric(frame[c], errors="raise").tolist() for c in frame.columns if c != "epoch"},
+                        path, f"{run['dataset']}: {run['backbone']} {run['route']}")
             curves[i] = path
+        except Exception as exc:  # noqa: BLE001 - one bad history never fails the report: named instead
+            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            skipped.append(f"learning curves of {history}: unreadable ({type(exc).__name__}: {detail})")
     return curves
 
 
 def plot_summary(summary, path) -> Path:
     """Test accuracy with its 95% interval, one horizontal bar per summary row, grouped by dataset.
 
+    At most :data:`MAX_CHART_BARS` bars (the best by test accuracy; the title says so) and at most
+    :data:`featx.runs.MAX_FIGURE_INCHES` high, so 2,000 datasets draw a figure of ordinary size.
     The figure grows in height with the number of bars (width fixed), so it stays legible at any number
     of datasets; values are labelled with 3 decimals.
 
@@ -337,6 +383,10 @@ def plot_summary(summary, path) -> Path:
     Path
     """
     plt = pyplot()
+    total = len(summary)
+    if total > MAX_CHART_BARS:  # the best rows by test accuracy; every row stays in summary.md/csv
+        summary = summary.loc[summary["test_acc"].fillna(-1).sort_values(ascending=False, kind="stable")
+                              .index[:MAX_CHART_BARS]].sort_index()
     splits_of = summary.groupby("dataset")["split_id"].nunique().to_dict()
     groups = list(dict.fromkeys(_row_label(d, s, splits_of) for d, s in zip(summary["dataset"], summary["split_id"])))
     methods = list(dict.fromkeys(_column(b, r, k) for b, r, k in
@@ -344,7 +394,8 @@ def plot_summary(summary, path) -> Path:
     colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
     ys, labels, y = [], [], 0.0
     fig_rows = len(summary) + len(groups)
-    fig, ax = plt.subplots(figsize=(8.5, max(3.2, 0.32 * fig_rows + 1.6)), layout="constrained")
+    fig, ax = plt.subplots(figsize=(8.5, min(MAX_FIGURE_INCHES, max(3.2, 0.32 * fig_rows + 1.6))),
+                           layout="constrained")
     group_ticks = []
     for g in groups:
         part = [r for r in summary.itertuples(index=False) if _row_label(r.dataset, r.split_id, splits_of) == g]
@@ -357,7 +408,7 @@ def plot_summary(summary, path) -> Path:
                 err = [[value - r.test_low], [r.test_high - value]]
             ax.barh(y, value, height=0.8, color=colours[method], xerr=err, capsize=2,
                     error_kw={"elinewidth": 0.8, "ecolor": "0.25"},
-                    label=method if method not in labels else None)
+                    label=plain_text(method) if method not in labels else None)
             labels.append(method)
             ax.text((r.test_high if err else value) + 0.01, y, "-" if r.test_acc != r.test_acc else f"{value:.3f}",
                     va="center", ha="left", fontsize=8)
@@ -365,12 +416,13 @@ def plot_summary(summary, path) -> Path:
             y += 1
         group_ticks.append(((start + y - 1) / 2, g))
         y += 1  # a gap between datasets
-    ax.set_yticks([t for t, _ in group_ticks], [g for _, g in group_ticks])
+    ax.set_yticks([t for t, _ in group_ticks], [plain_text(g) for _, g in group_ticks])
     ax.set_ylim(y - 1.4, -0.6)  # top to bottom, no empty band after the last dataset
     ax.set_xlim(0, 1.12)
     ax.set_xticks(np.linspace(0, 1, 6))
     ax.set_xlabel("test accuracy (bars: 95% Wilson interval)")
-    ax.set_title("test accuracy by dataset, backbone and route")
+    ax.set_title("test accuracy by dataset, backbone and route" + (
+        f" (the best {MAX_CHART_BARS} of {total} rows; all in summary.csv)" if total > MAX_CHART_BARS else ""))
     ax.grid(axis="x", alpha=0.3)
     handles, names = ax.get_legend_handles_labels()
     fig.legend(handles, names, fontsize=8, loc="outside lower center", ncol=min(4, len(names)), frameon=False)
@@ -400,7 +452,7 @@ img{max-width:100%;height:auto;border:1px solid #eee}.run{margin:1.5rem 0}.note{
 """
 
 
-def render_html(runs_csv, runs, summary, chart: Path, curves: dict) -> str:
+def render_html(runs_csv, runs, summary, chart: Path, curves: dict, skipped: list = ()) -> str:
     """The report as one HTML document: table, chart, and per run its sizes, accuracies with intervals,
     confusion matrix and learning curves (images embedded as data URIs; no external URLs, no scripts).
 
@@ -417,6 +469,8 @@ def render_html(runs_csv, runs, summary, chart: Path, curves: dict) -> str:
         ``summary.png``.
     curves : dict
         Row index of ``runs`` -> learning-curves PNG.
+    skipped : list of str
+        What the report left out (bad lines of the log, unreadable histories), listed under the summary.
 
     Returns
     -------
@@ -437,7 +491,11 @@ def render_html(runs_csv, runs, summary, chart: Path, curves: dict) -> str:
     for label, split, sizes, cells in rows:
         out.append("<tr>" + "".join(f"<td>{e(v)}</td>" for v in [label, split, sizes or "-"])
                    + "".join(f'<td class="num">{e(cells.get(c, ""))}</td>' for c in columns) + "</tr>")
-    out += ["</tbody></table>", f'<p class="note">{e(NOTE)}</p>',
+    out += ["</tbody></table>", f'<p class="note">{e(NOTE)}</p>']
+    if skipped:
+        out.append('<p class="warn">Skipped (the rest is reported):</p><ul class="skipped">'
+                   + "".join(f"<li>{e(s)}</li>" for s in skipped) + "</ul>")
+    out += [
             '<h2 id="chart">Chart</h2>', _img(chart, "test accuracy by dataset, backbone and route"),
             '<h2 id="runs">Runs</h2>']
     outputs = runs["output"].where(runs["output"].apply(lambda v: isinstance(v, str) and bool(v)))

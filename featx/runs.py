@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from featx.cells import safe_cell
+
 RUN_COLUMNS = [
     "time", "dataset", "route", "backbone", "taps", "head", "split_id", "n_train", "n_val", "n_test",
     "train_acc", "val_acc", "test_acc", "extract_s", "fit_s", "output", "val_kind", "val_n",
@@ -55,7 +57,7 @@ def append_run(path: str | Path, row: dict) -> None:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         if f.tell() == 0:
             writer.writeheader()
-        writer.writerow({k: _fmt(row.get(k)) for k in columns})
+        writer.writerow({k: safe_cell(_fmt(row.get(k))) for k in columns})  # spreadsheet-safe (featx.cells)
 
 
 def _fmt(v):
@@ -76,16 +78,28 @@ def pyplot():
     return plt
 
 
+def plain_text(text) -> str:
+    """``text`` drawn as it is: matplotlib reads ``$...$`` as mathematics, and a name holding one
+    ``$`` (or a malformed pair) would fail the whole figure."""
+    return str(text).replace("$", r"\$")
+
+
+#: Largest side of a figure featx draws, inches (at 110 dpi: 3,300 pixels), however many classes or runs.
+MAX_FIGURE_INCHES = 30.0
+
+
 def plot_confusion(y_true, y_pred, class_names, path, title: str) -> Path:
     """The confusion matrix of ``y_pred`` against ``y_true`` as a PNG at ``path`` (returned)."""
     from sklearn.metrics import ConfusionMatrixDisplay
 
     plt = pyplot()
     n = len(class_names)
-    fig, ax = plt.subplots(figsize=(max(5.5, 0.6 * n + 2), max(4.5, 0.6 * n + 1.5)))
+    fig, ax = plt.subplots(figsize=(min(MAX_FIGURE_INCHES, max(5.5, 0.6 * n + 2)),
+                                    min(MAX_FIGURE_INCHES, max(4.5, 0.6 * n + 1.5))))
     ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=class_names, ax=ax, colorbar=False,
+                                            display_labels=[plain_text(c) for c in class_names],
                                             xticks_rotation=45 if n > 4 else "horizontal")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(plain_text(title), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -103,7 +117,7 @@ def plot_sweep(table, path, title: str) -> Path:
     ax.set_xticks(x, [f"{t}\n(/{s})" for t, s in zip(table["tap"], table["stride"])])
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
-    ax.set_title(title)
+    ax.set_title(plain_text(title))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -173,7 +187,7 @@ def plot_curves(history: dict, path, title: str) -> Path:
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(plain_text(title), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

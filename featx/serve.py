@@ -10,9 +10,13 @@ whatever the clients send:
   budget (``budget`` bytes, :func:`featx.images.decode_cost`) and the pixel limit
   (``max_pixels``), and shrunk to the network's input right after decoding.  So the decoding
   part of the peak is at most ``decode_slots x budget`` (2 x 256 MiB by default).
-* time: a request's headers must arrive within ``header_timeout`` seconds of the connection
-  (or of the previous response), its body within ``body_timeout`` (408 otherwise); idle
-  keep-alive connections close after 5 s.  Clients that disconnect are dropped quietly.
+  After a burst, glibc is told to give freed memory back (:mod:`featx.serve_http`).
+* time: on every route and method, a request's headers must arrive within ``header_timeout`` seconds
+  of the connection (or of the previous response), its body within ``body_timeout`` (408 otherwise);
+  idle keep-alive connections close after 5 s.  Clients that disconnect are dropped quietly.
+* refusals are answers: 413, 503, 408 sent before the body has arrived are read by the client (the
+  rest of the body is drained within bounds, never a TCP reset; :mod:`featx.serve_http`).
+* batches: each file is answered on its own; a bad one is named in ``errors`` and never voids the others.
 * origin: a POST to ``/predict`` from another origin (a web page elsewhere sending the
   visitor's browser here) is refused (403) unless allowed with ``cors``; when bound to the
   loopback address, the ``Host`` header must name it (DNS rebinding).
@@ -44,6 +48,8 @@ import numpy as np
 
 from featx.errors import FeatxError
 from featx.stats import stated_accuracies
+from featx.serve_http import (BODY_TIMEOUT, HEADER_TIMEOUT, KEEP_ALIVE_TIMEOUT, BodyDeadline, IdleTrim,  # noqa: F401
+                              bind, error_response, tune_allocator, release_memory, server_config)
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 MAX_FILES = 16
@@ -53,9 +59,6 @@ SERVE_DECODE_BUDGET = 256 * 1024 * 1024
 DECODE_SLOTS = 2
 MAX_PENDING = 64
 MAX_BUFFERED = 64 * 1024 * 1024
-HEADER_TIMEOUT = 10.0
-BODY_TIMEOUT = 30.0
-KEEP_ALIVE_TIMEOUT = 5.0
 
 
 class Predictor:
@@ -65,12 +68,14 @@ class Predictor:
         self.path = Path(bundle_path)
         self.lock = threading.Lock()
         if self.path.suffix == ".keras":
-            self.load_finetuned()
+            self.load_finetuned(trust)
         else:
             self.load_bundle(trust, engine, cache_dir)
 
-    def load_finetuned(self) -> None:
-        """A fine-tuned ``model.keras`` (through its featx.json): the backbone's preprocessing, then the model."""
+    def load_finetuned(self, trust: bool = False) -> None:
+        """A fine-tuned ``model.keras`` (through its featx.json, checked with the file by
+        :func:`featx.prediction.models.load_keras_model`; ``trust``: unsigned accepted): the backbone's
+        preprocessing, then the model."""
         from featx.backbones.registry import get_backbone  # here, not at the top: `featx --help` reads this module
         from featx.modelmeta import ModelDescription
         from featx.prediction.models import load_keras_model
@@ -79,7 +84,7 @@ class Predictor:
         if d.kind != "finetune":
             raise FeatxError(f"{self.path}: serve runs fine-tuned models and bundles; a {d.kind} "
                              "model is scored with featx predict")
-        loaded = load_keras_model(self.path, description=d)
+        loaded = load_keras_model(self.path, description=d, trust=trust)
         self.spec = get_backbone(d.backbone)
         self.classes = loaded.class_names
         self.model = {"dataset": None, "backbone": d.backbone, "head": "fine-tuned", "taps": [d.tap] if d.tap else []}
@@ -243,23 +248,10 @@ class Refused(Exception):
     """
 
     def __init__(self, status: int, message: str, filename: str | None = None, close: bool = False,
-                 headers: dict | None = None):
+                 headers: dict | None = None, errors: list | None = None):
         super().__init__(message)
         self.status, self.message, self.filename, self.close, self.headers = status, message, filename, close, headers
-
-
-def error_response(status: int, message: str, cors_headers: dict | None = None, filename: str | None = None,
-                   close: bool = False, headers: dict | None = None):
-    """The JSON error every non-2xx answer is: ``{"error": message[, "filename": ...]}`` with ``status``."""
-    from starlette.responses import JSONResponse
-
-    body = {"error": message}
-    if filename is not None:
-        body["filename"] = filename
-    extra = dict(cors_headers or {}, **(headers or {}))
-    if close:  # the body may still be arriving: do not keep reading it on this connection
-        extra["Connection"] = "close"
-    return JSONResponse(body, status_code=status, headers=extra)
+        self.errors = errors
 
 
 def http_error_message(status: int, method: str, path: str, detail: str) -> str:
@@ -408,6 +400,8 @@ async def parse_uploads(headers, holder: list, max_bytes: int) -> list:
     try:
         form = await run_in_threadpool(parse)
     except MultiPartException as exc:
+        if exc.message.startswith("Too many files"):
+            raise Refused(413, f"too many files in one upload: at most {MAX_FILES}") from None
         raise Refused(400, f"malformed upload: {exc.message}") from None
     uploads = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
     if not uploads:
@@ -416,29 +410,45 @@ async def parse_uploads(headers, holder: list, max_bytes: int) -> list:
 
 
 async def decode_uploads(uploads: list, predictor, options: ServeOptions, gate: asyncio.Semaphore):
-    """Each upload decoded and shrunk to the network input: ``(images, names)``, in upload order.
+    """Each upload decoded and shrunk to the network input: ``(images, names, errors)``, in upload order.
 
-    At most the gate's slots decode at once, whatever the clients send.  The type is judged by the
-    first bytes, not the client's word (415); a decode over the limits is 422.  Names are echoed only.
+    A bad file never stops the others (featx's rule for runs): it lands in ``errors`` as
+    ``{"filename", "status", "error"}`` with the status it would get alone (415: not an image by its
+    first bytes, whatever the client says; 422: unreadable or over the limits).  At most the gate's
+    slots decode at once, whatever the clients send; each upload's bytes are released as soon as it
+    is decoded.  Names are echoed only, never used as paths.
     """
     from starlette.concurrency import run_in_threadpool
 
     from featx.images import FORMAT_NAMES, ImageError, looks_like_image
 
-    images, names = [], []
+    images, names, errors = [], [], []
     for upload in uploads:
         name = Path(upload.filename or "upload").name[:200]  # echoed only, never a path
         data = await upload.read()
-        if not looks_like_image(data):
-            raise Refused(415, f"{name}: not an image ({FORMAT_NAMES} expected)", name)
+        await upload.close()
         try:
-            async with gate:
-                images.append(await run_in_threadpool(predictor.prepare, data, name, options.max_pixels,
-                                                      options.budget))
-        except ImageError as exc:
-            raise Refused(422, str(exc), name) from None
-        names.append(name)
-    return images, names
+            if not looks_like_image(data):
+                raise Refused(415, f"{name}: not an image ({FORMAT_NAMES} expected)", name)
+            try:
+                async with gate:
+                    images.append(await run_in_threadpool(predictor.prepare, data, name, options.max_pixels,
+                                                          options.budget))
+            except ImageError as exc:
+                raise Refused(422, str(exc), name) from None
+            names.append(name)
+        except Refused as bad:
+            errors.append({"filename": name, "status": bad.status, "error": bad.message})
+        finally:
+            del data
+    return images, names, errors
+
+
+def batch_refusal(errors: list) -> Refused:
+    """The answer when no file of an upload could be read: the first file's status and message, and
+    every file's in ``errors`` (a single bad file reads as before: 415 or 422 naming it)."""
+    first = errors[0]
+    return Refused(first["status"], first["error"], first["filename"], errors=errors)
 
 
 # ---- the routes -------------------------------------------------------------------------------
@@ -473,12 +483,14 @@ class Endpoints:
         self.cors_headers = options.cors_headers()
         self.decode_gate = asyncio.Semaphore(max(1, options.decode_slots))
         self.ledger = UploadLedger(options.max_pending, options.max_buffered)
+        self.idle_trim = IdleTrim(self.ledger)
 
     def error(self, status: int, message: str, filename=None, close: bool = False, headers=None):
         return error_response(status, message, self.cors_headers, filename, close, headers)
 
     def refusal(self, refused: Refused):
-        return self.error(refused.status, refused.message, refused.filename, refused.close, refused.headers)
+        return error_response(refused.status, refused.message, self.cors_headers, refused.filename, refused.close,
+                              refused.headers, refused.errors)
 
     async def page(self, request):
         from starlette.responses import HTMLResponse
@@ -519,6 +531,8 @@ class Endpoints:
             return self.refusal(refused)
         except ClientDisconnect:
             return Response(status_code=400)  # nobody is listening; nothing to log
+        finally:
+            self.idle_trim.request_done()
 
     async def classify(self, request, start: float, claim: Claim):
         """Read, parse, decode and classify one request's images: the JSON answer (raises :class:`Refused`)."""
@@ -527,14 +541,17 @@ class Endpoints:
 
         uploads = await parse_uploads(request.headers, [await read_body(request, self.options, claim)],
                                       self.options.max_bytes)
-        images, names = await decode_uploads(uploads, self.predictor, self.options, self.decode_gate)
+        images, names, errors = await decode_uploads(uploads, self.predictor, self.options, self.decode_gate)
+        del uploads
+        if not images:
+            raise batch_refusal(errors)
         decoded = time.perf_counter()
         proba = await run_in_threadpool(self.predictor.predict_prepared, images)
         done = time.perf_counter()
         p = self.predictor
         return JSONResponse({
             "model": model_info(p), "bundle": p.path.name, "backbone": p.backbone,
-            "results": ranked(proba, p.classes, names, self.top),
+            "results": ranked(proba, p.classes, names, self.top), "errors": errors,
             "timing_ms": {"decode": round((decoded - start) * 1000, 1), "model": round((done - decoded) * 1000, 1),
                           "total": round((done - start) * 1000, 1)},
         }, headers=self.cors_headers)
@@ -562,28 +579,24 @@ def host_refusal(headers: dict, hosts: set | None) -> str | None:
 
 
 class GuardedApp:
-    """The ASGI app served: the Host check (421), then the Starlette app, ``nosniff`` on every response."""
+    """The ASGI app served: the Host check (421), then the Starlette app behind :class:`BodyDeadline`
+    (every route, every method), ``nosniff`` on every response."""
 
-    def __init__(self, starlette, hosts: set | None, cors_headers: dict):
+    def __init__(self, starlette, hosts: set | None, cors_headers: dict, body_timeout: float = BODY_TIMEOUT):
         self.starlette = starlette
         self.hosts = hosts
         self.cors_headers = cors_headers
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.starlette(scope, receive, send)
+        deadline = BodyDeadline(receive, send, scope, self.body_timeout, self.cors_headers)
         why = host_refusal(dict(scope["headers"]), self.hosts)
         if why:
-            return await error_response(421, why, self.cors_headers, close=True)(scope, receive, send)
-
-        async def send_with_headers(message):
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                headers.append((b"x-content-type-options", b"nosniff"))
-                message = dict(message, headers=headers)
-            await send(message)
-
-        await self.starlette(scope, receive, send_with_headers)
+            return await error_response(421, why, self.cors_headers, close=True)(scope, deadline.receive,
+                                                                                  deadline.send)
+        await self.starlette(scope, deadline.receive, deadline.send)
 
 
 def build_app(predictor: Predictor, options: ServeOptions) -> GuardedApp:
@@ -598,7 +611,7 @@ def build_app(predictor: Predictor, options: ServeOptions) -> GuardedApp:
                 Route("/predict", e.preflight, methods=["OPTIONS"])],
         exception_handlers={HTTPException: e.http_error, Exception: e.server_error},
     )
-    return GuardedApp(app, options.hosts(), e.cors_headers)
+    return GuardedApp(app, options.hosts(), e.cors_headers, options.body_timeout)
 
 
 def create_app(predictor: Predictor, top: int = 5, max_bytes: int = MAX_UPLOAD_BYTES, *,
@@ -615,88 +628,6 @@ def create_app(predictor: Predictor, top: int = 5, max_bytes: int = MAX_UPLOAD_B
                            body_timeout=body_timeout, cors=cors,
                            allowed_hosts=None if allowed_hosts is None else tuple(allowed_hosts))
     return build_app(predictor, options)
-
-
-def _protocol(header_timeout: float):
-    """uvicorn's h11 protocol with a deadline on the request line and headers.
-
-    uvicorn's own ``timeout_keep_alive`` only covers an idle connection between requests;
-    a client that sends half a request line would hold its connection forever.
-    """
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    class DeadlineH11Protocol(H11Protocol):
-        _header_timer = None
-
-        def _arm(self):
-            if self._header_timer is None and self.conn.their_state is h11.IDLE:
-                self._header_timer = self.loop.call_later(header_timeout, self._expired)
-
-        def _expired(self):
-            self._header_timer = None
-            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-                self.transport.close()  # headers late: drop the connection (there is no request to answer)
-
-        def connection_made(self, transport):
-            super().connection_made(transport)
-            self._arm()
-
-        def data_received(self, data: bytes) -> None:
-            self._arm()
-            super().data_received(data)
-            if self.conn.their_state is not h11.IDLE and self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
-
-        def connection_lost(self, exc):
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
-            super().connection_lost(exc)
-
-    return DeadlineH11Protocol
-
-
-def server_config(app, host: str = "127.0.0.1", port: int = 8000, header_timeout: float = HEADER_TIMEOUT,
-                  keep_alive: float = KEEP_ALIVE_TIMEOUT):
-    """A ``uvicorn.Config`` with featx's deadlines (headers, keep-alive) and quiet logs."""
-    import uvicorn
-
-    return uvicorn.Config(app, host=host, port=port, http=_protocol(header_timeout), timeout_keep_alive=keep_alive,
-                          log_level="warning", access_log=False, h11_max_incomplete_event_size=16 * 1024,
-                          lifespan="off")
-
-
-def bind(host: str, port: int):
-    """A listening socket on ``host:port``, or a one-line :class:`FeatxError` (port taken, bad host)."""
-    import errno
-    import socket
-
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise FeatxError(f"{host}: cannot resolve this address ({exc.strerror})", param="host") from None
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise FeatxError(f"{host}:{port} is already in use by another program; choose another port",
-                             param="port") from None
-        if exc.errno == errno.EACCES:
-            raise FeatxError(f"{port}: permission denied (ports below 1024 need privileges); "
-                             "choose a port above 1024", param="port") from None
-        if exc.errno == errno.EADDRNOTAVAIL:
-            raise FeatxError(f"{host}: not an address of this machine", param="host") from None
-        raise FeatxError(f"cannot listen on {host}:{port} ({(exc.strerror or str(exc)).lower()})",
-                         param="port") from None
-    sock.set_inheritable(True)
-    return sock
 
 
 def serve(bundle, host: str = "127.0.0.1", port: int = 8000, *, options: ServeOptions | None = None,
@@ -730,9 +661,11 @@ def serve(bundle, host: str = "127.0.0.1", port: int = 8000, *, options: ServeOp
     options = replace(options or ServeOptions(), **limits, allowed_hosts=loopback_hosts(host))
     began = time.perf_counter()
     sock = bind(host, port)
+    tune_allocator()  # before the model's and the server's threads allocate
     try:
         predictor = Predictor(bundle, trust=trust, engine=engine, cache_dir=cache_dir)
-        server = uvicorn.Server(server_config(build_app(predictor, options), host, port, options.header_timeout))
+        server = uvicorn.Server(server_config(build_app(predictor, options), host, port, options.header_timeout,
+                                              body_timeout=options.body_timeout))
         # the socket is bound and listening: connections made from now on are answered
         print(f"featx: ready in {time.perf_counter() - began:.1f} s: serving {predictor.name} "
               f"({len(predictor.classes)} classes, {predictor.engine} engine) on http://{host}:{port}/", flush=True)

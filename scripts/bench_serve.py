@@ -17,9 +17,17 @@ Prints per phase the normal requests/s and p99 latency (medians over rounds), th
 what the hostile requests got, the server's CPU use (cores busy) and its peak RSS (its own VmHWM,
 reset per phase).  The attacking clients run in a child process at nice 19 (attackers live on
 other machines); they still share this machine's cores.
+With ``--burst-rounds N`` (issue 27) it measures memory and refusals instead: N rounds of
+``--burst-clients`` (60) concurrent legal uploads of ``--burst-mb`` (8) MB each (a 3000x2000 JPEG
+padded after its end marker), each client on its own connection, sending its whole body before
+reading the answer.  Printed per round: the answers (200, 503, ...), the TCP resets and other
+transport errors among them, and the server's resident memory once idle (1 s after the round); at
+the end the first and last idle RSS, their ratio, the peak RSS (VmHWM) and the resets in total.
+
 Asserts nothing.  The machine may be shared: quote the ratios.
 
     python scripts/bench_serve.py [--bundle model.featx] [--requests 60] [--rounds 2] [--engines keras,litert]
+    python scripts/bench_serve.py --burst-rounds 20 [--burst-clients 60] [--burst-mb 8] [--engines keras]
 """
 
 from __future__ import annotations
@@ -70,10 +78,8 @@ def photo_jpeg() -> bytes:
 _SERVER = r"""
 import sys
 sys.path.insert(0, sys.argv[1])
-import uvicorn
-from featx.serve import Predictor, create_app, server_config
-predictor = Predictor(sys.argv[2], engine=sys.argv[4], cache_dir=sys.argv[5])
-uvicorn.Server(server_config(create_app(predictor), "127.0.0.1", int(sys.argv[3]))).run()
+from featx.serve import serve
+serve(sys.argv[2], "127.0.0.1", int(sys.argv[3]), engine=sys.argv[4], cache_dir=sys.argv[5])
 """
 
 
@@ -193,9 +199,73 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--clients", type=int, default=2, help="concurrent normal clients")
     ap.add_argument("--engines", default="keras", help="comma-separated: keras,litert (one server each)")
+    ap.add_argument("--cache", default=None, help="the server's cache folder (default: a fresh one; LiteRT converts "
+                                                  "once per folder, so reuse one to measure a server without TensorFlow)")
+    ap.add_argument("--burst-rounds", type=int, default=0, help="memory and refusals under bursts instead")
+    ap.add_argument("--burst-clients", type=int, default=60)
+    ap.add_argument("--burst-mb", type=float, default=8.0)
     args = ap.parse_args()
     for engine in args.engines.split(","):
         run(args, engine)
+
+
+def big_upload(mb: float) -> bytes:
+    """A legal upload of ``mb`` MB: a 3000x2000 photo-like JPEG, padded after its end marker."""
+    import cv2
+
+    rng = np.random.default_rng(2)
+    img = cv2.resize(rng.integers(0, 256, (60, 90, 3), dtype=np.uint8), (3000, 2000), interpolation=cv2.INTER_CUBIC)
+    data = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    return data + b"\0" * max(0, int(mb * 2**20) - len(data))
+
+
+def one_upload(port: int, data: bytes) -> str:
+    """One upload on its own connection, the whole body sent before the answer is read: its status, or
+    the transport error (``reset``: the server reset the connection instead of answering)."""
+    head = (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            b"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: %d\r\n\r\n")
+    body = (b'--x\r\nContent-Disposition: form-data; name="file"; filename="big.jpg"\r\n'
+            b"Content-Type: image/jpeg\r\n\r\n" + data + b"\r\n--x--\r\n")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=120) as s:
+            s.sendall(head % len(body) + body)
+            got = b""
+            while b"\r\n" not in got:
+                chunk = s.recv(4096)
+                if not chunk:
+                    return "closed without an answer"
+                got += chunk
+            return got.split(b" ", 2)[1].decode()
+    except ConnectionResetError:
+        return "reset"
+    except BrokenPipeError:
+        return "reset"  # the server reset while we were still sending
+    except OSError as exc:
+        return type(exc).__name__
+
+
+def burst(args, server, port: int) -> None:
+    """``--burst-rounds`` rounds of ``--burst-clients`` concurrent legal uploads: answers, resets, idle RSS."""
+    data = big_upload(args.burst_mb)
+    print(f"burst: {args.burst_rounds} rounds x {args.burst_clients} concurrent uploads of "
+          f"{len(data) / 2**20:.1f} MiB (3000x2000 JPEG), one connection each")
+    time.sleep(1.0)
+    print(f"server RSS at rest: {status(server.pid, 'VmRSS:') / 2**20:.0f} MiB")
+    idle, total = [], collections.Counter()
+    for r in range(args.burst_rounds):
+        with ThreadPoolExecutor(args.burst_clients) as pool:
+            got = collections.Counter(pool.map(lambda _: one_upload(port, data), range(args.burst_clients)))
+        total += got
+        time.sleep(1.0)  # idle: the server returns freed memory after 0.25 s without uploads
+        idle.append(status(server.pid, "VmRSS:"))
+        print(f"round {r + 1:2d}: " + ", ".join(f"{k} x{v}" for k, v in sorted(got.items()))
+              + f"; idle RSS {idle[-1] / 2**20:.0f} MiB", flush=True)
+    peak = status(server.pid, "VmHWM:")
+    refused = sum(v for k, v in total.items() if k != "200")
+    print(f"idle RSS after round 1: {idle[0] / 2**20:.0f} MiB, after round {len(idle)}: {idle[-1] / 2**20:.0f} MiB "
+          f"(ratio {idle[-1] / idle[0]:.2f}); peak RSS {peak / 2**20:.0f} MiB")
+    print("answers in total: " + ", ".join(f"{k} x{v}" for k, v in sorted(total.items()))
+          + f"; resets among {refused} refusals: {total['reset']}")
 
 
 def run(args, engine: str) -> None:
@@ -208,13 +278,13 @@ def run(args, engine: str) -> None:
     bundle = Path(args.bundle) if args.bundle else tiny_bundle(tmp)
     args.engine = engine
     image = photo_jpeg()
-    bombs = {"rgba16-10900.png": png_bomb(10900, 10900), "radiance-12000.jpg": hdr_bomb(12000),
-             "rgba16-3500.png": png_bomb(3500, 3500)}
+    bombs = {} if args.burst_rounds else {"rgba16-10900.png": png_bomb(10900, 10900),
+                                          "radiance-12000.jpg": hdr_bomb(12000), "rgba16-3500.png": png_bomb(3500, 3500)}
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-c", _SERVER, str(ROOT), str(bundle), str(port), args.engine,
-                               str(tmp / "cache")], stderr=subprocess.PIPE, text=True)
+                               str(args.cache or tmp / "cache")], stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         while True:
@@ -233,6 +303,9 @@ def run(args, engine: str) -> None:
 
             for _ in range(3):
                 one(0)  # warm up
+            if args.burst_rounds:
+                burst(args, server, port)
+                return
             print(f"machine: {os.cpu_count()} CPUs, shared with other work: quote the ratios")
             print(f"bundle {bundle.name}, engine {args.engine}, one 500x375 JPEG per normal request, "
                   f"{args.requests} requests x {args.clients} clients per phase, {args.rounds} rounds "
@@ -290,7 +363,8 @@ def run(args, engine: str) -> None:
         lines = [line for line in err.splitlines() if line.strip()]
         tracebacks = sum("Traceback" in line for line in lines)
         last = f"; last: {lines[-1][:160]}" if lines else ""
-        print(f"server log: {len(lines)} lines, {tracebacks} tracebacks{last}")
+        (tmp / "server.log").write_text(err)
+        print(f"server log: {len(lines)} lines, {tracebacks} tracebacks{last} (all in {tmp / 'server.log'})")
 
 
 if __name__ == "__main__":

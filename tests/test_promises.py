@@ -254,6 +254,9 @@ def finetuned_like(tmp_path_factory):
     model.save(folder / "model.keras")
     (folder / "featx.json").write_text(json.dumps({"backbone": "mobilenet_v2", "class_names": ["red", "green", "blue"],
                                                    "tap": "pre_logits", "split_id": "test"}))
+    from featx.modelcheck import sign_model
+
+    sign_model(folder / "model.keras")  # as featx signs what it writes (an unsigned pair needs --trust-bundle)
     return folder / "model.keras"
 
 

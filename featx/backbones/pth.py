@@ -22,6 +22,13 @@ from featx.errors import FeatxError
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
+#: Most bytes the storages of one zip-format ``.pth`` may decompress to, in total: at most
+#: ``PTH_EXPANSION`` times the file's size (weights are float noise and barely compress: torchvision's
+#: files expand about 1.1x), at least ``PTH_MIN_TOTAL`` and never more than ``PTH_MAX_TOTAL``.
+PTH_EXPANSION = 16
+PTH_MIN_TOTAL = 64 * 1024**2
+PTH_MAX_TOTAL = 2 * 1024**3
+
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32,
     "DoubleStorage": np.float64,
@@ -177,19 +184,36 @@ def _load_legacy(f, source: str):
     return result
 
 
+def total_limit(file_size: int) -> int:
+    """Most bytes a zip ``.pth`` of ``file_size`` bytes may decompress to (see :data:`PTH_EXPANSION`)."""
+    return min(PTH_MAX_TOTAL, max(PTH_MIN_TOTAL, PTH_EXPANSION * file_size))
+
+
 def _load_zip(path: Path, source: str):
+    limit = total_limit(path.stat().st_size)
     with zipfile.ZipFile(path) as zf:
         pkl = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
         if pkl is None:
             raise PthFormatError(f"{source}: zip file without data.pkl")
         prefix = pkl[: -len("data.pkl")]
+        if zf.getinfo(pkl).file_size > PTH_MIN_TOTAL:
+            raise PthFormatError(f"{source}: its pickle claims {zf.getinfo(pkl).file_size:,} bytes; "
+                                 "the file is corrupt or crafted")
+        loaded = {}
 
         def load_storage(key, dtype):
+            if key in loaded:
+                return loaded[key]
             info = zf.getinfo(f"{prefix}data/{key}")
             if info.file_size > max(1 << 20, 1000 * info.compress_size):  # a zip bomb, not weights
                 raise PthFormatError(f"{source}: storage {key} claims {info.file_size:,} bytes from "
                                      f"{info.compress_size:,}; the file is corrupt or crafted")
-            return _Storage(dtype, np.frombuffer(zf.read(info), dtype=dtype))
+            total = sum(s.array.nbytes for s in loaded.values()) + info.file_size
+            if total > limit:  # many storages each under the ratio: the total is what costs memory
+                raise PthFormatError(f"{source}: its storages decompress to more than {limit:,} bytes "
+                                     f"({PTH_EXPANSION}x the file's size); the file is corrupt or crafted")
+            loaded[key] = _Storage(dtype, np.frombuffer(zf.read(info), dtype=dtype))
+            return loaded[key]
 
         return _TensorUnpickler(io.BytesIO(zf.read(pkl)), source, load_storage).load()
 

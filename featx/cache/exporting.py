@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featx.cells import safe_cell
 from featx.cache.files import temporary, tmp_name
 from featx.cache.store import FeatureCache
 from featx.errors import FeatxError
@@ -182,5 +183,5 @@ def write_csv(path: Path, table: dict) -> None:
     """``table`` {column: values} as a CSV file with a header row (the metadata when pyarrow is missing)."""
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(list(table))
-        w.writerows(zip(*table.values()))
+        w.writerow([safe_cell(c) for c in table])
+        w.writerows([safe_cell(v) for v in row] for row in zip(*table.values()))  # spreadsheet-safe (featx.cells)

@@ -165,7 +165,8 @@ def out_option(p, default_help: str, metavar="DIR") -> None:
 
 def trust_option(p) -> None:
     p.add_argument("--trust-bundle", action="store_true",
-                   help="load a bundle not signed on this machine (it is a pickle: only if you trust it)")
+                   help="load a model.featx bundle, or a model.keras with its featx.json, not signed by featx for "
+                        "this user (a bundle is a pickle: only if you trust it; a model's size checks still apply)")
 
 
 def verbose_option(p) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from featx.cells import safe_frame
 from featx.cli.checks import check_file, check_out_file, check_weights
 from featx.cli.options import EXIT_STATUS, batch_options, cache_option, engine_option, out_option, positive_int, \
     trust_option, verbose_option, weights_value
@@ -47,7 +48,7 @@ def run(args) -> int:
     if args.out:
         print(f"{len(table)} predictions written to {args.out}")
     else:
-        print(table.to_csv(index=False, float_format=PROBABILITY_FORMAT), end="")
+        print(safe_frame(table).to_csv(index=False, float_format=PROBABILITY_FORMAT), end="")
     if "true_label" in table:
         _print_accuracy(table)
     for note in table.attrs.get("notes", []):

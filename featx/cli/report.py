@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from featx.cli.checks import check_out_folder
@@ -36,6 +37,8 @@ def run(args) -> int:
     except (ValueError, KeyError) as exc:
         raise FeatxError(f"--runs: {runs} cannot be summarised ({exc})") from None
     print(result["markdown"].read_text(), end="")
+    for line in result.get("skipped", []):
+        print(f"featx: note: skipped {line}", file=sys.stderr)
     written = [result["markdown"], result["csv"], result["chart"]] + ([result["html"]] if result.get("html") else [])
     print("written: " + ", ".join(map(str, written))
           + (f", {plural(len(result['curves']), 'learning-curve plot')}" if result["curves"] else ""))

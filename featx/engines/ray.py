@@ -157,8 +157,8 @@ def extract_ray(config, cache, todo: list, batch_size: int, address=None, num_wo
                                        batch_size=batch_size, engine=inner, cache_dir=str(cache.path.parent),
                                        cache_folder=str(cache.path), cache_config=cache.config,
                                        crash_marker=crash_marker),
-            max_restarts=3, max_task_retries=3,
-        )
+        )  # a lost actor is restarted and its batch retried: Ray Data's default for actor pools (featx used to
+        # pass max_restarts/max_task_retries through ray_remote_args, which Ray deprecates and drops in 2.64)
         failures = []
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):  # keys and errors only
             ok = batch["ok"].astype(bool)

@@ -17,6 +17,8 @@ from featx import _tf
 from featx.backbones.registry import get_backbone
 from featx.extract import load_network_inputs
 from featx.images import ImageError, center_crop_resize, load_image
+from featx.errors import FeatxError
+from featx.modelcheck import check_loaded, check_model_file
 from featx.modelmeta import ModelDescription
 from featx.prediction.inputs import check_top, prediction_dataset
 from featx.prediction.table import prediction_table
@@ -54,22 +56,32 @@ class KerasModel:
         return np.asarray(self.model.predict_on_batch(self.prepare(batch)), dtype=np.float64)
 
 
-def load_keras_model(model_path, compile: bool = False, description: ModelDescription | None = None) -> KerasModel:
-    """Read ``featx.json`` (checked first: a bad description fails before Keras reads anything), then the model.
+def load_keras_model(model_path, compile: bool = False, description: ModelDescription | None = None,
+                     trust: bool = False) -> KerasModel:
+    """Read ``featx.json`` and check the model file against it (:mod:`featx.modelcheck`: zip, layer sizes,
+    estimated memory, outputs, input side, signature) before Keras reads anything; then load it in Keras's
+    safe mode (no code-bearing layers) and check what was built.
 
-    ``description``: the file's description when the caller has already read it (it is not read again).
+    ``description``: the file's description when the caller has already read it (it is not read again);
+    ``trust``: load a model featx did not sign for this user (``--trust-bundle``); the size checks still apply.
 
     Raises
     ------
     FeatxError
-        The model or its featx.json is missing or unreadable.
+        The model or its featx.json is missing, unreadable, out of range, inconsistent, or unsigned (one line).
     """
     description = description or ModelDescription.read(model_path)
-    model = _tf.keras().models.load_model(Path(model_path), compile=compile)
+    check_model_file(model_path, description, trust=trust)
+    try:
+        model = _tf.keras().models.load_model(Path(model_path), compile=compile, safe_mode=True)
+    except Exception as exc:  # noqa: BLE001 - whatever Keras raises on a bad file is one line here
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise FeatxError(f"{model_path}: Keras cannot load this model ({type(exc).__name__}: {detail})") from None
+    check_loaded(model_path, model, description)
     return KerasModel(Path(model_path), description, model)
 
 
-def predict_keras(model_path, images, top=None, out=None, batch_size: int = 32):
+def predict_keras(model_path, images, top=None, out=None, batch_size: int = 32, trust: bool = False):
     """Predictions of a ``model.keras`` written by featx ``finetune`` or ``baseline``.
 
     Returns the DataFrame of :func:`featx.prediction.table.prediction_table`; ``attrs["failures"]``
@@ -78,12 +90,13 @@ def predict_keras(model_path, images, top=None, out=None, batch_size: int = 32):
     Raises
     ------
     FeatxError
-        When the model or its featx.json is missing or unreadable, or ``top`` is out of range.
+        When the model or its featx.json is missing, unreadable or refused (:func:`load_keras_model`; ``trust``
+        as there), or ``top`` is out of range.
     """
     description = ModelDescription.read(model_path)  # kind is "baseline" or "finetune", checked there
     class_names = list(description.class_names)
     check_top(top, len(class_names))
-    loaded = load_keras_model(model_path, description=description)
+    loaded = load_keras_model(model_path, description=description, trust=trust)
     dataset = prediction_dataset(images)
     paths, decoded, failures, labels = [], [], [], []
     for i, p in enumerate(dataset.paths):

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from featx.cells import safe_frame
+
 #: One format for probabilities, in the CSV file and on the screen.
 PROBABILITY_FORMAT = "%.6f"
 
@@ -50,5 +52,5 @@ def prediction_table(paths, proba, classes, top=None, out=None, true_labels=None
         table[f"p_{c}"] = proba[:, j]
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(out, index=False, float_format=PROBABILITY_FORMAT)
+        safe_frame(table).to_csv(out, index=False, float_format=PROBABILITY_FORMAT)  # spreadsheet-safe cells
     return table

@@ -56,7 +56,7 @@ def predict(bundle, images, top: int | None = None, out=None, cache_dir=None, tr
     """
     tta = read_tta(tta)
     if not isinstance(bundle, Bundle) and str(bundle).endswith(".keras"):
-        return predict_keras(bundle, images, top=top, out=out)
+        return predict_keras(bundle, images, top=top, out=out, trust=trust)
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle, trust=trust)
     check_top(top, len(bundle.class_names))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featx.cells import safe_frame
 from featx.backbones.registry import DEFAULT_BACKBONE
 from featx.bundle import Bundle, save_bundle
 from featx.cache import default_cache_dir
@@ -372,7 +373,7 @@ def write_fit_outputs(plan: FitPlan, design: Design, fitted: Fitted, evaluation:
                               folder / "model.featx")
     outputs.write_metrics(metrics)
     if fitted.selection is not None:
-        fitted.selection.table.to_csv(folder / "selection.csv", index=False, float_format="%.4f")
+        safe_frame(fitted.selection.table).to_csv(folder / "selection.csv", index=False, float_format="%.4f")
     outputs.plot_confusion(evaluation.y, evaluation.pred, design.codes.features.class_names,
                            f"{metrics['dataset']}: {metrics['backbone']}/{'+'.join(plan.taps)}/{plan.head} "
                            f"({evaluation.split})")
