@@ -9,6 +9,7 @@ every read of a segment's bytes outside a mapping goes through :func:`read_range
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import uuid
@@ -48,6 +49,36 @@ def temporary(folder: Path, stem: str, suffix: str):
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def check_space(folder: Path, need: int, margin: int = 1 << 20) -> None:
+    """Raise ENOSPC (an ``OSError`` naming ``folder``) when its disk has fewer than ``need`` +
+    ``margin`` bytes free -- before a compaction or export starts writing, since HDF5 reports a
+    full disk late (when a file is closed) and in words of its own."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return
+    free = st.f_bavail * st.f_frsize
+    if free < need + margin:
+        raise OSError(errno.ENOSPC, f"No space left on device ({free} bytes free, {need + margin} needed)",
+                      str(folder))
+
+
+def as_disk_error(exc: BaseException, folder: Path) -> BaseException:
+    """``exc`` as an ENOSPC OSError naming ``folder`` when it is an h5py/HDF5 error that hides a full
+    disk (errno 28 in its text, or the disk now has under 1 MB free); else ``exc`` itself."""
+    if not isinstance(exc, (OSError, RuntimeError, ValueError)) or getattr(exc, "errno", None) == errno.ENOSPC:
+        return exc
+    text = str(exc)
+    try:
+        st = os.statvfs(folder)
+        low = st.f_bavail * st.f_frsize < (1 << 20)
+    except OSError:
+        low = False
+    if "errno = 28" in text or "No space left" in text or low:
+        return OSError(errno.ENOSPC, "No space left on device", str(folder))
+    return exc
 
 
 def fsync_file(path: Path) -> None:
