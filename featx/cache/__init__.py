@@ -12,6 +12,7 @@ layout         format constants, content keys, folder names, :class:`TapRows`
 errors         :class:`CacheLockedError`, :class:`CacheDamagedError` and their phrases
 files          whole-or-absent writes (temporary name, fsync, rename); bounded raw reads
 bloom          the per-segment Bloom filter
+schema         the schema of MANIFEST.json and RECORD.json, checked before they are trusted
 segments       writing a segment; mapping one and looking keys up in it (:class:`Block`)
 journal        journal parts: writing, reading, concatenating
 folder         :class:`CacheFolder`: paths, locks, manifest, pending files, garbage; ``list_caches``
@@ -21,6 +22,7 @@ legacy         format 1 (one ``<name>.h5`` file): reading its header, migrating 
 commit         the commit workflow: journal + incoming -> segments, one manifest swap
 compaction     every segment merged into one
 verify         every file read once, problems listed
+repair         a lost or damaged manifest rebuilt from the segments' own headers
 store          :class:`FeatureCache`: snapshot reads, lookups, appends; calls the above
 exporting      :func:`export` to npy/parquet files
 ============== ==============================================================================
