@@ -96,6 +96,8 @@ def fold(folder: CacheFolder, m: dict, parts: list, incoming: list, migrating: b
     """Write the new segments and swap the manifest; returns the new manifest.  On any exception
     every segment written here is removed before the error propagates."""
     created: list[Path] = []
+    folder.path.mkdir(parents=True, exist_ok=True)
+    folder.begin_writing()
     try:
         segments = list(m["segments"])
         if migrating:
@@ -113,7 +115,6 @@ def fold(folder: CacheFolder, m: dict, parts: list, incoming: list, migrating: b
             created.append(folder.segments_dir / segments[-1]["name"])
         new = next_manifest(m, segments, provenance, failures)
         folder.path.mkdir(parents=True, exist_ok=True)
-        folder.remember(p.name for p in created)  # before the swap: a kill after it leaves no unknown file
         drop_view(folder)  # consistent or absent, whatever moment a kill comes
         write_json_atomic(folder.manifest_path, new)
     except BaseException:

@@ -36,12 +36,12 @@ def compact_segments(folder: CacheFolder) -> dict:
             if info["rows"]:
                 folder.committed(s, info, m)
     need = sum(s["bytes"] for s in m["segments"])
-    check_space(folder.segments_dir, need)
+    check_space(folder.path, need)
+    folder.begin_writing()
     entry = merge_segments(folder.segments_dir, [(folder.segments_dir / s["name"], s) for s in m["segments"]],
                            m["config"])
     try:
         new = {**m, "generation": int(m.get("generation", 0)) + 1, "segments": [entry]}
-        folder.remember([entry["name"]])
         drop_view(folder)  # consistent or absent, whatever moment a kill comes
         write_json_atomic(folder.manifest_path, new)
     except BaseException:

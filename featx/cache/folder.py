@@ -180,7 +180,7 @@ class CacheFolder:
             with open(self.manifest_path) as fh:
                 m = json.load(fh)
         except FileNotFoundError:
-            if not (self.record_path.exists() or self.segment_files()):
+            if not self.once_committed():
                 return None
             detail = (f"the file is missing, but {len(self.segment_files())} segment file(s) hold the cache's "
                       "rows")
@@ -191,6 +191,15 @@ class CacheFolder:
             if not detail:
                 return m
         raise CacheDamagedError(self.manifest_path, detail, self.path, advice=repair_advice(self.path))
+
+    def once_committed(self) -> bool:
+        """Whether a manifest was ever written here: the record names a segment, or a segment file is
+        not one that a first writer killed before its first manifest swap left."""
+        r = self.record()
+        if r["segments"]:
+            return True
+        since = r.get("writing_since")
+        return any(since is None or written_at(p.name) < since for p in self.segment_files())
 
     def record(self) -> dict:
         """``RECORD.json``: {"generation", "segments": {name: None while a manifest names it, else the
@@ -203,10 +212,21 @@ class CacheFolder:
             return {"generation": 0, "segments": {}}
         return r if not record_problem(r) else {"generation": 0, "segments": {}}
 
-    def remember(self, names) -> None:
-        """Add segment names about to be named by a manifest to the record (before the swap)."""
+    def begin_writing(self) -> None:
+        """Note in the record that a writer starts making segments now: a segment file it leaves
+        unnamed (killed before its manifest swap) is then known as its own, not as an unknown file."""
+        r = self.record()
+        r.setdefault("writing_since", time.time_ns())  # an earlier killed writer's stays: the oldest counts
+        write_json_atomic(self.record_path, r)
+
+    def remember(self, names, forget=()) -> None:
+        """Record ``names`` as named by the manifest about to be written, and drop ``forget`` from the
+        record (a repair's left-out segments: unknown from now on, so never deleted)."""
         r = self.record()
         r["segments"].update({n: None for n in names})
+        for n in forget:
+            r["segments"].pop(n, None)
+        r.pop("writing_since", None)
         write_json_atomic(self.record_path, r)
 
     def committed(self, seg: dict, info: dict, m: dict) -> Block:
@@ -264,6 +284,11 @@ class CacheFolder:
         for name, dropped in list(r["segments"].items()):
             if name not in live and dropped is None:
                 r["segments"][name] = now
+        since = r.pop("writing_since", None)
+        if since is not None:  # segments a writer killed before its swap left: known, dropped now
+            for p in self.segment_files():
+                if p.name not in r["segments"] and p.name not in live and written_at(p.name) >= since:
+                    r["segments"][p.name] = now
         due = [n for n, t in r["segments"].items() if t is not None and now - t >= grace_seconds()]
         if due:
             with self.reader_lock(exclusive=True, wait=False) as got:
@@ -280,8 +305,17 @@ class CacheFolder:
 
     def unknown_segments(self, m: dict) -> list[Path]:
         """Segment files neither ``m`` nor the record names (never deleted: reported by verify)."""
-        known = {s["name"] for s in m["segments"]} | set(self.record()["segments"])
-        return [p for p in self.segment_files() if p.name not in known]
+        r = self.record()
+        known = {s["name"] for s in m["segments"]} | set(r["segments"])
+        since = r.get("writing_since")  # a running (or killed) writer's: the next commit records them
+        return [p for p in self.segment_files()
+                if p.name not in known and not (since is not None and written_at(p.name) >= since)]
+
+
+def written_at(name: str) -> int:
+    """The creation time (ns) in a segment's name ``seg-<time_ns>-<8 hex>.h5`` (0 when not of that form)."""
+    part = name.split("-")[1] if name.count("-") >= 2 else ""
+    return int(part) if part.isdigit() else 0
 
 
 def list_caches(cache_dir: str | Path) -> list[Path]:

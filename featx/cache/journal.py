@@ -89,9 +89,15 @@ def rows_problem(keys, codes, crc) -> str:
 
 
 def part_taps(part: Path) -> set[str]:
-    """The taps a part holds rows for (read from its zip directory only)."""
-    with np.load(part, allow_pickle=False) as z:
-        return {k[len("keys__"):] for k in z.files if k.startswith("keys__")}
+    """The taps a part holds rows for (read from its zip directory only); a part that cannot be
+    read is a :class:`CacheDamagedError`, a missing one FileNotFoundError."""
+    try:
+        with np.load(part, allow_pickle=False) as z:
+            return {k[len("keys__"):] for k in z.files if k.startswith("keys__")}
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise CacheDamagedError(part, why(exc), part.parent.parent, advice=part_advice(part)) from None
 
 
 def journal_rows(parts: list[Path], folder: Path) -> dict:

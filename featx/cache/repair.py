@@ -27,7 +27,7 @@ from featx.cache.files import read_range, write_json_atomic
 from featx.cache.folder import CacheFolder
 from featx.cache.layout import FORMAT_VERSION, KEY_DTYPE, cache_path, manifest_rows
 from featx.cache.segments import segment_entry
-from featx.cache.view import write_view
+from featx.cache.view import drop_view, write_view
 from featx.errors import FeatxError
 
 
@@ -78,7 +78,8 @@ def repair(folder: CacheFolder) -> Repaired:
         if folder.manifest_path.exists():
             done.moved = f"{folder.manifest_path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}"
             os.replace(folder.manifest_path, folder.path / done.moved)
-        folder.remember(s["name"] for s in chosen)
+        folder.remember([s["name"] for s in chosen], forget=done.left_out)
+        drop_view(folder)
         write_json_atomic(folder.manifest_path, m)
         write_view(folder, m)
         folder.collect_garbage(m)

@@ -113,8 +113,8 @@ def record_problem(r) -> str:
     """What is wrong with a parsed ``RECORD.json``; '' when sound."""
     if not isinstance(r, dict) or not isinstance(r.get("segments"), dict):
         return "not a segment record: no segments object"
-    if not _int(r.get("generation", 0)):
-        return "generation is not a whole number"
+    if not _int(r.get("generation", 0)) or not (r.get("writing_since") is None or _int(r["writing_since"])):
+        return "generation or writing_since is not a whole number"
     for name, dropped in r["segments"].items():
         if not SEGMENT_NAME.fullmatch(name) or not (dropped is None or isinstance(dropped, (int, float))):
             return f"entry {name!r}: expected a segment name and null or a time"

@@ -131,7 +131,7 @@ class FeatureCache(CacheFolder):
             with contextlib.suppress(OSError, ValueError):
                 names |= set(segment_entry(inc)["taps"])
         for part in self.parts():
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(FileNotFoundError):  # folded in by a commit meanwhile
                 names |= part_taps(part)
         return sorted(names)
 

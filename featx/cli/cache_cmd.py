@@ -45,7 +45,10 @@ def run(args) -> int:
         if not files:
             print(f"no caches in {folder}")
         for path in files:
-            print(_cache_line(path, FeatureCache(path).info()))
+            try:
+                print(_cache_line(path, FeatureCache(path).info()))
+            except FeatxError as exc:  # one damaged cache does not hide the others
+                print(f"{path}  damaged: {exc}")
         return 0
     cache = FeatureCache(_target(args))
     if not cache.exists():
