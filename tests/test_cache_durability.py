@@ -6,7 +6,6 @@ a full disk in compaction and export, exports that mix), plus the crash-and-dama
 (scripts/cache_harness.py) on a sample of its kill points.
 """
 
-import errno
 import importlib.util
 import json
 import os
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from featx.cache import CacheDamagedError, FeatureCache, cache_path, export
+from featx.cache import CacheDamagedError, FeatureCache, cache_path
 from featx.cache import compaction as cache_compaction
 from featx.cache import files as cache_files
 from featx.cache import segments as cache_segments
