@@ -40,6 +40,9 @@ from featx.errors import FeatxError
 _MAPS: collections.OrderedDict = collections.OrderedDict()  # (path,) -> (mmap, open file) of a segment
 _MAPS_MAX = 256
 _MAPS_LOCK = threading.Lock()
+#: Whether reads check checksums (a segment tap's index when first mapped, each row as it is read).
+#: Always True in use; ``scripts/bench_cache.py`` turns it off for a moment to measure what checking costs.
+CHECK_READS = True
 
 
 # ---- writing ---------------------------------------------------------------------------------
@@ -278,7 +281,7 @@ class Block:
         if off.get("codes_crc") is not None:
             block.codes_crc = view("codes_crc", np.uint32, (n,))
         tap_id = (off["keys"], info.get("index_crc"))
-        if info.get("index_crc") is not None and tap_id not in checked:
+        if info.get("index_crc") is not None and tap_id not in checked and CHECK_READS:
             index = {"keys": block.keys, "sorted_keys": block.sorted_keys, "sorted_rows": block.sorted_rows,
                      "bloom": block.bloom, "codes_crc": block.codes_crc}
             if chained_crc(index[k] for k in INDEX_DATASETS if index[k] is not None) != info["index_crc"]:
@@ -326,7 +329,7 @@ class Block:
         uniq, inverse = np.unique(rows, return_inverse=True)
         if self.codes_file is not None:  # pread runs of rows: no mapping, so RSS stays what is returned
             data = pread_rows(*self.codes_file, self.codes.dtype, self.codes.shape[1], uniq)
-            if self.codes_crc is not None:
+            if self.codes_crc is not None and CHECK_READS:
                 bad = np.flatnonzero(row_checksums(data) != self.codes_crc[uniq])
                 if bad.size:
                     raise CacheDamagedError(self.path, f"{bad.size} row(s) of codes do not match their checksum "
