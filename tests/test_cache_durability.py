@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import threading
-import time
 from types import SimpleNamespace
 
 import h5py
@@ -270,13 +269,15 @@ def test_readers_do_not_wait_for_a_writer_and_a_writer_says_it_waits(tmp_path, c
     cache = segments_cache(tmp_path, n=2)
     other = FeatureCache(cache.path, CONFIG).lock()  # another process compacting or extracting
     try:
-        started = time.perf_counter()
-        runner = FakeRows()
-        filled = fill(FeatureCache(cache.path, CONFIG), CLEAN, ["p"] * 5, keys_for(10, 5), runner)
-        assert not filled.todo and not runner.ran and time.perf_counter() - started < 5
+        runner, done = FakeRows(), []
+        reader = threading.Thread(target=lambda: done.append(
+            fill(FeatureCache(cache.path, CONFIG), CLEAN, ["p"] * 5, keys_for(10, 5), runner)), daemon=True)
+        reader.start()
+        reader.join(timeout=20)  # a reader that waited for the writer would still be waiting (no unlock yet)
+        assert done and not done[0].todo and not runner.ran
         assert FeatureCache(cache.path).verify() == []
         threading.Timer(1.0, other.unlock).start()
-        filled = fill(FeatureCache(cache.path, CONFIG), CLEAN, ["p"] * 2, keys_for(39, 2), runner)
+        fill(FeatureCache(cache.path, CONFIG), CLEAN, ["p"] * 2, keys_for(39, 2), runner)
         assert runner.ran == keys_for(40, 1)  # only the missing row, once the writer was done
         assert "waiting for it to finish" in capsys.readouterr().err
     finally:
