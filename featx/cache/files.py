@@ -66,9 +66,11 @@ def check_space(folder: Path, need: int, margin: int = 1 << 20) -> None:
 
 
 def as_disk_error(exc: BaseException, folder: Path) -> BaseException:
-    """``exc`` as an ENOSPC OSError naming ``folder`` when it is an h5py/HDF5 error that hides a full
-    disk (errno 28 in its text, or the disk now has under 1 MB free); else ``exc`` itself."""
-    if not isinstance(exc, (OSError, RuntimeError, ValueError)) or getattr(exc, "errno", None) == errno.ENOSPC:
+    """``exc`` as an ENOSPC OSError naming ``folder`` when it says the disk is full (ENOSPC, HDF5's
+    "errno = 28" in a RuntimeError, numpy's "requested and 0 written"), or when it is an h5py error
+    and the disk now has under 1 MB free; else ``exc`` itself.  (The error of a full disk otherwise
+    names a temporary file that no longer exists.)"""
+    if not isinstance(exc, (OSError, RuntimeError, ValueError)):
         return exc
     text = str(exc)
     try:
@@ -76,7 +78,9 @@ def as_disk_error(exc: BaseException, folder: Path) -> BaseException:
         low = st.f_bavail * st.f_frsize < (1 << 20)
     except OSError:
         low = False
-    if "errno = 28" in text or "No space left" in text or low:
+    short = "requested and" in text and "written" in text  # numpy's words for a short write
+    full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+    if full or "errno = 28" in text or "No space left" in text or short or low:
         return OSError(errno.ENOSPC, "No space left on device", str(folder))
     return exc
 

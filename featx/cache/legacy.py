@@ -15,7 +15,7 @@ import numpy as np
 import featx.cache.layout as layout  # noqa: PLR0402 -- `from featx.cache import` would import the package, a cycle
 from featx.cache.bloom import bloom
 from featx.cache.errors import CacheDamagedError
-from featx.cache.files import fsync_dir
+from featx.cache.files import check_space, fsync_dir
 from featx.cache.folder import CacheFolder
 from featx.cache.layout import as_keys, first_unique, row_checksums
 from featx.cache.segments import segment_file, segment_name
@@ -36,6 +36,7 @@ def migrate_legacy(folder: CacheFolder) -> dict:
     it once the new manifest names the segment).
     """
     folder.segments_dir.mkdir(parents=True, exist_ok=True)
+    check_space(folder.path, folder.legacy.stat().st_size)  # the segment is about as large as the old file
     name = segment_name()
     with folder.legacy_open() as old:
         config = json.loads(old.attrs["config"])

@@ -15,7 +15,7 @@ import numpy as np
 import featx.cache.layout as layout  # noqa: PLR0402 -- `from featx.cache import` would import the package, a cycle
 from featx.cache.bloom import bloom_bits, bloom_set
 from featx.cache.errors import CacheDamagedError
-from featx.cache.files import fsync_dir, read_range
+from featx.cache.files import check_space, fsync_dir, read_range
 from featx.cache.layout import KEY_DTYPE, row_checksums
 from featx.cache.segments import segment_file, segment_name
 
@@ -27,6 +27,7 @@ def merge_segments(segments_dir: Path, srcs: list, config: dict) -> dict:
     in order, streaming.  Keys must not repeat across ``srcs``.  Returns its manifest entry; on any
     exception the new file is removed."""
     segments_dir.mkdir(parents=True, exist_ok=True)
+    check_space(segments_dir.parent, sum(e.get("bytes", 0) for _, e in srcs))  # as large as its sources
     taps = sorted({t for _, e in srcs for t in e["taps"]})
     name = segment_name()
     with segment_file(segments_dir, name, config) as (f, entry, ds):

@@ -24,7 +24,7 @@ import numpy as np
 
 from featx.cache.bloom import bloom, bloom_bits
 from featx.cache.errors import CacheDamagedError, why
-from featx.cache.files import as_disk_error, fsync_dir, fsync_file, pread_rows, temporary
+from featx.cache.files import as_disk_error, check_space, fsync_dir, fsync_file, pread_rows, temporary
 from featx.cache.layout import (
     DATASETS,
     FORMAT_VERSION,
@@ -81,15 +81,20 @@ def segment_file(folder: Path, name: str, config: dict):
                 entry["taps"][tap]["offsets"] = {k: d.id.get_offset() for k, d in ds.items()}
                 entry["taps"][tap]["index_crc"] = chained_crc(ds[k][...] for k in INDEX_DATASETS if k in ds)
         except BaseException as exc:
+            with contextlib.suppress(OSError):  # free the blocks first: HDF5 can then flush and close the
+                os.truncate(tmp, 0)  # file (a failed close leaves ids whose later release crashes)
             close_quietly(f)
-            disk = as_disk_error(exc, folder)
+            disk = as_disk_error(exc, folder.parent)
             if disk is not exc:
                 raise disk from None
             raise
         try:
             f.close()  # a full disk shows here too (HDF5 writes its metadata on close)
         except (OSError, RuntimeError, ValueError) as exc:
-            raise as_disk_error(exc, folder) from None
+            with contextlib.suppress(OSError):
+                os.truncate(tmp, 0)
+            close_quietly(f)
+            raise as_disk_error(exc, folder.parent) from None
         fsync_file(tmp)
         os.replace(tmp, folder / name)
 
@@ -113,6 +118,7 @@ def write_segment(folder: str | Path, rows: dict, config: dict, name: str | None
     folder.mkdir(parents=True, exist_ok=True)
     dtype = np.dtype(config["dtype"])
     name = name or segment_name()
+    check_space(folder.parent, segment_bytes(rows, dtype))  # HDF5 on a full disk fails late, and may crash
     with segment_file(folder, name, config) as (f, entry, datasets):
         for tap, r in sorted(rows.items()):
             keys = as_keys(r.keys)
@@ -142,6 +148,17 @@ def write_segment(folder: str | Path, rows: dict, config: dict, name: str | None
     fsync_dir(folder)
     entry["bytes"] = (folder / name).stat().st_size
     return entry
+
+
+def segment_bytes(rows: dict, dtype: np.dtype) -> int:
+    """About what a segment of ``rows`` {tap: TapRows} takes on disk: per row its codes, two keys, its
+    sorted-row number and checksum, plus its Bloom filter and 64 kB of HDF5 metadata per tap."""
+    total = 0
+    for r in rows.values():
+        n = int(np.asarray(r.keys).size)
+        dim = int(np.asarray(r.codes).shape[-1]) if np.asarray(r.codes).ndim else 0
+        total += n * (dim * dtype.itemsize + 2 * 32 + 8 + 4) + bloom_bits(n) // 8 + (64 << 10)
+    return total
 
 
 # ---- reading ---------------------------------------------------------------------------------
