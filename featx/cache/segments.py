@@ -118,7 +118,7 @@ def write_segment(folder: str | Path, rows: dict, config: dict, name: str | None
     folder.mkdir(parents=True, exist_ok=True)
     dtype = np.dtype(config["dtype"])
     name = name or segment_name()
-    check_space(folder.parent, segment_bytes(rows, dtype))  # HDF5 on a full disk fails late, and may crash
+    check_space(folder.parent, segment_bytes(rows, dtype), margin=256 << 10)  # HDF5 fails late on a full disk, may crash
     with segment_file(folder, name, config) as (f, entry, datasets):
         for tap, r in sorted(rows.items()):
             keys = as_keys(r.keys)
