@@ -292,8 +292,8 @@ def kill_trials(workdir: Path, ops, sample: int | None, tally: collections.Count
 
 
 # ---- damage ----------------------------------------------------------------------------------------
-def damaged_caches(workdir: Path):
-    """(label, folder, committed keys, keys the undamaged files hold) for every file kind and damage."""
+def damaged_caches(workdir: Path, kinds=None):
+    """(label, folder, committed keys, file kind) for every file kind (or those in ``kinds``) and damage."""
     from featx.cache import FeatureCache
 
     template = folder_in(workdir, "damage-template")
@@ -311,6 +311,8 @@ def damaged_caches(workdir: Path):
              "incoming": next((template / "incoming").glob("inc-*.h5")),
              "failed decodes": template / "failed-decodes.json"}
     for kind, path in files.items():
+        if kinds is not None and kind not in kinds:
+            continue
         modes = ["truncate", "flip header", "flip codes", "delete"]
         if path.suffix == ".json":
             modes += [f"json {name}" for name in wrong_json(kind, m)]
@@ -371,7 +373,7 @@ def damage(path: Path, mode: str, kind: str, m: dict, first: dict) -> None:
     path.write_bytes(bytes(data))
 
 
-def damage_trials(workdir: Path, tally: collections.Counter) -> None:
+def damage_trials(workdir: Path, tally: collections.Counter, kinds=None) -> None:
     """Every damaged cache: featx reads all rows, verifies, commits, exports; right rows or a one-line error."""
     from featx.cache import FeatureCache, export
     from featx.cache import segments as cache_segments
@@ -380,7 +382,7 @@ def damage_trials(workdir: Path, tally: collections.Counter) -> None:
 
     os.environ["FEATX_CACHE_GRACE"] = "0"
     everything = keys_for(0, 120)
-    for label, folder, committed, kind in damaged_caches(workdir):
+    for label, folder, committed, kind in damaged_caches(workdir, kinds):
         cache_segments._MAPS.clear()  # nothing mapped from before the damage
         tally["damage trials"] += 1
         calls = {"keys": lambda c: c.keys(TAP), "read": lambda c: c.read(TAP, everything),
@@ -430,14 +432,15 @@ def main(argv=None) -> int:
     return 1 if bad else 0
 
 
-def run(workdir: Path | None, ops, sample: int | None) -> collections.Counter:
-    """Every kill trial of ``ops`` (``sample`` points each, None: all) and every damage trial; the counts."""
+def run(workdir: Path | None, ops, sample: int | None, kinds=None) -> collections.Counter:
+    """Every kill trial of ``ops`` (``sample`` points each, None: all) and every damage trial (of the
+    file ``kinds`` given, None: all); the counts."""
     tally: collections.Counter = collections.Counter()
     with tempfile.TemporaryDirectory() as tmp:
         work = workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         kill_trials(work, ops, sample, tally)
-        damage_trials(work, tally)
+        damage_trials(work, tally, kinds)
     return tally
 
 
