@@ -152,12 +152,14 @@ def _edit(m, how):
 def test_a_manifest_of_the_wrong_shape_is_a_one_line_error_never_a_wrong_row(tmp_path, capsys, how):
     cache = segments_cache(tmp_path, n=2)
     cache.manifest_path.write_text(json.dumps(_edit(cache.manifest(), how)))
-    for argv in (["cache", "export", cache.path, "--out", tmp_path / "e"], ["cache", "info", cache.path],
-                 ["cache", "compact", cache.path]):
+    shifted = how == "codes offset +4"  # inside the file, maybe in a gap: the rows' checksums catch it
+    for argv in (["cache", "export", cache.path, "--out", tmp_path / "e"], ["cache", "compact", cache.path]) + (
+            () if shifted else (["cache", "info", cache.path],)):
         assert main(argv) == 2
-        one_error_line(capsys, "MANIFEST.json" if how != "codes offset +4" else "seg-")
-    assert main(["cache", "ls", "--cache", tmp_path]) == 0
-    assert "damaged" in capsys.readouterr().out
+        one_error_line(capsys, "seg-" if shifted else "MANIFEST.json", "checksum" if shifted else "")
+    if not shifted:  # `ls` and `info` describe a cache from its manifest alone
+        assert main(["cache", "ls", "--cache", tmp_path]) == 0
+        assert "damaged" in capsys.readouterr().out
     assert main(["cache", "verify", cache.path]) == 1
     assert "Traceback" not in capsys.readouterr().out
     with pytest.raises(FeatxError):
@@ -321,7 +323,7 @@ def test_an_export_replaces_its_folder_whole(tmp_path, capsys):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
-def test_a_compaction_on_a_really_full_disk_is_one_line(tmp_path, capsys):
+def test_a_compaction_on_a_really_full_disk_is_one_line(tmp_path, capsys, monkeypatch):
     import subprocess
 
     mnt = tmp_path / "fs"
@@ -340,6 +342,21 @@ def test_a_compaction_on_a_really_full_disk_is_one_line(tmp_path, capsys):
         filler.unlink()
         assert cache.verify() == [] and not list(cache.segments_dir.glob(".tmp-*"))
         assert len(cache.keys("a")) == 1600
+        # a commit whose disk fills while it writes (no check first): a plain ENOSPC, nothing left, no crash
+        cache.append({"a": rows(keys_for(5000, 3000))})
+        with open(filler, "wb") as f, pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        os.truncate(filler, filler.stat().st_size - 60_000)
+        monkeypatch.setattr(cache_segments, "check_space", lambda *a, **k: None)
+        with pytest.raises(OSError, match="No space left") as err:
+            cache.commit()
+        assert err.value.filename == str(cache.path)
+        filler.unlink()
+        assert cache.verify() == [] and not list(cache.segments_dir.glob(".tmp-*"))
+        cache.commit()
+        assert len(cache.keys("a")) == 4600
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import json
 import mmap
 import os
@@ -58,7 +59,7 @@ def stamp(f, config: dict) -> None:
 
 
 @contextlib.contextmanager
-def segment_file(folder: Path, name: str, config: dict):
+def segment_file(folder: Path, name: str, config: dict, memory: bool = False):
     """Write a new segment ``folder/name``, whole or absent.
 
     Yields ``(f, entry, datasets)``: the open (temporary) HDF5 file, already stamped; the manifest
@@ -68,10 +69,15 @@ def segment_file(folder: Path, name: str, config: dict):
     (``index_crc``, over :data:`~featx.cache.layout.INDEX_DATASETS` in that order, read back from the
     file) go into the entry, the file is fsynced and renamed to ``name``; on any exception the
     temporary file is removed.  The caller fsyncs ``folder`` and records ``entry["bytes"]``.
+
+    ``memory``: HDF5 writes into memory and the finished file's bytes are written to disk by Python
+    (a commit's new rows, already in memory): a full disk is then a plain ENOSPC from ``write``,
+    never an HDF5 error in the middle of a file (HDF5 can crash the process after one).
     """
     entry = {"name": name, "taps": {}}
     with temporary(folder, "seg", ".h5") as tmp:
-        f = h5py.File(tmp, "w")
+        image = io.BytesIO() if memory else None
+        f = h5py.File(image if memory else tmp, "w")
         try:
             stamp(f, config)
             datasets: dict = {}
@@ -90,6 +96,9 @@ def segment_file(folder: Path, name: str, config: dict):
             raise
         try:
             f.close()  # a full disk shows here too (HDF5 writes its metadata on close)
+            if memory:
+                with open(tmp, "wb") as fh:
+                    fh.write(image.getbuffer())
         except (OSError, RuntimeError, ValueError) as exc:
             with contextlib.suppress(OSError):
                 os.truncate(tmp, 0)
@@ -119,7 +128,7 @@ def write_segment(folder: str | Path, rows: dict, config: dict, name: str | None
     dtype = np.dtype(config["dtype"])
     name = name or segment_name()
     check_space(folder.parent, segment_bytes(rows, dtype), margin=256 << 10)  # HDF5 fails late on a full disk, may crash
-    with segment_file(folder, name, config) as (f, entry, datasets):
+    with segment_file(folder, name, config, memory=True) as (f, entry, datasets):
         for tap, r in sorted(rows.items()):
             keys = as_keys(r.keys)
             if keys.size == 0:
