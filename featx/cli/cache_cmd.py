@@ -23,7 +23,7 @@ def add_parser(subparsers) -> None:
                                 "damaged MANIFEST.json from the segments' own headers).")
     p.add_argument("action", choices=CACHE_ACTIONS, help="what to do")
     p.add_argument("target", nargs="?", metavar="CACHE",
-                   help="one cache folder, for info, verify, compact and export; a legacy .h5 cache file is "
+                   help="one cache folder, for info, verify, compact, export and repair; a legacy .h5 cache file is "
                         "accepted (default: none)")
     cache_option(p)
     p.add_argument("--format", choices=EXPORT_FORMATS, default="npy",
