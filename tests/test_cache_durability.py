@@ -366,11 +366,12 @@ def test_the_crash_and_damage_harness_finds_no_lost_wrong_or_invented_row(tmp_pa
     spec = importlib.util.spec_from_file_location("cache_harness", ROOT / "scripts" / "cache_harness.py")
     harness = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(harness)
-    # a sample within CI's time: compaction and commits are killed in test_segments too; the whole set
+    # a sample within CI's time (export and compaction, 2 kill points each; commits are killed in
+    # test_segments too); the whole set
     # is `python scripts/cache_harness.py`
-    tally = harness.run(tmp_path, ["export"], sample=2, kinds={"manifest", "segment", "journal part"})
+    tally = harness.run(tmp_path, ["export", "compact"], sample=2, kinds={"manifest", "segment", "journal part"})
     examples = tally.pop("examples", [])
-    assert tally["trials"] >= 4 and tally["damage trials"] >= 20, tally
+    assert tally["trials"] >= 8 and tally["damage trials"] >= 20, tally
     for count in ("unreadable caches", "wrong rows", "lost rows", "invented rows", "crashes", "export not whole",
                   "errors of more than one line"):
         assert tally[count] == 0, (count, examples)
