@@ -16,6 +16,8 @@ import json
 import os
 from pathlib import Path
 
+from featx.errors import FeatxError
+
 FILE_NAME = "failed-decodes.json"
 
 
@@ -43,11 +45,28 @@ class DecodeFailures:
         self.version = loader_version()
 
     def _read(self) -> dict:
+        """The file's entries, checked: ``{"failures": {str: str}}``; {} when there is no file.
+
+        Raises
+        ------
+        FeatxError
+            The file is unreadable or not of that shape (one line naming it and what to do: it only
+            remembers which files failed to decode, so deleting it loses nothing else).
+        """
         try:
             data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
+        except FileNotFoundError:
             return {}
-        return data.get("failures", {}) if isinstance(data, dict) else {}
+        except (OSError, ValueError) as exc:
+            problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        else:
+            entries = data.get("failures") if isinstance(data, dict) else None
+            if isinstance(entries, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                                 for k, v in entries.items()):
+                return entries
+            problem = 'expected {"failures": {"<loader>:<content key>": "<reason>", ...}}'
+        raise FeatxError(f"{self.path}: damaged ({problem}); it only remembers which files failed to decode: "
+                         "delete it and run the command again (those files are tried once more)")
 
     def remembered(self) -> dict[str, str]:
         """Content key -> reason, for failures recorded under this loader version."""
@@ -80,5 +99,12 @@ class DecodeFailures:
             if entries == before:
                 return
             tmp = self.path.with_name(f".{FILE_NAME}.tmp-{os.getpid()}")
-            tmp.write_text(json.dumps({"failures": entries}, indent=0, sort_keys=True))
-            os.replace(tmp, self.path)
+            try:
+                with open(tmp, "w") as fh:
+                    fh.write(json.dumps({"failures": entries}, indent=0, sort_keys=True))
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, self.path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise

@@ -208,22 +208,27 @@ def missing_rows(cache: FeatureCache, kind: RowKind, paths, keys, taps) -> dict:
 def fill(cache: FeatureCache, kind: RowKind, paths, keys, rows, *, skip=None, record=None) -> Filled:
     """Compute and commit the rows of ``kind`` that ``cache`` lacks for these images; the one filling step.
 
-    Under the cache's lock: commit what a killed run left in the journal, find the missing rows
-    (:func:`missing_rows`), run them with ``rows`` (:class:`LocalRows` or :class:`RayRows`), commit
-    them with their provenance.
+    First without any lock, from a snapshot: find the missing rows (:func:`missing_rows`).  When every
+    row is cached (or known not to decode), nothing waits for a writer: ``record`` is called and the
+    rows are read from the snapshot.  Otherwise, under the cache's writer lock (waiting for another
+    writer, and saying so on stderr): commit what a killed run left in the journal, find the missing
+    rows again, run them with ``rows`` (:class:`LocalRows` or :class:`RayRows`), commit them with
+    their provenance.
 
     ``cache``: the cache of ``kind`` (``kind.cache_config`` of the extractor's key); ``paths``, ``keys``: each
     image's path and content key (None: left out).  ``skip()`` -> {content key: reason}: missing rows not to
-    run, asked under the lock.  ``record(filled)`` -> failures to commit ([path, reason] each) or None:
-    called under the lock after the run (also when nothing ran), before the commit.
+    run.  ``record(filled)`` -> failures to commit ([path, reason] each) or None: called after the run
+    (also when nothing ran; under the lock when something ran), before the commit.
     """
-    with cache:
+    filled = _missing(cache, kind, paths, keys, rows, skip)
+    if not filled.todo:  # a reader: every row it needs is committed (or journalled)
+        if record is not None:
+            record(filled)
+        return filled
+    cache.wait_for_lock()
+    try:
         cache.commit()  # fold in rows a killed run left in the journal
-        filled = Filled(missing_rows(cache, kind, paths, keys, list(rows.config.taps)))
-        known_bad = skip() if skip is not None else {}
-        filled.skipped = {k: known_bad[k] for k in filled.todo if k in known_bad}
-        for key in filled.skipped:
-            del filled.todo[key]
+        filled = _missing(cache, kind, paths, keys, rows, skip)  # another writer may have done them meanwhile
         if filled.todo:
             if kind.clean:
                 rows.announce(len(filled.todo))
@@ -232,6 +237,18 @@ def fill(cache: FeatureCache, kind: RowKind, paths, keys, rows, *, skip=None, re
         failures = record(filled) if record is not None else None
         if filled.todo:
             cache.commit(provenance=provenance(filled.engine), failures=failures)
+    finally:
+        cache.unlock()
+    return filled
+
+
+def _missing(cache: FeatureCache, kind: RowKind, paths, keys, rows, skip) -> Filled:
+    """The rows to compute (:func:`missing_rows`), less those ``skip()`` says failed to decode before."""
+    filled = Filled(missing_rows(cache, kind, paths, keys, list(rows.config.taps)))
+    known_bad = skip() if skip is not None and filled.todo else {}
+    filled.skipped = {k: known_bad[k] for k in filled.todo if k in known_bad}
+    for key in filled.skipped:
+        del filled.todo[key]
     return filled
 
 

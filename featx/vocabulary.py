@@ -56,7 +56,7 @@ ADVISE_SCORES = ("logme", "probe")
 EXPORT_FORMATS = ("npy", "parquet")
 
 #: ``featx cache`` actions.
-CACHE_ACTIONS = ("ls", "info", "verify", "compact", "export")
+CACHE_ACTIONS = ("ls", "info", "verify", "compact", "export", "repair")
 
 
 def check_choice(value, allowed: tuple, param: str):

@@ -83,6 +83,20 @@ def measure(cache, TapRows, n_rows: int, next_key: list, dim: int, rng) -> dict:
 
     out["keys_s"] = timed(lambda _: len(cache.keys(TAP)), 3)
     out["read_1000_s"] = timed(read, 5)
+    segments = sys.modules.get("featx.cache.segments")
+    if segments is not None and hasattr(segments, "CHECK_READS"):  # what checking costs, same run
+        def first_read(_):  # a new process's first read: every segment mapped and its index checked
+            segments._MAPS.clear()
+            read(_)
+
+        out["first_read_1000_s"] = timed(first_read, 3)
+        segments.CHECK_READS = False
+        try:
+            out["read_1000_unchecked_s"] = timed(read, 5)
+            out["first_read_1000_unchecked_s"] = timed(first_read, 3)
+        finally:
+            segments.CHECK_READS = True
+        out["read_1000_s"] = timed(read, 5)  # again, interleaved with the unchecked ones
     out["commit_32_s"] = timed(commit, 3)
     out["file_mb"] = sum(p.stat().st_size for p in Path(cache.path).rglob("*.h5") if p.is_file()) / 1e6 \
         if Path(cache.path).is_dir() else Path(cache.path).stat().st_size / 1e6
@@ -266,6 +280,12 @@ def main() -> None:
                           if r["impl"] == "segments" and r["rows"] in old else "")
             print(f"| {r['rows']:,} | {label} | {m['segments']} | {m['file_mb']:.0f} MB | {m['commit_32_s']:.3f} s{ratio} "
                   f"| {m['keys_s']:.3f} s | {m['read_1000_s']:.3f} s{read_ratio} | {r['peak_rss_mb']:.0f} MB |")
+            if "read_1000_unchecked_s" in m:
+                print(f"|   | checksums: read of 1,000 checked {m['read_1000_s']:.4f} s vs unchecked "
+                      f"{m['read_1000_unchecked_s']:.4f} s (x{m['read_1000_s'] / m['read_1000_unchecked_s']:.2f}); "
+                      f"first read in a process (maps + index checks) {m['first_read_1000_s']:.3f} s vs "
+                      f"{m['first_read_1000_unchecked_s']:.3f} s "
+                      f"(x{m['first_read_1000_s'] / m['first_read_1000_unchecked_s']:.2f}) | | | | | | |")
     for r in results:
         if r["impl"] == "segments":
             print(f"{r['rows']:,} rows: built in {r['build_s']:.1f} s ({r['rows'] // STEP or 1} commits, peak RSS "

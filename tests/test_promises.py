@@ -158,7 +158,7 @@ def _flock_holders() -> set[int]:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux's /proc/locks to see who holds a lock")
-def test_second_extract_process_on_the_same_cache_gets_the_lock_error(tmp_path):
+def test_second_extract_process_on_the_same_cache_waits_for_the_first(tmp_path):
     data = tmp_path / "data"
     for i in range(12):
         write_image(data / ("a" if i % 2 else "b") / f"{i}.jpg", make_photo(700 + i, (40, 52)))
@@ -166,6 +166,7 @@ def test_second_extract_process_on_the_same_cache_gets_the_lock_error(tmp_path):
            "--batch-size", "2", "--engine", "keras"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = None
     try:
         deadline = time.time() + 240
         while first.pid not in _flock_holders():
@@ -174,18 +175,22 @@ def test_second_extract_process_on_the_same_cache_gets_the_lock_error(tmp_path):
             time.sleep(0.05)
         os.kill(first.pid, signal.SIGSTOP)  # frozen while it holds the lock: no race with the second
         try:
-            second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+            second = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True)
+            line = second.stderr.readline()  # it needs rows the first has not committed: it waits, and says so
+            while line and "waiting" not in line:
+                line = second.stderr.readline()
+            assert "another featx process is writing this cache; waiting" in line, line
         finally:
             os.kill(first.pid, signal.SIGCONT)
-        assert second.returncode == 2, second.stderr
-        errors = [line for line in second.stderr.splitlines() if line.startswith("featx: error:")]
-        assert len(errors) == 1 and "another featx process" in errors[0], second.stderr
-        assert "Traceback" not in second.stderr
         out, err = first.communicate(timeout=240)
         assert first.returncode == 0, err
+        out, err = second.communicate(timeout=240)
+        assert second.returncode == 0 and "featx: error" not in err and "Traceback" not in err, err
     finally:
-        if first.poll() is None:
-            first.kill()
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
     from featx.cache import FeatureCache, cache_path
     from featx.extract import extractor_config
 

@@ -18,14 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
+import featx.cache.layout as layout  # noqa: PLR0402 -- `from featx.cache import` would import the package, a cycle
+from featx.cache.errors import CacheDamagedError
 from featx.cache.files import pread_rows, read_range, write_json_atomic
 from featx.cache.folder import CacheFolder
 from featx.cache.journal import journal_rows
-from featx.cache.layout import FORMAT_VERSION, KEY_DTYPE, TapRows, first_unique
+from featx.cache.layout import FORMAT_VERSION, KEY_DTYPE, TapRows, first_unique, row_checksums
 from featx.cache.legacy import legacy_header, migrate_legacy
 from featx.cache.merge import merge_segments
 from featx.cache.segments import segment_entry, segment_name, write_segment
-from featx.cache.view import write_view
+from featx.cache.view import drop_view, refresh_view, write_view
 
 MERGE_ADOPTED_OVER = 64  # a commit adopting more worker segments than this merges them into one
 
@@ -54,6 +56,7 @@ def commit(folder: CacheFolder, provenance: dict | None = None, failures: list |
         if not (parts or incoming or migrating) and folder.manifest_path.exists() and failures is None:
             with contextlib.suppress(OSError):
                 folder.journal.rmdir()
+            refresh_view(folder, m)  # a compaction killed before its view was renamed left a stale one
             folder.collect_garbage(m)
             return
         new = fold(folder, m, parts, incoming, migrating, provenance, failures)
@@ -93,6 +96,8 @@ def fold(folder: CacheFolder, m: dict, parts: list, incoming: list, migrating: b
     """Write the new segments and swap the manifest; returns the new manifest.  On any exception
     every segment written here is removed before the error propagates."""
     created: list[Path] = []
+    folder.path.mkdir(parents=True, exist_ok=True)
+    folder.begin_writing()
     try:
         segments = list(m["segments"])
         if migrating:
@@ -110,6 +115,7 @@ def fold(folder: CacheFolder, m: dict, parts: list, incoming: list, migrating: b
             created.append(folder.segments_dir / segments[-1]["name"])
         new = next_manifest(m, segments, provenance, failures)
         folder.path.mkdir(parents=True, exist_ok=True)
+        drop_view(folder)  # consistent or absent, whatever moment a kill comes
         write_json_atomic(folder.manifest_path, new)
     except BaseException:
         for path in created:  # never named by a manifest: not part of the cache
@@ -132,12 +138,34 @@ def pending_keys(folder: CacheFolder, parts: list, incoming: list) -> tuple[list
     """
     sources = []
     for inc in incoming:
-        entry = segment_entry(inc)
+        entry = segment_entry(inc, checksum=True)
+        for tap, info in entry["taps"].items():
+            problem = codes_problem(inc, info)
+            if problem:
+                raise CacheDamagedError(inc, f"tap {tap}: {problem}", folder.path)
         sources.append((inc, entry, {t: read_range(inc, i["offsets"]["keys"], KEY_DTYPE, 0, i["rows"])
                                      for t, i in entry["taps"].items()}))
     journal = journal_rows(parts, folder.path)
     sources.append((None, None, {t: k for t, (k, _) in journal.items()}))
     return sources, journal
+
+
+def codes_problem(path: Path, info: dict) -> str:
+    """What is wrong with a segment tap's codes (a worker's segment before it is adopted without a
+    copy): rows that do not match their checksum, NaN or infinite values; '' when sound.  Reads the
+    codes once, in blocks."""
+    n, dim, dtype = info["rows"], info["dim"], np.dtype(info["dtype"])
+    step = max(1, layout.COPY_BYTES // (dim * dtype.itemsize))
+    for start in range(0, n, step):
+        count = min(step, n - start)
+        codes = read_range(path, info["offsets"]["codes"], dtype, start, count, (dim,))
+        if not np.isfinite(codes).all():
+            return f"NaN or infinite codes near row {start}"
+        crc_at = info["offsets"].get("codes_crc")
+        if crc_at is not None and not np.array_equal(row_checksums(codes),
+                                                     read_range(path, crc_at, np.uint32, start, count)):
+            return f"codes near row {start} do not match their checksum"
+    return ""
 
 
 def new_rows(folder: CacheFolder, m: dict, segments: list, sources: list) -> dict:

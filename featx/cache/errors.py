@@ -47,3 +47,9 @@ def part_advice(path: Path) -> str:
     """What to do about a damaged journal part or incoming segment (its rows were never committed)."""
     return (f"delete {path.name} (its rows were never committed: the next featx extract computes them again), "
             "then run the command again")
+
+
+def repair_advice(folder: Path) -> str:
+    """What to do about a missing or damaged ``MANIFEST.json`` (the segments still hold the rows)."""
+    return (f"run 'featx cache repair {folder}' to rebuild it from the segments' own headers "
+            "(nothing else is changed until then)")

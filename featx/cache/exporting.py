@@ -1,7 +1,14 @@
 """Export: a cache's codes written for other tools (numpy + parquet/csv metadata, or one parquet table).
 
-Streaming: at most ``rows_per_file`` rows are in memory at once; every file is written under a
-temporary name and renamed, so a failed export leaves no partial file.
+Streaming: at most ``rows_per_file`` rows are in memory at once.  An export is written whole
+into a temporary folder beside its target (``.tmp-<name>-<pid>-<8 hex>``), which then replaces the
+target as a whole (the old one is renamed aside, then deleted): an export never mixes with an
+earlier one, and a failed or killed export leaves the previous target as it was and no partial
+file (the next export to the same target removes a killed one's temporary folder).  The target
+holds ``EXPORT.json`` (format, taps, rows); an existing target is replaced only when it is empty
+or holds that file, so a mistyped ``--out`` never deletes a folder featx did not write.  The free
+space is checked first (codes at 4 bytes a number, plus keys); a full disk is ENOSPC (h5py and
+pyarrow's words for it included), with nothing left behind.
 """
 
 from __future__ import annotations
@@ -9,12 +16,13 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from featx.cells import safe_cell
-from featx.cache.files import temporary, tmp_name
+from featx.cache.files import as_disk_error, check_space, fsync_dir, temporary, tmp_name, write_json_atomic
 from featx.cache.store import FeatureCache
 from featx.errors import FeatxError
 from featx.vocabulary import EXPORT_FORMATS
@@ -57,12 +65,86 @@ def export(cache: FeatureCache, out_dir: str | Path, fmt: str = "npy", taps=None
     arrow = _arrow(fmt)
     taps = _taps_to_export(cache, taps)
     out_dir = Path(out_dir)
+    check_target(out_dir)
     write = write_npy if fmt == "npy" else write_parquet
     result = {"files": [], "rows": {}, "missing": {}}
-    for tap in taps:
-        pieces, result["missing"][tap] = tap_pieces(cache, tap, keys, meta, rows_per_file)
-        result["rows"][tap] = write(out_dir, tap, pieces, arrow, result["files"])
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_killed_exports(out_dir)
+    check_space(out_dir.parent, export_bytes(cache, taps, keys))
+    tmp = tmp_name(out_dir.parent, out_dir.name, "")
+    try:
+        tmp.mkdir()
+        for tap in taps:
+            pieces, result["missing"][tap] = tap_pieces(cache, tap, keys, meta, rows_per_file)
+            result["rows"][tap] = write(tmp, tap, pieces, arrow, result["files"])
+        write_json_atomic(tmp / EXPORT_MARK, {"format": fmt, "taps": taps, "rows": result["rows"],
+                                              "cache": str(cache.path)})
+        replace_folder(tmp, out_dir)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        disk = as_disk_error(exc, out_dir.parent)
+        if disk is not exc:
+            raise disk from None
+        raise
+    result["files"] = [out_dir / Path(f).relative_to(tmp) for f in result["files"]]
     return result
+
+
+EXPORT_MARK = "EXPORT.json"  # in every export folder: what it holds, and that featx may replace it
+
+
+def check_target(out_dir: Path) -> None:
+    """Refuse a target that exists and is neither empty nor an earlier export (FeatxError naming --out)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FeatxError(f"{out_dir}: exists and is not a folder; choose another folder for the export",
+                         param="out_dir")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / EXPORT_MARK).exists():
+        raise FeatxError(f"{out_dir}: holds files that are not a featx export (no {EXPORT_MARK}); an export "
+                         "replaces its folder as a whole: choose a new or empty folder", param="out_dir")
+
+
+def export_bytes(cache: FeatureCache, taps: list, keys) -> int:
+    """What an export writes, about: 4 bytes a number plus 64 bytes of key and metadata a row."""
+    info = cache.info()["taps"]
+    return sum((len(keys) if keys is not None else info.get(t, {}).get("rows", 0))
+               * (4 * info.get(t, {}).get("dim", 0) + 64) for t in taps)
+
+
+def remove_killed_exports(out_dir: Path) -> None:
+    """Temporary export folders of ``out_dir`` that a killed process left (its pid is gone)."""
+    for tmp in out_dir.parent.glob(f".tmp-{out_dir.name}-*"):
+        rest = tmp.name[len(f".tmp-{out_dir.name}-"):]
+        aside = rest.startswith("old-")  # the previous export, renamed aside just before the new one went in
+        pid = rest.split("-")[1 if aside else 0]
+        if not pid.isdigit() or _alive(int(pid)) or not tmp.is_dir():
+            continue
+        if aside and not out_dir.exists():
+            os.replace(tmp, out_dir)  # killed between the two renames: the previous export comes back
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def replace_folder(new: Path, target: Path) -> None:
+    """Put folder ``new`` in the place of ``target`` (renamed aside, then deleted)."""
+    fsync_dir(new)
+    if target.exists():
+        old = tmp_name(target.parent, target.name + "-old", "")
+        os.replace(target, old)
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, target)
+    fsync_dir(target.parent)
 
 
 def _arrow(fmt: str):

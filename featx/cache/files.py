@@ -9,6 +9,7 @@ every read of a segment's bytes outside a mapping goes through :func:`read_range
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import uuid
@@ -48,6 +49,40 @@ def temporary(folder: Path, stem: str, suffix: str):
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def check_space(folder: Path, need: int, margin: int = 1 << 20) -> None:
+    """Raise ENOSPC (an ``OSError`` naming ``folder``) when its disk has fewer than ``need`` +
+    ``margin`` bytes free -- before a compaction or export starts writing, since HDF5 reports a
+    full disk late (when a file is closed) and in words of its own."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return
+    free = st.f_bavail * st.f_frsize
+    if free < need + margin:
+        raise OSError(errno.ENOSPC, f"No space left on device ({free} bytes free, {need + margin} needed)",
+                      str(folder))
+
+
+def as_disk_error(exc: BaseException, folder: Path) -> BaseException:
+    """``exc`` as an ENOSPC OSError naming ``folder`` when it says the disk is full (ENOSPC, HDF5's
+    "errno = 28" in a RuntimeError, numpy's "requested and 0 written"), or when it is an h5py error
+    and the disk now has under 1 MB free; else ``exc`` itself.  (The error of a full disk otherwise
+    names a temporary file that no longer exists.)"""
+    if not isinstance(exc, (OSError, RuntimeError, ValueError)):
+        return exc
+    text = str(exc)
+    try:
+        st = os.statvfs(folder)
+        low = st.f_bavail * st.f_frsize < (1 << 20)
+    except OSError:
+        low = False
+    short = "requested and" in text and "written" in text  # numpy's words for a short write
+    full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+    if full or "errno = 28" in text or "No space left" in text or short or low:
+        return OSError(errno.ENOSPC, "No space left on device", str(folder))
+    return exc
 
 
 def fsync_file(path: Path) -> None:

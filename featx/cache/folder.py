@@ -12,12 +12,22 @@ import errno
 import fcntl
 import json
 import os
+import sys
+import time
 from pathlib import Path
 
 import h5py
 
-from featx.cache.errors import CacheDamagedError, CacheLockedError, missing, why
-from featx.cache.layout import MANIFEST
+from featx.cache.errors import (
+    CacheDamagedError,
+    CacheLockedError,
+    missing,
+    repair_advice,
+    why,
+)
+from featx.cache.files import write_json_atomic
+from featx.cache.layout import MANIFEST, RECORD, grace_seconds
+from featx.cache.schema import manifest_problem, record_problem
 from featx.cache.segments import Block
 from featx.errors import FeatxError
 
@@ -43,6 +53,7 @@ class CacheFolder:
             self.path, self.legacy = path, path.with_name(path.name + ".h5")
         self.config = config
         self.manifest_path = self.path / MANIFEST
+        self.record_path = self.path / RECORD
         self.segments_dir = self.path / "segments"
         self.incoming_dir = self.path / "incoming"
         self.journal = self.path / "journal"
@@ -69,6 +80,24 @@ class CacheFolder:
                     f"{self.path}: another featx process is writing this cache; wait for it to finish "
                     "or use another --cache folder"
                 ) from None
+            raise
+        self._lock_fd = fd
+        return self
+
+    def wait_for_lock(self, notice=None):
+        """Take the writer's lock, waiting for another writer to finish (saying so once on stderr,
+        or through ``notice(message)``) instead of failing."""
+        try:
+            return self.lock()
+        except CacheLockedError:
+            message = (f"featx: {self.path}: another featx process is writing this cache; waiting for it "
+                       "to finish (rows already cached are read without waiting)")
+            (notice or (lambda text: print(text, file=sys.stderr, flush=True)))(message)
+        fd = os.open(self.path / "writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
             raise
         self._lock_fd = fd
         return self
@@ -118,7 +147,11 @@ class CacheFolder:
     # ---- what is there --------------------------------------------------------------------------
     def exists(self) -> bool:
         return (self.manifest_path.exists() or self.legacy.exists() or any(self.parts())
-                or any(self.incoming()))
+                or any(self.incoming()) or bool(self.segment_files()) or self.record_path.exists())
+
+    def segment_files(self) -> list[Path]:
+        """Every ``segments/seg-*.h5`` file on disk, named by the manifest or not."""
+        return sorted(self.segments_dir.glob("seg-*.h5")) if self.segments_dir.is_dir() else []
 
     def parts(self) -> list[Path]:
         """Journal parts not committed yet (a legacy cache's ``<name>.h5.journal/`` first), oldest first."""
@@ -133,34 +166,75 @@ class CacheFolder:
         return sorted(self.incoming_dir.glob("inc-*.h5")) if self.incoming_dir.is_dir() else []
 
     def manifest(self) -> dict | None:
-        """The committed manifest (None for a legacy single-file cache or no cache).
+        """The committed manifest, checked against its schema (None: a legacy single-file cache, or
+        no cache here).
 
         Raises
         ------
         CacheDamagedError
-            ``MANIFEST.json`` is unreadable or not a manifest.
+            ``MANIFEST.json`` is unreadable or not a sound manifest, or it is missing while segment
+            files or ``RECORD.json`` say that a manifest was written (the advice names ``featx cache
+            repair``).
         """
         try:
             with open(self.manifest_path) as fh:
                 m = json.load(fh)
         except FileNotFoundError:
-            return None
+            if not self.once_committed():
+                return None
+            detail = (f"the file is missing, but {len(self.segment_files())} segment file(s) hold the cache's "
+                      "rows")
         except (OSError, ValueError) as exc:
             detail = why(exc)
         else:
-            if isinstance(m, dict) and isinstance(m.get("segments"), list) and isinstance(m.get("config"), dict):
+            detail = manifest_problem(m)
+            if not detail:
                 return m
-            detail = "not a cache manifest: no config or segment list"
-        raise CacheDamagedError(self.manifest_path, detail, self.path, advice=(
-            "it lists the cache's segments and no featx command rebuilds it: move "
-            f"{self.path} aside and run featx extract again to rebuild the cache"))
+        raise CacheDamagedError(self.manifest_path, detail, self.path, advice=repair_advice(self.path))
+
+    def once_committed(self) -> bool:
+        """Whether a manifest was ever written here: the record names a segment, or a segment file is
+        not one that a first writer killed before its first manifest swap left."""
+        r = self.record()
+        if r["segments"]:
+            return True
+        since = r.get("writing_since")
+        return any(since is None or written_at(p.name) < since for p in self.segment_files())
+
+    def record(self) -> dict:
+        """``RECORD.json``: {"generation", "segments": {name: None while a manifest names it, else the
+        time it stopped}} -- every segment featx wrote; an empty record when there is none or it is
+        unreadable (then nothing is deleted: garbage collection deletes only what the record names)."""
+        try:
+            with open(self.record_path) as fh:
+                r = json.load(fh)
+        except (OSError, ValueError):
+            return {"generation": 0, "segments": {}}
+        return r if not record_problem(r) else {"generation": 0, "segments": {}}
+
+    def begin_writing(self) -> None:
+        """Note in the record that a writer starts making segments now: a segment file it leaves
+        unnamed (killed before its manifest swap) is then known as its own, not as an unknown file."""
+        r = self.record()
+        r.setdefault("writing_since", time.time_ns())  # an earlier killed writer's stays: the oldest counts
+        write_json_atomic(self.record_path, r)
+
+    def remember(self, names, forget=()) -> None:
+        """Record ``names`` as named by the manifest about to be written, and drop ``forget`` from the
+        record (a repair's left-out segments: unknown from now on, so never deleted)."""
+        r = self.record()
+        r["segments"].update({n: None for n in names})
+        for n in forget:
+            r["segments"].pop(n, None)
+        r.pop("writing_since", None)
+        write_json_atomic(self.record_path, r)
 
     def committed(self, seg: dict, info: dict, m: dict) -> Block:
         """The mapped block of a segment ``m`` names; a missing file is damage unless a commit swapped
         the manifest meanwhile (then FileNotFoundError: the caller takes a new snapshot)."""
         path = self.segments_dir / seg["name"]
         try:
-            return Block.mapped(path, info)
+            return Block.mapped(path, info, size=seg["bytes"])
         except FileNotFoundError:
             if (self.manifest() or {}).get("generation") != m.get("generation"):
                 raise
@@ -192,18 +266,56 @@ class CacheFolder:
                 for stale in d.glob(".tmp-*"):
                     stale.unlink(missing_ok=True)
 
-    def collect_garbage(self, m: dict) -> None:
-        """Delete segments the manifest no longer names, unless a reader is taking a snapshot."""
-        if not self.segments_dir.is_dir():
-            return
+    def collect_garbage(self, m: dict) -> list[str]:
+        """Note in the record which segments ``m`` no longer names, and delete those that stopped
+        being named at least ``grace_seconds()`` ago, unless a reader is taking a snapshot.
+
+        Only names the record holds are ever deleted (segments featx wrote and a manifest named, or
+        was about to name when its writer was killed); a segment file the record does not know is
+        left where it is (``verify`` reports it).  Returns the names deleted.
+        """
+        r = self.record()
         live = {s["name"] for s in m["segments"]}
-        dead = [p for p in self.segments_dir.glob("seg-*.h5") if p.name not in live]
-        if not dead:
-            return
-        with self.reader_lock(exclusive=True, wait=False) as got:
-            if got:
-                for p in dead:
-                    p.unlink(missing_ok=True)
+        now = time.time()
+        before = json.dumps(r, sort_keys=True)
+        r["generation"] = max(int(r.get("generation", 0)), int(m.get("generation", 0)))
+        for name in live:
+            r["segments"][name] = None
+        for name, dropped in list(r["segments"].items()):
+            if name not in live and dropped is None:
+                r["segments"][name] = now
+        since = r.pop("writing_since", None)
+        if since is not None:  # segments a writer killed before its swap left: known, dropped now
+            for p in self.segment_files():
+                if p.name not in r["segments"] and p.name not in live and written_at(p.name) >= since:
+                    r["segments"][p.name] = now
+        due = [n for n, t in r["segments"].items() if t is not None and now - t >= grace_seconds()]
+        if due:
+            with self.reader_lock(exclusive=True, wait=False) as got:
+                if got:
+                    for name in due:
+                        (self.segments_dir / name).unlink(missing_ok=True)
+                        del r["segments"][name]
+                else:
+                    due = []
+        if json.dumps(r, sort_keys=True) != before:
+            with contextlib.suppress(OSError):  # the record is bookkeeping: a full disk keeps the old one
+                write_json_atomic(self.record_path, r)
+        return due
+
+    def unknown_segments(self, m: dict) -> list[Path]:
+        """Segment files neither ``m`` nor the record names (never deleted: reported by verify)."""
+        r = self.record()
+        known = {s["name"] for s in m["segments"]} | set(r["segments"])
+        since = r.get("writing_since")  # a running (or killed) writer's: the next commit records them
+        return [p for p in self.segment_files()
+                if p.name not in known and not (since is not None and written_at(p.name) >= since)]
+
+
+def written_at(name: str) -> int:
+    """The creation time (ns) in a segment's name ``seg-<time_ns>-<8 hex>.h5`` (0 when not of that form)."""
+    part = name.split("-")[1] if name.count("-") >= 2 else ""
+    return int(part) if part.isdigit() else 0
 
 
 def list_caches(cache_dir: str | Path) -> list[Path]:

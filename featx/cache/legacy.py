@@ -8,14 +8,16 @@ chunked and with repeated keys (the first row of a key wins).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 
 import featx.cache.layout as layout  # noqa: PLR0402 -- `from featx.cache import` would import the package, a cycle
 from featx.cache.bloom import bloom
-from featx.cache.files import fsync_dir
+from featx.cache.errors import CacheDamagedError
+from featx.cache.files import check_space, fsync_dir
 from featx.cache.folder import CacheFolder
-from featx.cache.layout import as_keys, first_unique
+from featx.cache.layout import as_keys, first_unique, row_checksums
 from featx.cache.segments import segment_file, segment_name
 
 
@@ -34,6 +36,7 @@ def migrate_legacy(folder: CacheFolder) -> dict:
     it once the new manifest names the segment).
     """
     folder.segments_dir.mkdir(parents=True, exist_ok=True)
+    check_space(folder.path, folder.legacy.stat().st_size)  # the segment is about as large as the old file
     name = segment_name()
     with folder.legacy_open() as old:
         config = json.loads(old.attrs["config"])
@@ -59,15 +62,25 @@ def _migrate_tap(f, tap: str, g, dtype: np.dtype, entry: dict, ds: dict) -> None
                "codes": t.create_dataset("codes", shape=(keep.size, dim), dtype=dtype),
                "sorted_keys": t.create_dataset("sorted_keys", data=keys[keep][order]),
                "sorted_rows": t.create_dataset("sorted_rows", data=order.astype(np.int64)),
-               "bloom": t.create_dataset("bloom", data=bloom(keys[keep]))}
+               "bloom": t.create_dataset("bloom", data=bloom(keys[keep])),
+               "codes_crc": t.create_dataset("codes_crc", shape=(keep.size,), dtype=np.uint32)}
     step = max(1, layout.COPY_BYTES // (dim * dtype.itemsize))
     contiguous = keep.size == keys.size
     for start in range(0, keep.size, step):
         sel = keep[start : start + step]
         block = (g["codes"][int(sel[0]) : int(sel[-1]) + 1] if contiguous else
                  g["codes"][sel])
-        ds[tap]["codes"][start : start + sel.size] = block.astype(dtype, copy=False)
+        block = block.astype(dtype, copy=False)
+        if not np.isfinite(block).all():
+            raise CacheDamagedError(folder_file(g), f"tap {tap}: NaN or infinite codes near row {int(sel[0])}")
+        ds[tap]["codes"][start : start + sel.size] = block
+        ds[tap]["codes_crc"][start : start + sel.size] = row_checksums(block)
     entry["taps"][tap] = {"rows": int(keep.size), "dim": dim, "dtype": dtype.name}
+
+
+def folder_file(g):
+    """The path of the file an h5py group is in (to name it in an error)."""
+    return Path(g.file.filename)
 
 
 def legacy_info(folder: CacheFolder) -> dict:

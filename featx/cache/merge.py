@@ -14,8 +14,9 @@ import numpy as np
 
 import featx.cache.layout as layout  # noqa: PLR0402 -- `from featx.cache import` would import the package, a cycle
 from featx.cache.bloom import bloom_bits, bloom_set
-from featx.cache.files import fsync_dir, read_range
-from featx.cache.layout import KEY_DTYPE
+from featx.cache.errors import CacheDamagedError
+from featx.cache.files import check_space, fsync_dir, read_range
+from featx.cache.layout import KEY_DTYPE, row_checksums
 from featx.cache.segments import segment_file, segment_name
 
 _MERGE_KEY_BYTES = 16 << 20  # budget for the k-way merge's key buffers, all segments together
@@ -26,6 +27,7 @@ def merge_segments(segments_dir: Path, srcs: list, config: dict) -> dict:
     in order, streaming.  Keys must not repeat across ``srcs``.  Returns its manifest entry; on any
     exception the new file is removed."""
     segments_dir.mkdir(parents=True, exist_ok=True)
+    check_space(segments_dir.parent, sum(e.get("bytes", 0) for _, e in srcs))  # as large as its sources
     taps = sorted({t for _, e in srcs for t in e["taps"]})
     name = segment_name()
     with segment_file(segments_dir, name, config) as (f, entry, ds):
@@ -56,17 +58,21 @@ def merge_tap(f, tap: str, srcs: list) -> dict:
     out = {"keys": g.create_dataset("keys", shape=(total,), dtype=KEY_DTYPE),
            "codes": g.create_dataset("codes", shape=(total, dim), dtype=dtype),
            "sorted_keys": g.create_dataset("sorted_keys", shape=(total,), dtype=KEY_DTYPE),
-           "sorted_rows": g.create_dataset("sorted_rows", shape=(total,), dtype=np.int64)}
+           "sorted_rows": g.create_dataset("sorted_rows", shape=(total,), dtype=np.int64),
+           "codes_crc": g.create_dataset("codes_crc", shape=(total,), dtype=np.uint32)}
     flags = _copy_rows(srcs, starts, out, dim, dtype)
     out["bloom"] = g.create_dataset("bloom", data=np.packbits(flags, bitorder="little"))
+    out = {k: out[k] for k in ("keys", "codes", "sorted_keys", "sorted_rows", "bloom", "codes_crc")}
     del flags
     _merge_index(srcs, starts, out, total)
     return out
 
 
 def _copy_rows(srcs: list, starts: np.ndarray, out: dict, dim: int, dtype: np.dtype) -> np.ndarray:
-    """Copy keys and codes segment after segment, in blocks; returns the (unpacked) Bloom flags
-    of every key copied."""
+    """Copy keys and codes segment after segment, in blocks, checking each source row against its
+    checksum (when the source has them) and writing the new segment's; returns the (unpacked) Bloom
+    flags of every key copied.  A row that fails its check is a CacheDamagedError: a compaction
+    never carries a damaged row into a new segment."""
     step = max(1, layout.COPY_BYTES // (dim * dtype.itemsize))
     flags = np.zeros(bloom_bits(int(starts[-1])), bool)
     for (path, info), at in zip(srcs, starts):  # rows: segment after segment, in blocks
@@ -76,7 +82,13 @@ def _copy_rows(srcs: list, starts: np.ndarray, out: dict, dim: int, dtype: np.dt
             keys = read_range(path, off["keys"], KEY_DTYPE, s, n)
             out["keys"][at + s : at + s + n] = keys
             bloom_set(flags, keys)
-            out["codes"][at + s : at + s + n] = read_range(path, off["codes"], dtype, s, n, (dim,))
+            codes = read_range(path, off["codes"], dtype, s, n, (dim,))
+            crc = row_checksums(codes)
+            if off.get("codes_crc") is not None and not np.array_equal(
+                    crc, read_range(path, off["codes_crc"], np.uint32, s, n)):
+                raise CacheDamagedError(path, f"rows {s}..{s + n - 1}: codes do not match their checksum")
+            out["codes"][at + s : at + s + n] = codes
+            out["codes_crc"][at + s : at + s + n] = crc
     return flags
 
 

@@ -25,6 +25,7 @@ from featx.cache.journal import part_arrays, part_taps, write_part
 from featx.cache.layout import TapRows, as_keys
 from featx.cache.legacy import legacy_info
 from featx.cache.segments import Block, forget_maps, segment_entry, write_segment
+from featx.cache.repair import repair as repair_folder
 from featx.cache.verify import verify as verify_folder
 from featx.errors import FeatxError
 
@@ -130,7 +131,7 @@ class FeatureCache(CacheFolder):
             with contextlib.suppress(OSError, ValueError):
                 names |= set(segment_entry(inc)["taps"])
         for part in self.parts():
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(FileNotFoundError):  # folded in by a commit meanwhile
                 names |= part_taps(part)
         return sorted(names)
 
@@ -287,6 +288,11 @@ class FeatureCache(CacheFolder):
         elif self.legacy.exists():
             out.update(legacy_info(self))
         return out
+
+    def repair(self):
+        """Rebuild a lost or damaged ``MANIFEST.json`` from the segments' own headers; returns a
+        :class:`featx.cache.repair.Repaired` (what was kept, what left out and why)."""
+        return repair_folder(self)
 
     def verify(self) -> list[str]:
         """Problems found (empty when the cache is sound).  Reads every row once, in blocks."""

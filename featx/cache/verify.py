@@ -13,26 +13,53 @@ import numpy as np
 
 import featx.cache.layout as layout  # noqa: PLR0402 -- `from featx.cache import` would import the package, a cycle
 from featx.cache.bloom import bloom_bits, bloom_test, key_hashes
-from featx.cache.errors import CacheDamagedError, missing, why
+from featx.cache.errors import CacheDamagedError, missing, repair_advice, why
 from featx.cache.files import read_range
 from featx.cache.folder import CacheFolder
 from featx.cache.journal import verify_part
-from featx.cache.layout import KEY_DTYPE, MANIFEST, cache_path
+from featx.cache.layout import INDEX_DATASETS, KEY_DTYPE, MANIFEST, cache_path, chained_crc, row_checksums
 from featx.cache.segments import segment_entry
+from featx.cache.view import view_problem
 
 
 def verify(folder: CacheFolder) -> list[str]:
-    """Problems found (empty when the cache is sound): committed segments, a legacy file, pending files."""
+    """Problems found (empty when the cache is sound): manifest, committed segments, a legacy file,
+    pending files, ``view.h5`` and segment files nothing names.  A check that a writer's manifest
+    swap overtook (a segment gone, a new generation) is done again, up to 3 times: no writer's lock
+    is taken."""
+    for _ in range(3):
+        before = _generation(folder)
+        problems = _verify_once(folder)
+        if _generation(folder) == before:
+            break
+    return problems
+
+
+def _generation(folder: CacheFolder):
+    try:
+        return (folder.manifest() or {}).get("generation")
+    except CacheDamagedError:
+        return None
+
+
+def _verify_once(folder: CacheFolder) -> list[str]:
     try:
         m = folder.manifest()
     except CacheDamagedError as exc:
-        return [f"{MANIFEST} is damaged ({exc.detail}): it lists the cache's segments and no featx command "
-                f"rebuilds it; move {folder.path} aside and run featx extract again to rebuild the cache"]
+        return [f"{MANIFEST} is damaged ({exc.detail}): it lists the cache's segments; "
+                f"{repair_advice(folder.path)}"] + verify_pending(folder)
     if m is None:
         if folder.legacy.exists():
             return verify_legacy(folder.legacy) + verify_pending(folder)
         return ["no manifest: not a cache folder (or nothing committed yet)"] + verify_pending(folder)
-    return verify_committed(folder, m) + verify_pending(folder)
+    problems = verify_committed(folder, m) + verify_pending(folder)
+    view = view_problem(folder, m)
+    if view:
+        problems.append(view)
+    problems += [f"segment file {p.name}: named by no manifest featx wrote (left in place, never deleted by "
+                 "featx; 'featx cache repair' can take its rows in when the manifest is lost)"
+                 for p in folder.unknown_segments(m)]
+    return problems
 
 
 def verify_committed(folder: CacheFolder, m: dict) -> list[str]:
@@ -60,7 +87,8 @@ def _verify_segment(path: Path, seg: dict, all_keys: dict, problems: list) -> No
         actual = segment_entry(path)
         for tap, info in seg["taps"].items():
             a = actual["taps"].get(tap)
-            if a is None or any(a[k] != info[k] for k in ("rows", "dim", "dtype", "offsets")):
+            if a is None or any(a[k] != info[k] for k in ("rows", "dim", "dtype")) or any(
+                    a["offsets"].get(k) != v for k, v in info["offsets"].items()):
                 problems.append(f"segment {seg['name']} tap {tap}: does not match the manifest")
                 continue
             problems += [f"segment {seg['name']} tap {tap}: {p}" for p in verify_block(path, info)]
@@ -81,6 +109,13 @@ def verify_block(path: Path, info: dict) -> list[str]:
     keys = read_range(path, off["keys"], KEY_DTYPE, 0, n)
     sk = read_range(path, off["sorted_keys"], KEY_DTYPE, 0, n)
     sr = read_range(path, off["sorted_rows"], np.int64, 0, n)
+    crc = read_range(path, off["codes_crc"], np.uint32, 0, n) if off.get("codes_crc") is not None else None
+    if info.get("index_crc") is not None:
+        index = {"keys": keys, "sorted_keys": sk, "sorted_rows": sr, "codes_crc": crc,
+                 "bloom": (read_range(path, off["bloom"], np.uint8, 0, bloom_bits(n) // 8)
+                           if off.get("bloom") is not None else None)}
+        if chained_crc(index[k] for k in INDEX_DATASETS if index[k] is not None) != info["index_crc"]:
+            problems.append("keys or key index do not match their checksum")
     if any(len(x) != 32 for x in keys.tolist()):
         problems.append("malformed keys")
     elif off.get("bloom") is not None and n and not bloom_test(
@@ -98,10 +133,15 @@ def verify_block(path: Path, info: dict) -> list[str]:
         except CacheDamagedError:
             problems.append("codes truncated")
             break
+        if crc is not None:
+            bad = np.flatnonzero(row_checksums(block) != crc[start : start + block.shape[0]])
+            if bad.size:
+                problems.append(f"{bad.size} row(s) of codes do not match their checksum (row {start + bad[0]} first)")
+                break
         if not np.isfinite(block).all():
             problems.append(f"non-finite values near row {start}")
             break
-    return problems
+    return problems  # a segment without checksums (written before them) is read unchecked, not a problem
 
 
 def verify_legacy(legacy: Path) -> list[str]:
@@ -142,7 +182,8 @@ def verify_pending(folder: CacheFolder) -> list[str]:
         try:
             verify_part(part)
         except Exception as exc:  # noqa: BLE001
-            problems.append(f"journal part {part.name} unreadable: {why(exc)}")
+            detail = exc.detail if isinstance(exc, CacheDamagedError) else why(exc)
+            problems.append(f"journal part {part.name} unreadable: {detail}")
     for inc in folder.incoming():
         try:
             entry = segment_entry(inc)

@@ -16,13 +16,14 @@ from featx.vocabulary import CACHE_ACTIONS, EXPORT_FORMATS
 
 
 def add_parser(subparsers) -> None:
-    p = add_command(subparsers, "cache", "list, describe, verify, compact or export caches",
-                    description="featx cache ls [--cache DIR] | featx cache info|verify|compact CACHE | "
+    p = add_command(subparsers, "cache", "list, describe, verify, compact, export or repair caches",
+                    description="featx cache ls [--cache DIR] | featx cache info|verify|compact|repair CACHE | "
                                 "featx cache export CACHE [--format npy|parquet] [--data DATA] [--out DIR] "
-                                "(verify: exit status 1 when a problem is found).")
+                                "(verify: exit status 1 when a problem is found; repair: rebuild a lost or "
+                                "damaged MANIFEST.json from the segments' own headers).")
     p.add_argument("action", choices=CACHE_ACTIONS, help="what to do")
     p.add_argument("target", nargs="?", metavar="CACHE",
-                   help="one cache folder, for info, verify, compact and export; a legacy .h5 cache file is "
+                   help="one cache folder, for info, verify, compact, export and repair; a legacy .h5 cache file is "
                         "accepted (default: none)")
     cache_option(p)
     p.add_argument("--format", choices=EXPORT_FORMATS, default="npy",
@@ -44,7 +45,10 @@ def run(args) -> int:
         if not files:
             print(f"no caches in {folder}")
         for path in files:
-            print(_cache_line(path, FeatureCache(path).info()))
+            try:
+                print(_cache_line(path, FeatureCache(path).info()))
+            except FeatxError as exc:  # one damaged cache does not hide the others
+                print(f"{path}  damaged: {exc}")
         return 0
     cache = FeatureCache(_target(args))
     if not cache.exists():
@@ -58,6 +62,8 @@ def run(args) -> int:
         print(f"{cache.path}: {done['before']} segment(s) -> {done['after']}; rows "
               + ", ".join(f"{t} {n}" for t, n in done["rows"].items()))
         return 0
+    if args.action == "repair":
+        return _print_repaired(cache.path, cache.repair())
     if args.action == "export":
         out = Path(args.out) if args.out else Path(f"{cache.path.name}-export")
         keys, meta = _data_rows(args.data)
@@ -110,6 +116,19 @@ def _print_exported(done: dict, out: Path) -> None:
         missing = f" ({done['missing'][tap]} of DATA's images have no row)" if done["missing"][tap] else ""
         print(f"{tap}: {n} rows{missing}")
     print(f"wrote {len(done['files'])} file(s) under {out}")
+
+
+def _print_repaired(path, done) -> int:
+    """``repair``'s report: what the rebuilt manifest names, and each segment left out with why."""
+    if not done.needed:
+        print(f"{path}: the manifest is sound; nothing to repair (featx cache verify {path} checks every row)")
+        return 0
+    for name, why in done.left_out.items():
+        print(f"{path}: left out {name}: {why} (the file stays on disk)")
+    moved = f"; the damaged one is kept as {done.moved}" if done.moved else ""
+    print(f"{path}: rebuilt MANIFEST.json from {len(done.kept)} segment(s); rows "
+          + ", ".join(f"{t} {n}" for t, n in done.rows.items()) + moved)
+    return 0
 
 
 def _print_problems(target, problems: list) -> int:
