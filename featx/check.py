@@ -38,6 +38,12 @@ OUTLIER_FENCE_IQR = 3.0
 GROUPS_SHOWN, GROUP_MEMBERS_SHOWN, SUSPECTS_SHOWN, OUTLIERS_SHOWN = 40, 6, 60, 30
 
 
+#: Column heads of the page's table of findings.
+PROBLEM_NAMES = {"leakage": "groups straddling the split", "label-conflicts": "groups under two labels",
+                 "label-errors": "suspected label errors", "outliers": "outliers beyond the fence",
+                 "near-duplicates": "near-duplicate groups"}
+
+
 @dataclass(frozen=True)
 class CheckOptions:
     """How ``check`` looks at the codes.
@@ -309,12 +315,13 @@ def _groups_html(result: CheckResult, record: dict, budget: ThumbnailBudget) -> 
                  ('<span class="badge conflict">label conflict</span>' if grp["label_conflict"] else "")
         cards = [card(f["path"], [f"{f['label']} · {f['split']}"], budget) for f in grp["files"][:GROUP_MEMBERS_SHOWN]]
         more = len(grp["files"]) - GROUP_MEMBERS_SHOWN
-        out.append(f'<div class="group"><b>group {g + 1}</b>: {len(grp["files"])} images, similarity up to '
-                   f'{grp["max_similarity"]:.3f}{badges}<div class="strip">{"".join(cards)}</div>'
+        out.append(f'<div class="group"><div class="head"><b>group {g + 1}</b>: {len(grp["files"])} images, '
+                   f'cosine up to {grp["max_similarity"]:.3f}{badges}</div><div class="strip">{"".join(cards)}</div>'
                    + (f'<p class="note">and {more} more in check.json</p>' if more > 0 else "") + "</div>")
+    shown = ['<div class="groups">' + "".join(out) + "</div>"] if out else []
     if len(groups) > GROUPS_SHOWN:
-        out.append(f'<p class="note">{len(groups) - GROUPS_SHOWN} more group(s) in check.json.</p>')
-    return out or ['<p class="note">No near-duplicates at this threshold.</p>']
+        shown.append(f'<p class="note">{len(groups) - GROUPS_SHOWN} more group(s) in check.json.</p>')
+    return shown or ['<p class="note">No near-duplicates at this threshold.</p>']
 
 
 def render_check(result: CheckResult, record: dict) -> str:
@@ -326,7 +333,7 @@ def render_check(result: CheckResult, record: dict) -> str:
             f'<p class="note">{len(result.paths)} images, codes of {e(a["backbone"])}/{e("+".join(a["taps"]))}, '
             f'split {e(str(a["split_id"]))}. Near-duplicates: cosine similarity &ge; {a["threshold"]:.2f}. '
             f'Written {e(time.strftime("%Y-%m-%d %H:%M"))}; every finding and file is in check.json.</p>',
-            "<table><tr>" + "".join(f"<th>{e(k)}</th>" for k in p) + "</tr><tr>"
+            "<table><tr>" + "".join(f"<th>{e(PROBLEM_NAMES[k])}</th>" for k in p) + "</tr><tr>"
             + "".join(f'<td class="num">{v}</td>' for v in p.values()) + "</tr></table>",
             '<h2 id="counts">Images per class and split</h2>', _counts_table(result)]
     confused = record["confused"]
@@ -339,7 +346,8 @@ def render_check(result: CheckResult, record: dict) -> str:
              *_groups_html(result, record, budget)]
     suspects = [s for s in record["label_issues"]["suspects"] if s["flagged"]][:SUSPECTS_SHOWN]
     body += [f'<h2 id="label-errors">Suspected label errors ({p["label-errors"]})</h2>',
-             '<p class="note">Ranked by the out-of-fold probability of the given label (lowest first).</p>',
+             f'<p class="note">The {len(suspects)} most suspect shown, ranked by the out-of-fold probability of the '
+             "given label (lowest first); every one is in check.json.</p>",
              '<div class="strip">' + "".join(card(s["path"], [f"given: {s['given']}", f"suggested: {s['suggested']}",
                                                              f"score {s['score']:.3f}"], budget)
                                              for s in suspects) + "</div>"]

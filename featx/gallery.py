@@ -38,6 +38,9 @@ MAX_THUMBNAILS = 300
 #: Misclassified images a run's gallery shows at most (report --html shows this many per run too).
 MAX_ERRORS_SHOWN = 48
 
+#: Confused pairs a run's gallery shows (the thumbnails are shared among them).
+PAIRS_SHOWN = 6
+
 #: Points of the codes map at most: t-SNE is O(n log n) but slow in Python beyond a few thousand points
 #: (2,000 points: about 10 s on two cores). Every held-out error is kept; the rest is a seeded sample.
 MAP_MAX_POINTS = 2000
@@ -48,6 +51,23 @@ MAP_TSNE_MIN = 200
 #: A decoded image larger than this many pixels is refused for a thumbnail (featx.images' bound for a photo).
 THUMBNAIL_MAX_PIXELS = 64_000_000
 
+#: Styles of the thumbnails, groups and map (report --html adds them to its own).
+CARD_CSS = """
+.strip{display:flex;flex-wrap:wrap;gap:.5rem;margin:.4rem 0 1rem}
+.card{width:124px;margin:0;font-size:11px;line-height:1.3;overflow-wrap:anywhere}
+.card img,.card .missing{display:block;width:112px;height:112px;object-fit:contain;background:#f3f3f3;
+border:1px solid #ddd;border-radius:3px}
+.card .missing{display:flex;align-items:center;justify-content:center;color:#999}
+.card figcaption{margin-top:2px;color:#333}.card .file{color:#777}
+.groups{display:flex;flex-wrap:wrap;gap:.6rem;align-items:flex-start}
+.group{border:1px solid #e4e4e4;border-radius:4px;padding:.3rem .6rem;margin:0;max-width:100%}
+.group .strip{margin:.3rem 0 .2rem}.group .head{font-size:12px}
+.badge{display:inline-block;padding:0 .4em;border-radius:3px;font-size:11px;margin-left:.4em}
+.leak{background:#fde2c8;color:#843}.conflict{background:#f8d0d0;color:#822}
+img.map{max-width:100%;height:auto;border:1px solid #eee}
+"""
+
+#: A whole page's styles: the report's look, and the cards.
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:2rem auto;max-width:1200px;
 padding:0 1rem;color:#222}
@@ -55,17 +75,7 @@ h1{font-size:1.5rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid 
 table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;
 vertical-align:top}th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .note{color:#555;font-size:.9em}.warn{color:#a40}
-.strip{display:flex;flex-wrap:wrap;gap:.5rem;margin:.4rem 0 1rem}
-.card{width:124px;margin:0;font-size:11px;line-height:1.3;overflow-wrap:anywhere}
-.card img,.card .missing{display:block;width:112px;height:112px;object-fit:contain;background:#f3f3f3;
-border:1px solid #ddd;border-radius:3px}
-.card .missing{display:flex;align-items:center;justify-content:center;color:#999}
-.card figcaption{margin-top:2px;color:#333}.card .file{color:#777}
-.group{border:1px solid #e4e4e4;border-radius:4px;padding:.3rem .6rem;margin:.5rem 0}
-.badge{display:inline-block;padding:0 .4em;border-radius:3px;font-size:11px;margin-left:.4em}
-.leak{background:#fde2c8;color:#843}.conflict{background:#f8d0d0;color:#822}
-img.map{max-width:100%;height:auto;border:1px solid #eee}
-"""
+""" + CARD_CSS
 
 
 @dataclass
@@ -148,31 +158,49 @@ def error_records(paths, y_true, y_pred, probability=None) -> list[dict]:
 def error_gallery_html(errors: list[dict], budget: ThumbnailBudget, limit: int = MAX_ERRORS_SHOWN,
                        heading: str = "h3") -> str:
     """The misclassified images grouped by confused pair (most errors first), each with true, predicted and
-    probability; at most ``limit`` thumbnails (and the page's budget)."""
+    probability; at most ``limit`` thumbnails (and the page's budget), shared among the first
+    :data:`PAIRS_SHOWN` pairs so that the second and third pairs are seen too (the most confident mistakes of
+    each pair first)."""
     e = html.escape
     if not errors:
         return '<p class="note">No misclassified held-out image.</p>'
     pairs: dict[tuple, list] = {}
     for rec in errors:
         pairs.setdefault(tuple(sorted((rec["true"], rec["predicted"]))), []).append(rec)
+    ordered = sorted(pairs.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:PAIRS_SHOWN]
+    per_pair = _shares([len(recs) for _, recs in ordered], limit)
     out, shown = [], 0
-    for (a, b), recs in sorted(pairs.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+    for ((a, b), recs), share in zip(ordered, per_pair):
         cards = []
-        for rec in recs:
-            if shown >= limit:
-                break
+        for rec in recs[:share]:
             p = rec["probability"]
             cards.append(card(rec["path"], [f"true: {rec['true']}", f"predicted: {rec['predicted']}"
                                              + (f" ({p:.2f})" if p is not None else "")], budget))
-            shown += 1
         cards = [c for c in cards if c]
+        shown += len(cards)
         if cards:
-            out.append(f"<{heading}>{e(a)} &harr; {e(b)}: {len(recs)} error(s)</{heading}>"
+            some = f", the {len(cards)} most confident shown" if len(cards) < len(recs) else ""
+            out.append(f"<{heading}>{e(a)} &harr; {e(b)}: {len(recs)} error(s){some}</{heading}>"
                        f'<div class="strip">{"".join(cards)}</div>')
     if len(errors) > shown or budget.held_back:
         out.append(f'<p class="note">{len(errors)} misclassified image(s); thumbnails of {shown} shown '
                    f"(at most {limit} per run, {MAX_THUMBNAILS} per page); every one is in errors.json.</p>")
     return "\n".join(out)
+
+
+def _shares(sizes: list[int], limit: int) -> list[int]:
+    """Split ``limit`` thumbnails among groups of these sizes: equal shares, what a small group leaves unused
+    going to the larger ones (water-filling)."""
+    shares = [0] * len(sizes)
+    left = limit
+    while left > 0 and any(s < n for s, n in zip(shares, sizes)):
+        open_ = [i for i, (s, n) in enumerate(zip(shares, sizes)) if s < n]
+        each = max(1, left // len(open_))
+        for i in open_:
+            give = min(each, sizes[i] - shares[i], left)
+            shares[i] += give
+            left -= give
+    return shares
 
 
 def map_sample(n: int, keep, limit: int = MAP_MAX_POINTS, seed: int = 0) -> np.ndarray:
@@ -220,7 +248,7 @@ def plot_codes_map(X, y, marked, path, title: str, seed: int = 0) -> Path:
         with one_thread():
             X = PCA(50, random_state=seed).fit_transform(X)
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 6.2))
+    fig, ax = plt.subplots(figsize=(8.6, 6.0))
     method = "t-SNE" if len(X) >= MAP_TSNE_MIN else "PCA"
     if len(X) >= 3:
         with one_thread():
@@ -231,11 +259,14 @@ def plot_codes_map(X, y, marked, path, title: str, seed: int = 0) -> Path:
         for c_i, c in enumerate(classes):
             m = y == c
             ax.scatter(Z[m, 0], Z[m, 1], s=9, color=cmap(c_i % cmap.N), alpha=0.75, label=c, linewidths=0)
-        if marked.any():
+        if marked.any():  # coloured by the true label; the legend's proxy is white, as the colour varies
             ax.scatter(Z[marked, 0], Z[marked, 1], s=40, marker="X", c=[cmap(classes.index(c) % cmap.N)
                                                                         for c in y[marked]],
-                       edgecolors="black", linewidths=0.8, label="misclassified (held out)")
-        ax.legend(fontsize=8, markerscale=1.5, loc="best", frameon=True)
+                       edgecolors="black", linewidths=0.8)
+            ax.scatter([], [], s=40, marker="X", c="white", edgecolors="black", linewidths=0.8,
+                       label="misclassified\n(held out; colour:\ntrue label)")
+        # outside the axes: inside, "best" still covered dense maps
+        ax.legend(fontsize=8, markerscale=1.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     else:
         ax.text(0.5, 0.5, f"{len(X)} image(s): too few for a map", ha="center", va="center")
     ax.set_xticks([])
@@ -263,8 +294,9 @@ def write_run_gallery(folder, errors: list[dict], map_png: Path | None, title: s
 
 def codes_map_html(map_png) -> str:
     return (f'<figure><img class="map" src="{png_uri(map_png)}" alt="t-SNE map of the codes">'
-            '<figcaption class="note">t-SNE of the codes (2-D), one dot per image coloured by its label; crosses: '
-            "held-out images the head gets wrong. Distances between far clusters mean little in t-SNE.</figcaption>"
+            '<figcaption class="note">A 2-D map of the codes (t-SNE; PCA for small sets), one dot per image coloured '
+            "by its label; crosses: held-out images the head gets wrong, coloured by their true label. Distances "
+            "between far clusters mean little in t-SNE.</figcaption>"
             "</figure>")
 
 

@@ -264,6 +264,15 @@ def test_fit_head_records_near_duplicates_and_can_keep_them_together(colours, sh
                        "top_pairs"}
     assert json.loads((plain.out_dir / "metrics.json").read_text())["near_duplicates"] == json.loads(json.dumps(nd))
     assert (plain.out_dir / "gallery.html").is_file() and (plain.out_dir / "codes_map.png").is_file()
+    errors = json.loads((plain.out_dir / "errors.json").read_text())
+    assert len(errors) == round((1 - plain.metrics["accuracy"]["test"]) * plain.metrics["n"]["test"])
+    from featx.report import write_report
+
+    page_path = write_report(shared_cache / "runs.csv", tmp_path / "report", html=True)["html"]
+    text = page_path.read_text()
+    assert "Map of the codes" in text and "Misclassified held-out images" in text
+    widths, outside = open_page(page_path)
+    assert outside == [] and all(w > 0 for w in widths) and len(widths) >= 3 + len(errors)
     grouped = fit_head(colours, cache_dir=shared_cache, out_dir=tmp_path / "grouped", near_duplicates="group")
     g = grouped.metrics["near_duplicates"]
     assert g["mode"] == "group" and g["groups"] == nd["groups"]
