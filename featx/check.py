@@ -288,7 +288,7 @@ def write_check(result: CheckResult, out_dir) -> dict:
     json_path = out_dir / "check.json"
     json_path.write_text(json.dumps(record, indent=1, ensure_ascii=True, default=str))
     html_path = out_dir / "check.html"
-    html_path.write_text(render_check(result, record), encoding="utf-8")
+    html_path.write_text(render_check(result, record), encoding="utf-8", errors="backslashreplace")
     result.files = {"json": json_path, "html": html_path}
     return result.files
 

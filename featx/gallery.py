@@ -113,11 +113,20 @@ def thumbnail_uri(path, side: int = THUMBNAIL_SIDE, quality: int = THUMBNAIL_QUA
     return "data:image/jpeg;base64," + base64.b64encode(data.tobytes()).decode("ascii") if ok else None
 
 
+def visible(text) -> str:
+    """``text`` writable as UTF-8: a file name's undecodable bytes (surrogate escapes) shown as ``\\udcxx``
+    rather than failing the page's write."""
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def card(path, lines, budget: ThumbnailBudget, title: str | None = None) -> str:
     """One thumbnail with its caption lines (each escaped), or nothing when the page's budget is spent."""
     if not budget.take():
         return ""
-    e = html.escape
+
+    def e(text):
+        return html.escape(visible(text))
+
     key = str(path)
     if key not in budget.cache:
         budget.cache[key] = thumbnail_uri(path)
@@ -288,7 +297,7 @@ def write_run_gallery(folder, errors: list[dict], map_png: Path | None, title: s
     if map_png is not None and Path(map_png).is_file():
         body += ["<h2>Map of the codes</h2>", codes_map_html(map_png)]
     path = folder / "gallery.html"
-    path.write_text(page(title, body), encoding="utf-8")
+    path.write_text(page(title, body), encoding="utf-8", errors="backslashreplace")
     return path
 
 
