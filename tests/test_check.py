@@ -280,3 +280,18 @@ def test_fit_head_records_near_duplicates_and_can_keep_them_together(colours, sh
     assert grouped.metrics["split_id"] != plain.metrics["split_id"]
     with pytest.raises(FeatxError, match="near_duplicates"):
         fit_head(colours, cache_dir=shared_cache, near_duplicates="sometimes")
+
+
+def test_a_file_name_with_undecodable_bytes_is_shown_escaped(tmp_path):
+    import os
+
+    raw = os.path.join(os.fsencode(tmp_path), b"bad\xffname.jpg")
+    write_image(tmp_path / "good.jpg", make_photo(3))
+    with open(raw, "wb") as f:
+        f.write((tmp_path / "good.jpg").read_bytes())
+    errors = [{"path": os.fsdecode(raw), "true": "a", "predicted": "b", "probability": 0.9}]
+    page_path = write_run_gallery(tmp_path, errors, None, "run")
+    text = page_path.read_text(encoding="utf-8")
+    assert "bad\\udcffname.jpg" in text and "data:image/jpeg;base64," in text
+    assert json.loads((tmp_path / "errors.json").read_text())[0]["path"] == os.fsdecode(raw)
+
