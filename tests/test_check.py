@@ -124,35 +124,42 @@ def test_leakage_adjusted_accuracy_is_the_accuracy_over_the_other_test_images():
 
 # ---- pages in a browser -------------------------------------------------------------------------------
 
-def open_page(page_path, screenshot=None):
-    """Open ``page_path`` in Chromium; returns (every img's naturalWidth, requests that left the page).
+@pytest.fixture(scope="module")
+def browser():
+    """One Chromium for the module's pages (starting it costs seconds)."""
+    sync_api = require_extra("playwright.sync_api", "the pages are opened in Chromium")
+    with sync_api.sync_playwright() as p:
+        try:
+            chromium = p.chromium.launch(executable_path="/usr/bin/chromium")
+        except Exception as exc:  # noqa: BLE001 - no browser on this machine
+            pytest.skip(f"Chromium cannot start here: {exc}")
+        yield chromium
+        chromium.close()
+
+
+def open_page(browser, page_path, screenshot=None):
+    """Open ``page_path``; returns (every img's naturalWidth, requests that left the page).
 
     Every request is routed: file:// and data: pass, anything else is recorded and aborted.
     """
-    sync_api = require_extra("playwright.sync_api", "the page is opened in Chromium")
     outside = []
-    with sync_api.sync_playwright() as p:
-        try:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium")
-        except Exception as exc:  # noqa: BLE001 - no browser on this machine
-            pytest.skip(f"Chromium cannot start here: {exc}")
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
 
-        def route(r):
-            if r.request.url.startswith(("file:", "data:")):
-                return r.continue_()
-            outside.append(r.request.url)
-            return r.abort()
+    def route(r):
+        if r.request.url.startswith(("file:", "data:")):
+            return r.continue_()
+        outside.append(r.request.url)
+        return r.abort()
 
-        page.route("**/*", route)
-        page.goto(page_path.as_uri())
-        page.wait_for_load_state("load")
-        page.evaluate("() => Promise.all([...document.images].map(i => { i.loading = 'eager'; "
-                      "return i.complete ? 0 : new Promise(r => { i.onload = i.onerror = r; }); }))")
-        widths = page.evaluate("() => [...document.images].map(i => i.naturalWidth)")
-        if screenshot:
-            page.screenshot(path=str(screenshot), full_page=True)
-        browser.close()
+    page.route("**/*", route)
+    page.goto(page_path.as_uri())
+    page.wait_for_load_state("load")
+    page.evaluate("() => Promise.all([...document.images].map(i => { i.loading = 'eager'; "
+                  "return i.complete ? 0 : new Promise(r => { i.onload = i.onerror = r; }); }))")
+    widths = page.evaluate("() => [...document.images].map(i => i.naturalWidth)")
+    if screenshot:
+        page.screenshot(path=str(screenshot), full_page=True)
+    page.close()
     return widths, outside
 
 
@@ -163,7 +170,7 @@ def photos(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_check_html_shows_every_thumbnail_and_asks_for_nothing_outside(photos, tmp_path):
+def test_check_html_shows_every_thumbnail_and_asks_for_nothing_outside(photos, browser, tmp_path):
     X, y = clustered_codes(30, 3)
     X[1] = X[0] * 1.05  # a near-duplicate pair, one in train, one in test
     y = y.copy()
@@ -175,13 +182,13 @@ def test_check_html_shows_every_thumbnail_and_asks_for_nothing_outside(photos, t
     assert record["problems"]["leakage"] == 1
     assert {f["path"] for f in record["near_duplicates"]["groups"][0]["files"]} == {str(photos[0]), str(photos[1])}
     assert record["label_issues"]["suspects"][0]["path"] == str(photos[50])
-    widths, outside = open_page(files["html"], tmp_path / "check.png")
+    widths, outside = open_page(browser, files["html"], tmp_path / "check.png")
     assert outside == []
     assert len(widths) >= 3 and all(w > 0 for w in widths)
 
 
 @pytest.mark.slow
-def test_run_gallery_and_map_load_in_a_browser(photos, tmp_path):
+def test_run_gallery_and_map_load_in_a_browser(photos, browser, tmp_path):
     errors = [{"path": str(photos[i]), "true": "a", "predicted": "b", "probability": 0.7} for i in range(3)]
     errors.append({"path": str(tmp_path / "gone.jpg"), "true": "b", "predicted": "a", "probability": None})
     X, y = clustered_codes(10, 3)
@@ -191,7 +198,7 @@ def test_run_gallery_and_map_load_in_a_browser(photos, tmp_path):
     page_path = write_run_gallery(tmp_path, errors, png, "a run")
     text = page_path.read_text()
     assert "unreadable" in text  # the vanished file has a placeholder, not a broken image
-    widths, outside = open_page(page_path)
+    widths, outside = open_page(browser, page_path)
     assert outside == [] and len(widths) == 4 and all(w > 0 for w in widths)
 
 
@@ -254,7 +261,7 @@ def test_check_cli_writes_json_and_html_and_fails_on_request(colours, shared_cac
 
 
 @pytest.mark.slow
-def test_fit_head_records_near_duplicates_and_can_keep_them_together(colours, shared_cache, tmp_path):
+def test_fit_head_records_near_duplicates_and_can_keep_them_together(colours, shared_cache, browser, tmp_path):
     from featx.training import fit_head
 
     plain = fit_head(colours, cache_dir=shared_cache, out_dir=tmp_path / "plain")
@@ -271,7 +278,7 @@ def test_fit_head_records_near_duplicates_and_can_keep_them_together(colours, sh
     page_path = write_report(shared_cache / "runs.csv", tmp_path / "report", html=True)["html"]
     text = page_path.read_text()
     assert "Map of the codes" in text and "Misclassified held-out images" in text
-    widths, outside = open_page(page_path)
+    widths, outside = open_page(browser, page_path)
     assert outside == [] and all(w > 0 for w in widths) and len(widths) >= 3 + len(errors)
     grouped = fit_head(colours, cache_dir=shared_cache, out_dir=tmp_path / "grouped", near_duplicates="group")
     g = grouped.metrics["near_duplicates"]
