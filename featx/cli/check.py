@@ -36,7 +36,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--top", type=positive_int, default=50, metavar="N",
                    help="suspects and outliers listed in check.json beyond the flagged ones")
     p.add_argument("--fail-on", type=fail_on_list, default=[], metavar="KIND[,KIND]",
-                   help="exit 1 when any of these is found (for pipelines): " + ", ".join(FAIL_ON))
+                   help="exit 1 when any of these is found (for pipelines): " + ", ".join(FAIL_ON)
+                        + " (default: none; the exit status is 0 whatever is found)")
     out_option(p, "featx-out/<dataset>-check")
     split_options(p)
     verbose_option(p)
