@@ -47,7 +47,7 @@ METRICS_SCHEMA = {
 ROUTE_METRICS = {
     "cached": ("backbones", "head", "pooling", "views", "tta", "fuse", "recipe", "tta_used", "refit", "n_fit",
                "chosen", "val_note", "per_class", "fit_seconds", "extract_seconds", "skipped_images", "leakage",
-               "label_conflicts", "cv", "validation"),
+               "label_conflicts", "cv", "validation", "near_duplicates"),
     "finetune": ("tap", "unfreeze", "recipe", "settings", "augmentation", "trainable_layers",
                  "val_carved_from_train", "accuracy_text", "epochs_run", "warmup_steps", "warm_start_val_accuracy",
                  "kept_warm_start", "train_seconds", "total_seconds", "interrupted", "init_head", "validation"),

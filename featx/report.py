@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from featx.cells import markdown_cell, safe_frame
+from featx.gallery import CARD_CSS, ThumbnailBudget, run_section
 from featx.runs import MAX_FIGURE_INCHES, RUN_COLUMNS, plain_text, plot_curves, pyplot
 from featx.stats import KINDS, SMALL_TEST_IMAGES, accuracy_of_rate, wilson_interval
 
@@ -481,7 +482,7 @@ def render_html(runs_csv, runs, summary, chart: Path, curves: dict, skipped: lis
     rows, columns = pivot(summary)
     out = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
            '<meta name="viewport" content="width=device-width, initial-scale=1">',
-           "<title>featx report</title>", f"<style>{_CSS}</style></head><body>",
+           "<title>featx report</title>", f"<style>{_CSS}{CARD_CSS}</style></head><body>",
            "<h1>featx report</h1>",
            f'<p class="note">From {e(str(runs_csv))}: {len(runs)} runs, written {e(time.strftime("%Y-%m-%d %H:%M"))}.'
            "</p>",
@@ -503,6 +504,7 @@ def render_html(runs_csv, runs, summary, chart: Path, curves: dict, skipped: lis
     if superseded.any():
         out.append(f'<p class="note">{int(superseded.sum())} earlier run(s) whose output folder a later run '
                    "reused are left out here (they still count in the summary).</p>")
+    budget = ThumbnailBudget()  # error galleries: featx.gallery's caps, per run and for the whole page
     for i, run in runs[~superseded].iterrows():
         output = run["output"] if isinstance(run["output"], str) else ""
         folder = Path(output).parent if output else None
@@ -526,6 +528,8 @@ def render_html(runs_csv, runs, summary, chart: Path, curves: dict, skipped: lis
         if i in curves:
             out.append(f'<figure class="curves">{_img(curves[i], "learning curves: " + title)}'
                        "<figcaption>learning curves</figcaption></figure>")
+        if folder is not None:
+            out.append(run_section(folder, budget))  # error gallery and codes map, when the run wrote them
         out.append("</section>")
     out.append("</body></html>")
     return "\n".join(out)

@@ -384,7 +384,8 @@ def test_report_html_is_one_self_contained_page_that_chromium_renders(fitted, tm
     page = tmp_path / "rep" / "report.html"
     text = page.read_text()
     assert "http://" not in text and "https://" not in text and "<link" not in text and "<script" not in text
-    assert text.count('src="data:image/png;base64,') == 3  # chart, fit-head's confusion matrix, fine-tune's curves
+    # chart, fit-head's confusion matrix and codes map (featx.gallery), fine-tune's curves
+    assert text.count('src="data:image/png;base64,') == 4
 
     playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -13,6 +13,7 @@ import featx.cli.advise as advise
 import featx.cli.backbones as backbones
 import featx.cli.baseline as baseline
 import featx.cli.cache_cmd as cache_cmd
+import featx.cli.check as check
 import featx.cli.demo as demo
 import featx.cli.extract as extract
 import featx.cli.finetune as finetune
@@ -27,8 +28,8 @@ from featx.cli.parser import FeatxParser
 from featx.errors import FeatxError
 
 #: The command modules, in the order ``featx --help`` lists them.
-COMMANDS = (backbones, peek, extract, cache_cmd, fit_head, predict, sweep, advise, finetune, baseline, report, serve,
-            demo)
+COMMANDS = (backbones, peek, extract, cache_cmd, fit_head, check, predict, sweep, advise, finetune, baseline, report,
+            serve, demo)
 
 DESCRIPTION = ("Transfer learning the CS231n way: run a pretrained CNN once over your images, cache its codes, train "
                "classical heads on them in seconds. Typical use: featx extract DATA, then featx fit-head DATA, then "

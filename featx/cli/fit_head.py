@@ -6,9 +6,12 @@ import argparse
 
 from featx.cli.checks import check_backbones, check_folder, check_fractions, check_out_folder
 from featx.cli.options import class_weight_option, class_weight_value, count, data_argument, extractor_options, \
-    nonnegative_float, out_option, positive_int, split_kwargs, split_options, verbose_option, weights_value
+    nonnegative_float, number, out_option, positive_int, split_kwargs, split_options, verbose_option, weights_value
 from featx.cli.parser import add_command
 from featx.vocabulary import FUSE_MODES, HEADS, RECIPES, TTA_MODES
+
+#: Kept in step with featx.quality.NEAR_DUPLICATE_MODES (importing it here would load numpy for --help).
+NEAR_DUPLICATE_MODES = ("report", "group", "off")
 
 
 def head_names() -> tuple:
@@ -45,6 +48,14 @@ def add_parser(subparsers) -> None:
     _preprocessing_options(p)
     out_option(p, "featx-out/<dataset>-<backbone>-<taps>-<head>")
     p.add_argument("--views", type=count, default=0, metavar="K", help="train on K cached augmented views too")
+    p.add_argument("--near-duplicates", default="report", choices=NEAR_DUPLICATE_MODES,
+                   help="report: list near-duplicate groups that straddle the split and the test accuracy without "
+                        "the leaked test images; group: also keep each group on one side of the split (a split of "
+                        "its own); off: skip the search")
+    p.add_argument("--duplicate-threshold", type=number(float, 0, 1, low_open=True), default=None, metavar="COSINE",
+                   help="cosine similarity of near-duplicates (default: 0.92, see docs/check.md)")
+    p.add_argument("--gallery", action=argparse.BooleanOptionalAction, default=True,
+                   help="write gallery.html: the misclassified test images and a map of the codes")
     split_options(p)
     verbose_option(p)
     p.set_defaults(func=run)
@@ -73,7 +84,9 @@ def run(args) -> int:
         out_dir=args.out, class_weight=class_weight_value(args.class_weight), l2=args.l2,
         standardize=args.standardize, pca=args.pca, **split_kwargs(args), views=args.views, refit=args.refit,
         fuse=args.fuse, tta=args.tta, budget=args.budget, recipe=args.recipe, engine=args.engine,
-        batch_size=args.batch_size, workers=args.workers,
+        batch_size=args.batch_size, workers=args.workers, near_duplicates=args.near_duplicates,
+        gallery=args.gallery, **({"duplicate_threshold": args.duplicate_threshold}
+                                 if args.duplicate_threshold is not None else {}),
     )
     print(result.report)
     print(f"bundle: {result.bundle}")

@@ -22,9 +22,12 @@ from featx.backbones.registry import DEFAULT_BACKBONE
 from featx.bundle import Bundle, save_bundle
 from featx.cache import default_cache_dir
 from featx.datasets import SplitSpec
+from featx.datasets import make_split
 from featx.errors import FeatxError
+from featx.gallery import error_records, plot_codes_map, write_run_gallery
 from featx.heads import fit_with_copies
 from featx.outputs import RunOutputs, RunResult
+from featx.quality import NEAR_DUPLICATE_MODES, NEAR_DUPLICATE_THRESHOLD, DuplicateGroups, near_duplicates
 from featx.selection import BlockHead, make_head, select_head
 from featx.stats import accuracy_of_rate, accuracy_summary
 from featx.training.codes import LabelledCodes, accuracy_of, backbone_list, common_rows, labelled_codes
@@ -55,6 +58,9 @@ class FitOptions:
     tta: str = "none"
     budget: object = None
     recipe: str = "default"
+    near_duplicates: str = "report"
+    duplicate_threshold: float = NEAR_DUPLICATE_THRESHOLD
+    gallery: bool = True
     split: SplitSpec = field(default_factory=SplitSpec)
     extract: dict = field(default_factory=dict)
 
@@ -100,6 +106,10 @@ def plan_fit(backbone, taps, head: str, options: FitOptions) -> FitPlan:
     """
     check_choice(options.tta, TTA_MODES, "tta")
     check_choice(options.fuse, FUSE_MODES, "fuse")
+    check_choice(options.near_duplicates, NEAR_DUPLICATE_MODES, "near_duplicates")
+    if not 0 < options.duplicate_threshold <= 1:
+        raise FeatxError(f"expected a cosine similarity in (0, 1], got {options.duplicate_threshold}",
+                         param="duplicate_threshold")
     if options.tta == "views":
         options = replace(options, views=options.views or 4)
     backbones = backbone_list(backbone)
@@ -141,6 +151,7 @@ class Design:
     X: np.ndarray
     views: int = 0
     taps: list = field(default_factory=list)
+    duplicates: DuplicateGroups | None = None  # near-duplicate groups of the design's rows (first backbone)
 
     @property
     def codes(self) -> LabelledCodes:
@@ -182,6 +193,8 @@ def load_design(data, plan: FitPlan, cache_dir: Path) -> Design:
     o = plan.options
     codes_list = [labelled_codes(data, b, plan.taps, o.pooling, o.dtype, o.weights, cache_dir, views=o.views,
                                  flip=plan.flip, split=o.split, **o.extract) for b in plan.backbones]
+    if o.near_duplicates == "group":
+        group_split(codes_list[0], plan.taps, o)
     rows = common_rows(codes_list)
     names, clean, flipped = [], {}, {}
     for b, c, r in zip(plan.backbones, codes_list, rows):
@@ -199,8 +212,30 @@ def load_design(data, plan: FitPlan, cache_dir: Path) -> Design:
               for i in range(len(plan.backbones)) for t in plan.taps]
     X = np.concatenate([clean[n] for n in names] + [flipped[n] for n in names if plan.flip], axis=1)
     first = codes_list[0]
+    duplicates = None if o.near_duplicates == "off" else \
+        near_duplicates(first.features.matrix(plan.taps)[rows[0]], o.duplicate_threshold)
     return Design(codes_list, rows, first.y[rows[0]], first.split[rows[0]], names, clean, flipped, layout, X,
-                  o.views, plan.taps)
+                  o.views, plan.taps, duplicates)
+
+
+def group_split(codes: LabelledCodes, taps, options: FitOptions) -> None:
+    """Re-split ``codes`` so that no near-duplicate group straddles train/val/test (``near_duplicates="group"``).
+
+    Each group's members get one shared key and :func:`featx.datasets.make_split` keeps equal keys together,
+    as it keeps byte-identical files; the split gets its own id (stored beside the plain one). Split folders the
+    user made are kept as they are (only a validation set carved from train/ can move). The byte-identical
+    leakage and label-conflict lists stay those of the plain split.
+    """
+    feats = codes.features
+    groups = near_duplicates(feats.matrix(taps), options.duplicate_threshold)
+    if not groups.groups:
+        return
+    labels = np.searchsorted(np.asarray(feats.class_names), codes.y) if feats.labels is None else feats.labels
+    s = options.split
+    made = make_split(groups.group_keys(feats.keys), labels, feats.given_splits, s.val_fraction, s.test_fraction,
+                      s.seed, store=feats.cache_file.parent if feats.cache_file else None,
+                      class_names=feats.class_names, paths=feats.paths)
+    codes.split, codes.split_id = made.assignment, made.id
 
 
 @dataclass
@@ -350,6 +385,8 @@ def fit_metrics(plan: FitPlan, design: Design, fitted: Fitted, evaluation: Evalu
         "label_conflicts": codes.split_report.label_conflicts,
         "validation": validation_figure(design, fitted, evaluation),
     }
+    if design.duplicates is not None:
+        metrics["near_duplicates"] = near_duplicate_metrics(plan, design, fitted, evaluation)
     if selection is not None:
         best = selection.table[selection.table["candidate"] == selection.best.name].iloc[0]
         metrics["cv"] = {"mean": float(best["cv_mean"]), "sd": float(best["cv_sd"]),
@@ -358,6 +395,81 @@ def fit_metrics(plan: FitPlan, design: Design, fitted: Fitted, evaluation: Evalu
                          "flip_scored": int(((selection.table["tta"] == "flip")
                                              & (selection.table["status"] == "done")).sum())}
     return metrics
+
+
+#: Straddling near-duplicate pairs fit-head lists in metrics.json and its console report at most.
+TOP_PAIRS = 10
+
+
+def near_duplicate_metrics(plan: FitPlan, design: Design, fitted: Fitted, evaluation: Evaluation) -> dict:
+    """``metrics.json``'s ``near_duplicates``: the groups that straddle the split, the held-out images with a
+    near-copy among the images the final model was fitted on (*leaked*), and the held-out accuracy without them.
+
+    The accuracy without the leaked images is the plain held-out accuracy over the other rows
+    (:func:`featx.stats.accuracy_summary`), so the two figures sit side by side on the same footing.
+    """
+    dup, split = design.duplicates, design.split
+    held = evaluation.split
+    leaked = dup.leaked(split, held_out=held, seen=fitted.fit_splits)
+    keep = ~leaked[split == held]
+    clean = accuracy_summary(evaluation.y[keep], evaluation.pred[keep]) if keep.any() else None
+    paths = [str(p) for p in np.asarray(design.codes.features.paths, dtype=object)[design.rows[0]]]
+    straddling = dup.straddling(split)
+    top = [[paths[a], str(split[a]), paths[b], str(split[b]), round(float(sim), 4)]
+           for (a, b), sim in zip(dup.pairs, dup.pair_similarity) if split[a] != split[b]][:TOP_PAIRS]
+    return {"mode": plan.options.near_duplicates, "threshold": dup.threshold,
+            "measure": "cosine similarity of L2-normalised codes (first backbone, its taps)",
+            "groups": len(dup.groups), "images_in_groups": int((dup.group_of >= 0).sum()),
+            "straddling_groups": len(straddling), f"leaked_{held}_images": int(leaked.sum()),
+            "leaked": [paths[i] for i in np.flatnonzero(leaked)],
+            f"{held}_accuracy": evaluation.summary["accuracy"],
+            f"{held}_accuracy_without_leaked": None if clean is None else clean["accuracy"],
+            f"{held}_without_leaked": None if clean is None else {k: v for k, v in clean.items() if k != "text"},
+            "top_pairs": top}
+
+
+def near_duplicate_text(metrics: dict) -> str:
+    """The console lines of ``metrics["near_duplicates"]`` (empty when the search was off)."""
+    nd = metrics.get("near_duplicates")
+    if not nd:
+        return ""
+    held = metrics["evaluated_on"]
+    lines = [f"near-duplicates (cosine >= {nd['threshold']:.2f}): {nd['groups']} group(s), "
+             f"{nd['straddling_groups']} straddle the split" + (" (kept together: --near-duplicates group)"
+                                                                 if nd["mode"] == "group" else "")]
+    if nd[f"leaked_{held}_images"]:
+        without = nd[f"{held}_accuracy_without_leaked"]
+        lines.append(f"  {nd[f'leaked_{held}_images']} {held} image(s) have a near-copy in the fitted images; "
+                     f"{held} accuracy {nd[f'{held}_accuracy']:.3f}, without them "
+                     + ("-" if without is None else f"{without:.3f} (n={nd[f'{held}_without_leaked']['n']})"))
+        for a, sa, b, sb, sim in nd["top_pairs"][:3]:
+            lines.append(f"  {a} ({sa}) ~ {b} ({sb}): {sim:.3f}")
+        lines.append("  keep groups on one side with --near-duplicates group; see them all with featx check")
+    return "\n".join(lines)
+
+
+def write_gallery(plan: FitPlan, design: Design, fitted: Fitted, evaluation: Evaluation, folder: Path,
+                  title: str) -> Path | None:
+    """``errors.json``, ``codes_map.png`` and ``gallery.html`` (:mod:`featx.gallery`) in the run's folder."""
+    if not plan.options.gallery or not len(evaluation.y):
+        return None
+    mask = design.split == evaluation.split
+    paths = np.asarray(design.codes.features.paths, dtype=object)[design.rows[0]]
+    probability = None
+    if hasattr(fitted.final, "predict_proba") and plan.options.tta != "views":
+        try:
+            proba = fitted.final.predict_proba(design.X[mask])
+            column = {c: i for i, c in enumerate(np.asarray(fitted.final.classes_).tolist())}
+            probability = proba[np.arange(len(proba)), [column[p] for p in evaluation.pred.tolist()]]
+        except (AttributeError, KeyError, ValueError):  # a head without calibrated probabilities
+            probability = None
+    errors = error_records(paths[mask], evaluation.y, evaluation.pred, probability)
+    marked = np.zeros(len(design.y), dtype=bool)
+    marked[np.flatnonzero(mask)[evaluation.y != evaluation.pred]] = True
+    codes = design.clean[design.names[0]]
+    map_png = plot_codes_map(codes, design.y, marked, folder / "codes_map.png", f"{title}: map of the codes",
+                             seed=plan.options.split.seed)
+    return write_run_gallery(folder, errors, map_png, title)
 
 
 def write_fit_outputs(plan: FitPlan, design: Design, fitted: Fitted, evaluation: Evaluation, metrics: dict,
@@ -377,6 +489,8 @@ def write_fit_outputs(plan: FitPlan, design: Design, fitted: Fitted, evaluation:
     outputs.plot_confusion(evaluation.y, evaluation.pred, design.codes.features.class_names,
                            f"{metrics['dataset']}: {metrics['backbone']}/{'+'.join(plan.taps)}/{plan.head} "
                            f"({evaluation.split})")
+    write_gallery(plan, design, fitted, evaluation, folder,
+                  f"{metrics['dataset']}: {metrics['backbone']}/{'+'.join(plan.taps)}/{plan.head} ({evaluation.split})")
     outputs.log_run(metrics, head=plan.label, output=bundle_path, extract_s=metrics["extract_seconds"],
                     fit_s=fitted.seconds)
     return bundle_path
@@ -417,6 +531,12 @@ def fit_head(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), head: str = 
         - ``recipe``: the dense head's settings, featx's measured defaults or the study's exactly.
         - ``views``: also train on that many cached augmented views of each training image (single heads
           only).
+        - ``near_duplicates``: ``report`` (default) finds near-duplicate groups (:mod:`featx.quality`, cosine
+          >= ``duplicate_threshold``) and records in ``metrics.json`` those straddling the split and the test
+          accuracy without the leaked test images; ``group`` also keeps each group on one side of the split
+          (a split of its own id); ``off`` skips the search.
+        - ``gallery`` (default True): ``errors.json``, ``codes_map.png`` and ``gallery.html`` (the misclassified
+          test images and a t-SNE map of the codes, :mod:`featx.gallery`).
 
     Returns
     -------
@@ -441,8 +561,9 @@ def fit_head(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), head: str = 
     outputs = RunOutputs(metrics["dataset"], "cached",
                          f"{metrics['backbone']}-{'+'.join(plan.taps)}-{plan.label}", out_dir, cache_dir)
     bundle_path = write_fit_outputs(plan, design, fitted, evaluation, metrics, outputs)
-    return RunResult(bundle_path, metrics, outputs.folder, fit_report_text(metrics, evaluation.summary,
-                                                                          fitted.selection), fitted.selection)
+    text = "\n".join(t for t in (fit_report_text(metrics, evaluation.summary, fitted.selection),
+                                  near_duplicate_text(metrics)) if t)
+    return RunResult(bundle_path, metrics, outputs.folder, text, fitted.selection)
 
 
 #: The former name of fit-head's result (now one type for every route).
