@@ -84,12 +84,12 @@ def backend() -> str:
 def _check_backend(name: str) -> None:
     """A one-line error for an unknown backend or one whose package is not installed."""
     if name not in BACKENDS:
-        raise FeatxError(f"KERAS_BACKEND={name}: featx runs on {', '.join(BACKENDS)}; set one of them",
+        raise FeatxError(f"featx runs on {', '.join(BACKENDS)}, not {name!r}; set KERAS_BACKEND to one of them",
                          param="KERAS_BACKEND")
     package = BACKEND_PACKAGES[name][0]
     if package_version(package) is None:
-        raise FeatxError(f"KERAS_BACKEND={name}: {package} is not installed; run: pip install {package} "
-                         "(or choose another backend with KERAS_BACKEND)", param="KERAS_BACKEND")
+        raise FeatxError(f"{name} is not installed; run: pip install {package} (or choose another backend "
+                         "with KERAS_BACKEND)", param="KERAS_BACKEND")
 
 
 @functools.cache
