@@ -110,11 +110,38 @@ def keras():
             import tensorflow as tf
 
             tf.config.list_physical_devices("GPU")  # triggers cuInit (and its error) now
-            tf.constant(0.0) + 1.0  # first op: device initialisation logs
         else:
             _tensorflow_left_alone()
-            _keras.ops.add(_keras.ops.convert_to_tensor(0.0), 1.0)  # first op: device initialisation logs
+        if os.environ.get("FEATX_TF32") != "1":
+            full_float32(name)
+        _keras.ops.add(_keras.ops.convert_to_tensor(0.0), 1.0)  # first op: device initialisation logs
     return _keras
+
+
+def full_float32(name: str) -> None:
+    """float32 means float32 on a GPU too: no TensorFloat-32 in convolutions and matrix products.
+
+    On Ampere and later GPUs each backend may compute float32 convolutions and products with 10-bit
+    mantissas (TF32): TensorFlow's ``enable_tensor_float_32_execution`` is on by default, PyTorch's cuDNN
+    ``allow_tf32`` is on, JAX's default matmul precision is not ``highest``.  Codes computed so differ from a
+    CPU's by about 1e-3, ten times featx's parity tolerance (``PARITY_ATOL``, 1e-4), and rows from a GPU
+    could not share a cache with rows from a CPU.  featx turns TF32 off on every backend; speed on a GPU is
+    the mixed-precision option's job (part of the cache key).  ``FEATX_TF32=1`` keeps each backend's default.
+    No effect on a CPU.
+    """
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_tensor_float_32_execution(False)
+    elif name == "jax":
+        import jax
+
+        jax.config.update("jax_default_matmul_precision", "highest")
+    elif name == "torch":
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
 
 
 def _tensorflow_left_alone() -> None:
