@@ -216,7 +216,7 @@ def devices() -> list[str]:
     if name == "jax":
         import jax
 
-        return [f"{'CPU' if d.platform == 'cpu' else 'GPU'}:{d.id} {d.platform} {getattr(d, 'device_kind', '')}".strip()
+        return [f"{'CPU' if d.platform == 'cpu' else 'GPU'}:{d.id} {getattr(d, 'device_kind', d.platform)}"
                 for d in jax.devices()]
     import torch
 
