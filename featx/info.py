@@ -98,9 +98,10 @@ def format_info(info: dict) -> str:
     rows.append(("CPU cores", str(info["cores"])))
     rows += [(f"engine {name}", text) for name, text in info["engines"].items()]
     cache = info["cache"]
-    rows.append(("cache", f"{cache['folder']} ({cache['configurations']} configurations)" if cache["exists"]
+    n, converted = cache["configurations"], cache["converted"]
+    rows.append(("cache", f"{cache['folder']} ({n} configuration{'' if n == 1 else 's'})" if cache["exists"]
                  else f"{cache['folder']} (not created yet)"))
-    rows.append(("converted models", f"{cache['converted_models']} ({cache['converted']} files)"))
+    rows.append(("converted models", f"{cache['converted_models']} ({converted} file{'' if converted == 1 else 's'})"))
     rows.append(("signing keys", info["home"]))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name.ljust(width)}  {value}".rstrip() for name, value in rows)
