@@ -100,9 +100,15 @@ class Backbone:
         return found[0]
 
     def weights_id(self, weights) -> str:
-        """Identifies the weights in cache keys: content hash of the file."""
+        """Identifies the weights in cache keys: content hash of the file.
+
+        Random weights (None) are seeded, but each Keras backend draws them with its own generator, so their
+        id names the backend (TensorFlow's keeps the id it always had): unlike trained weights, random
+        networks on two backends are different networks.
+        """
         if weights is None:
-            return "random-seed0"
+            name = _tf.backend()
+            return "random-seed0" if name == "tensorflow" else f"random-seed0-{name}"
         path = self.weights_file(weights)
         return "keras-imagenet" if path is None else _file_hash(path)
 

@@ -18,6 +18,7 @@ import featx.cli.demo as demo
 import featx.cli.extract as extract
 import featx.cli.finetune as finetune
 import featx.cli.fit_head as fit_head
+import featx.cli.info as info
 import featx.cli.peek as peek
 import featx.cli.predict as predict
 import featx.cli.report as report
@@ -29,7 +30,7 @@ from featx.errors import FeatxError
 
 #: The command modules, in the order ``featx --help`` lists them.
 COMMANDS = (backbones, peek, extract, cache_cmd, fit_head, check, predict, sweep, advise, finetune, baseline, report,
-            serve, demo)
+            serve, demo, info)
 
 DESCRIPTION = ("Transfer learning the CS231n way: run a pretrained CNN once over your images, cache its codes, train "
                "classical heads on them in seconds. Typical use: featx extract DATA, then featx fit-head DATA, then "

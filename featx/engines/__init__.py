@@ -9,7 +9,9 @@ Every local engine has one small interface::
 Inputs come from :func:`featx.preprocess.load_for_network`; normalisation is
 the engine's business.  :func:`make_engine` picks one: ``auto`` is LiteRT when
 it is installed and no GPU is visible (on a GPU, Keras with its
-mixed-precision option is faster).  Ray (:mod:`featx.engines.ray`) is not a
+mixed-precision option is faster).  On another Keras backend than
+TensorFlow (``KERAS_BACKEND=jax`` or ``torch``), ``auto`` uses LiteRT only
+when its conversion already exists: converting needs TensorFlow.  Ray (:mod:`featx.engines.ray`) is not a
 local engine but a scale-out runner built on these.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import sys
 
+from featx import _tf
 from featx.engines.keras import KerasEngine
 from featx.engines.litert import PARITY_ATOL, LiteRTEngine, is_converted, litert_available, load_or_convert
 from featx.errors import FeatxError
@@ -35,8 +38,6 @@ def uses_litert(engine: str = "auto", gpu: bool | None = None) -> bool:
     FeatxError
         Unknown engine, or ``litert`` asked for but not installed.
     """
-    from featx import _tf
-
     if engine not in ENGINES:
         raise FeatxError(f"expected one of {', '.join(ENGINES)}, got {engine!r}", param="engine")
     if engine == "litert" and not litert_available():
@@ -84,8 +85,10 @@ def make_engine(config, batch_size: int, engine: str = "auto", cache_dir=None, g
         engine = "keras"
     if not uses_litert(engine, gpu) or cache_dir is None:
         return KerasEngine(config, model)
-    if engine == "auto" and not convert and not is_converted(config, cache_dir):
-        return KerasEngine(config, model)
+    if not is_converted(config, cache_dir) and (not convert or _tf.backend() != "tensorflow"):
+        if engine == "auto":  # converting needs TensorFlow as the backend; another backend runs Keras itself
+            return KerasEngine(config, model)
+        _tf.require_tensorflow("converting a network for the LiteRT engine")
     warn = warn or (lambda msg: print(f"featx: warning: {msg}", file=sys.stderr))
     build = (lambda: model) if model is not None else config.feature_model
     return load_or_convert(config, batch_size, cache_dir, build,
