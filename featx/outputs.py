@@ -38,8 +38,12 @@ METRICS_SCHEMA = {
     "n": "{train, val, test}: images in each split",
     "accuracy": "{train, val, test}: float in [0, 1] or null (no image in that split)",
     "evaluated_on": "str: 'test', or 'val' when the split has no test image",
-    "<evaluated_on>": "{accuracy, correct, n, interval95, smallest_class, warning}: the held-out figure "
-                      "(featx.stats.accuracy_summary) -- absent when that split is empty",
+    "<evaluated_on>": "{accuracy, correct, n, interval95, smallest_class, classes_missing, warning}: the held-out "
+                      "figure (featx.stats.accuracy_summary; smallest_class counts every class of the model, 0 when "
+                      "one has no image there) -- absent when that split is empty",
+    "classes_not_evaluated": "list of str: classes of the model with no image in the evaluated split (no accuracy "
+                             "for them; the overall accuracy covers the other classes only); empty when every class "
+                             "was evaluated",
 }
 
 #: The documented route-specific keys (each route may write these beside METRICS_SCHEMA's).

@@ -315,7 +315,8 @@ def plot_summary(summary, path) -> Path:
             method = f"{r.backbone} {r.route}"
             err = None
             if r.test_low is not None and r.test_low == r.test_low:
-                err = [[value - r.test_low], [r.test_high - value]]
+                # never negative: the CSV's accuracy is rounded to 4 decimals, the interval is not
+                err = [[max(0.0, value - r.test_low)], [max(0.0, r.test_high - value)]]
             ax.barh(y, value, height=0.8, color=colours[method], xerr=err, capsize=2,
                     error_kw={"elinewidth": 0.8, "ecolor": "0.25"},
                     label=method if method not in labels else None)

@@ -51,7 +51,11 @@ def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]
     z2 = z * z
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At 0 or n correct the bound is exactly 0 or 1 (centre - half cancels); in floating point it came out
+    # as 0.9999999999999999 for 10/10, below the accuracy itself, and a plot's error bar went negative.
+    low = 0.0 if correct == 0 else min(p, max(0.0, centre - half))
+    high = 1.0 if correct == n else max(p, min(1.0, centre + half))
+    return low, high
 
 
 def small_test_warning(n: int, per_class_min: int | None = None) -> str | None:
@@ -79,26 +83,34 @@ def format_accuracy(correct: int, n: int) -> str:
     return f"{correct / n:.3f} [{low:.3f}, {high:.3f}] (n={n})"
 
 
-def accuracy_summary(y_true, y_pred) -> dict:
+def accuracy_summary(y_true, y_pred, classes=None) -> dict:
     """Accuracy with its 95% Wilson interval, test-set size and the small-test warning, as metrics save it.
 
     Parameters
     ----------
     y_true, y_pred : array-like, shape (n,)
         True and predicted labels (any comparable type: class names or indices).
+    classes : sequence, optional
+        Every class of the model.  The smallest class then counts each of them, 0 for a class with no
+        image here (which ``classes_missing`` names): without it a class absent from the test set was
+        invisible and the smallest class looked fine.
 
     Returns
     -------
     dict
         ``accuracy`` (float in [0, 1], None when n is 0), ``correct`` and ``n`` (int), ``interval95``
-        ([low, high]), ``smallest_class`` (images of the rarest true class), ``text`` (for the console) and
-        ``warning`` (str or None, :func:`small_test_warning`).
+        ([low, high]), ``smallest_class`` (images of the rarest class), ``classes_missing`` (list: the
+        classes with no image here), ``text`` (for the console) and ``warning`` (str or None,
+        :func:`small_test_warning`).
     """
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     n = int(len(y_true))
     correct = int((y_true == y_pred).sum())
     low, high = wilson_interval(correct, n)
-    per_class_min = int(np.unique(y_true, return_counts=True)[1].min()) if n else 0
+    present, counts = np.unique(y_true, return_counts=True) if n else (np.array([]), np.array([], dtype=int))
+    missing = [c for c in classes if c not in set(present.tolist())] if classes is not None else []
+    per_class_min = 0 if missing else (int(counts.min()) if n else 0)
     return {"accuracy": correct / n if n else None, "correct": correct, "n": n, "interval95": [low, high],
-            "smallest_class": per_class_min, "text": format_accuracy(correct, n),
-            "warning": small_test_warning(n, per_class_min)}
+            "smallest_class": per_class_min, "classes_missing": [c if isinstance(c, str) else c.item()
+                                                                 if hasattr(c, "item") else c for c in missing],
+            "text": format_accuracy(correct, n), "warning": small_test_warning(n, per_class_min)}

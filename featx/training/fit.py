@@ -20,7 +20,7 @@ import numpy as np
 from featx.backbones.registry import DEFAULT_BACKBONE
 from featx.bundle import Bundle, save_bundle
 from featx.cache import default_cache_dir
-from featx.datasets import SplitSpec
+from featx.datasets import Dataset, SplitSpec, discover
 from featx.errors import FeatxError
 from featx.heads import fit_with_copies
 from featx.outputs import RunOutputs, RunResult
@@ -179,6 +179,7 @@ class Design:
 def load_design(data, plan: FitPlan, cache_dir: Path) -> Design:
     """Each backbone's labelled codes (extracting what is missing), aligned on common rows, as one matrix."""
     o = plan.options
+    data = data if isinstance(data, Dataset) else discover(data)  # one scan for every backbone
     codes_list = [labelled_codes(data, b, plan.taps, o.pooling, o.dtype, o.weights, cache_dir, views=o.views,
                                  flip=plan.flip, split=o.split, **o.extract) for b in plan.backbones]
     rows = common_rows(codes_list)
@@ -297,7 +298,7 @@ def evaluate(plan: FitPlan, design: Design, fitted: Fitted) -> Evaluation:
                                    output_dict=True) if len(ye) else {}
     per_class = {c: {"precision": report[c]["precision"], "recall": report[c]["recall"],
                      "support": int(report[c]["support"])} for c in class_names} if report else {}
-    summary = accuracy_summary(ye, pred)
+    summary = accuracy_summary(ye, pred, classes=class_names)
     accuracy = {"train": accuracy_of(final, *design.part("train")), "val": fitted.val_acc,
                 "test": summary["accuracy"] if eval_split == "test" else None}
     if eval_split == "val":
@@ -328,6 +329,7 @@ def fit_metrics(plan: FitPlan, design: Design, fitted: Fitted, evaluation: Evalu
         "evaluated_on": evaluation.split,
         evaluation.split: {k: v for k, v in evaluation.summary.items() if k != "text"},
         "per_class": evaluation.per_class,
+        "classes_not_evaluated": evaluation.summary["classes_missing"],
         "fit_seconds": fitted.seconds,
         "extract_seconds": sum(c.extract_seconds for c in design.codes_list),
         "skipped_images": [[str(p), r] for c in design.codes_list for p, r in c.features.failures],
