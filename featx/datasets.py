@@ -390,24 +390,27 @@ def _log_left_out(dataset: Dataset) -> None:
 
 
 def from_paths(paths) -> Dataset:
-    """An unlabelled dataset from explicit files (folders are scanned).
+    """An unlabelled dataset from explicit files and folders: every image under each folder (:func:`scan`).
 
-    A file named explicitly is taken whatever its suffix: the decoder judges it by its bytes.
+    A file named explicitly is taken whatever its suffix: the decoder judges it by its bytes.  The folders
+    holding images are listed in ``folders`` (for messages), never used as labels.
     """
     out: list[Path] = []
     skipped: Counter = Counter()
     left_out: list = []
+    folders: set = set()
     for p in map(Path, paths):
         if p.is_dir():
-            sub = discover(p)
+            sub = scan(p, every_image=True)
             out += sub.paths
             skipped += sub.skipped
             left_out += sub.left_out
+            folders.update(sub.folders)
         else:
             out.append(p)
     if not out:
         raise FeatxError("no images given")
-    return Dataset(Path("."), out, None, [], None, skipped, left_out)
+    return Dataset(Path("."), out, None, [], None, skipped, left_out, sorted(folders))
 
 
 # ---- splits ---------------------------------------------------------------------------
