@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featx.atomic import write_text
 from featx.backbones.registry import DEFAULT_BACKBONE, get_backbone
 from featx.datasets import Dataset, SplitSpec, check_classes, discover
 from featx.errors import FeatxError
@@ -261,8 +262,8 @@ def write_advice(advice: Advice, out) -> None:
     """``advice.json`` and ``advice.txt`` in the folder ``out`` (created)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "advice.json").write_text(advice.to_json())
-    (out / "advice.txt").write_text(advice.text() + "\n")
+    write_text(out / "advice.json", advice.to_json())  # each whole or absent (featx.atomic)
+    write_text(out / "advice.txt", advice.text() + "\n")
 
 
 def advise(data, backbone=DEFAULT_BACKBONE, cache_dir=None, *, score: str = "logme", out=None, with_sweep=None,

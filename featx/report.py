@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from featx.atomic import whole, write_text
+from featx.names import unshown
 from featx.runs import RUN_COLUMNS, plot_curves, pyplot
 from featx.stats import SMALL_TEST_IMAGES, format_accuracy, wilson_interval
 
@@ -244,14 +246,16 @@ def write_report(runs_csv, out_dir, html: bool = False) -> dict:
              "|" + "---|" * (len(columns) + 3)]
     for label, split, sizes, cells in rows:
         lines.append("| " + " | ".join([label, split, sizes or "-", *(cells.get(c, "") for c in columns)]) + " |")
-    (out_dir / "summary.md").write_text("\n".join(lines) + "\n\n" + NOTE + "\n")
-    summary.to_csv(out_dir / "summary.csv", index=False, float_format="%.4f")
-    chart = plot_summary(summary, out_dir / "summary.png")
+    write_text(out_dir / "summary.md", "\n".join(lines) + "\n\n" + NOTE + "\n")  # each file whole or absent
+    with whole(out_dir / "summary.csv") as tmp:
+        summary.to_csv(tmp, index=False, float_format="%.4f")
+    with whole(out_dir / "summary.png") as tmp:
+        plot_summary(summary, tmp)
+    chart = out_dir / "summary.png"
     curves = _learning_curves(runs, out_dir)
     page = None
     if html:
-        page = out_dir / "report.html"
-        page.write_text(render_html(runs_csv, runs, summary, chart, curves), encoding="utf-8")
+        page = write_text(out_dir / "report.html", render_html(runs_csv, runs, summary, chart, curves))
     return {"markdown": out_dir / "summary.md", "csv": out_dir / "summary.csv", "chart": chart, "html": page,
             "curves": sorted(set(curves.values())), "table": summary}
 
@@ -269,7 +273,7 @@ def _learning_curves(runs, out_dir: Path) -> dict:
     for i, run in runs.drop_duplicates("output", keep="last").iterrows():
         if not isinstance(run["output"], str) or not run["output"]:
             continue
-        history = Path(run["output"]).parent / "history.csv"
+        history = Path(unshown(run["output"])).parent / "history.csv"  # the runs log shows names (featx.names)
         if not history.is_file() or not history.stat().st_size:
             continue
         frame = pd.read_csv(history)
@@ -409,7 +413,7 @@ def render_html(runs_csv, runs, summary, chart: Path, curves: dict) -> str:
                    "reused are left out here (they still count in the summary).</p>")
     for i, run in runs[~superseded].iterrows():
         output = run["output"] if isinstance(run["output"], str) else ""
-        folder = Path(output).parent if output else None
+        folder = Path(unshown(output)).parent if output else None
         confusion = folder / "confusion.png" if folder is not None else None
         title = f"{run['dataset']}: {run['backbone']} {run['route']}, {run['head']}"
         out.append(f'<section class="run" id="run-{i + 1}"><h3>{e(title)}</h3>')

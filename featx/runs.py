@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from featx.names import shown
+
 RUN_COLUMNS = [
     "time", "dataset", "route", "backbone", "taps", "head", "split_id", "n_train", "n_val", "n_test",
     "train_acc", "val_acc", "test_acc", "extract_s", "fit_s", "output",
@@ -49,7 +51,7 @@ def append_run(path: str | Path, row: dict) -> None:
         writer = csv.DictWriter(f, fieldnames=RUN_COLUMNS)
         if f.tell() == 0:
             writer.writeheader()
-        writer.writerow({k: _fmt(row.get(k)) for k in RUN_COLUMNS})
+        writer.writerow({k: shown(_fmt(row.get(k))) for k in RUN_COLUMNS})  # any name as text (featx.names)
 
 
 def _fmt(v):
@@ -75,11 +77,13 @@ def plot_confusion(y_true, y_pred, class_names, path, title: str) -> Path:
     from sklearn.metrics import ConfusionMatrixDisplay
 
     plt = pyplot()
+    y_true, y_pred = [shown(c) for c in y_true], [shown(c) for c in y_pred]  # any folder name as text
+    class_names = [shown(c) for c in class_names]
     n = len(class_names)
     fig, ax = plt.subplots(figsize=(max(5.5, 0.6 * n + 2), max(4.5, 0.6 * n + 1.5)))
     ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=class_names, ax=ax, colorbar=False,
                                             xticks_rotation=45 if n > 4 else "horizontal")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(shown(title), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -97,7 +101,7 @@ def plot_sweep(table, path, title: str) -> Path:
     ax.set_xticks(x, [f"{t}\n(/{s})" for t, s in zip(table["tap"], table["stride"])])
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
-    ax.set_title(title)
+    ax.set_title(shown(title))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

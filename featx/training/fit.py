@@ -348,21 +348,26 @@ def fit_metrics(plan: FitPlan, design: Design, fitted: Fitted, evaluation: Evalu
 
 def write_fit_outputs(plan: FitPlan, design: Design, fitted: Fitted, evaluation: Evaluation, metrics: dict,
                       outputs: RunOutputs) -> Path:
-    """The bundle, metrics.json, selection.csv (auto), confusion.png and the runs-log row; returns the bundle."""
+    """The bundle, selection.csv (auto), confusion.png and metrics.json, which appear together or not at all
+    (:class:`featx.atomic.Together`: a failed plot leaves no finished-looking bundle), then the runs-log row;
+    returns the bundle."""
     o = plan.options
-    folder = outputs.prepare()
     extractors = [{"backbone": b, "weights": None if o.weights is None else str(o.weights),
                    "weights_id": c.features.config["weights"], "taps": plan.taps, "pooling": o.pooling,
                    "dtype": o.dtype} for b, c in zip(plan.backbones, design.codes_list)]
-    bundle_path = save_bundle(Bundle(fitted.final, extractors[0], list(design.codes.features.class_names),
-                                     design.codes.split_id, metrics, extractors=extractors, layout=design.layout),
-                              folder / "model.featx")
-    outputs.write_metrics(metrics)
-    if fitted.selection is not None:
-        fitted.selection.table.to_csv(folder / "selection.csv", index=False, float_format="%.4f")
-    outputs.plot_confusion(evaluation.y, evaluation.pred, design.codes.features.class_names,
-                           f"{metrics['dataset']}: {metrics['backbone']}/{'+'.join(plan.taps)}/{plan.head} "
-                           f"({evaluation.split})")
+    staged, together = outputs.together()
+    with together:
+        with staged.file("model.featx") as tmp:
+            save_bundle(Bundle(fitted.final, extractors[0], list(design.codes.features.class_names),
+                               design.codes.split_id, metrics, extractors=extractors, layout=design.layout), tmp)
+        if fitted.selection is not None:
+            with staged.file("selection.csv") as tmp:
+                fitted.selection.table.to_csv(tmp, index=False, float_format="%.4f")
+        staged.plot_confusion(evaluation.y, evaluation.pred, design.codes.features.class_names,
+                              f"{metrics['dataset']}: {metrics['backbone']}/{'+'.join(plan.taps)}/{plan.head} "
+                              f"({evaluation.split})")
+        staged.write_metrics(metrics)  # last: a folder with metrics.json holds everything
+    bundle_path = outputs.folder / "model.featx"
     outputs.log_run(metrics, head=plan.label, output=bundle_path, extract_s=metrics["extract_seconds"],
                     fit_s=fitted.seconds)
     return bundle_path

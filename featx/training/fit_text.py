@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from featx.names import shown
+
 
 def flip_not_used(m: dict) -> str:
     """Why a search offered flip TTA chose a head without it: outscored, or never scored (budget)."""
@@ -51,7 +53,7 @@ def per_class_lines(m: dict) -> list[str]:
         return []
     lines = [f"  {'per class (' + m['evaluated_on'] + ')':<24} {'precision':>9} {'recall':>7} {'support':>8}"]
     for c, r in m["per_class"].items():
-        lines.append(f"  {c[:24]:<24} {r['precision']:9.3f} {r['recall']:7.3f} {r['support']:8d}")
+        lines.append(f"  {shown(c)[:24]:<24} {r['precision']:9.3f} {r['recall']:7.3f} {r['support']:8d}")
     return lines
 
 
