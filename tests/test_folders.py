@@ -133,3 +133,171 @@ def test_a_class_missing_from_the_held_out_folder_is_a_warning_and_recorded(tmp_
     assert metrics["classes_not_evaluated"] == ["bees"]
     assert metrics["test"]["smallest_class"] == 0 and metrics["test"]["classes_missing"] == ["bees"]
     assert "smallest class 0" in out and "no test image of class(es) 'bees'" in out, out
+
+
+# ---- 3, 4, 5: predict on any folder; any name through every output; whole outputs; no traceback ----------
+
+LATIN1_CLASS = os.fsdecode(b"gr\xfcn")  # a Latin-1 folder name: not UTF-8, a lone surrogate in Python
+
+
+def put(path, rgb):
+    """Write an image by its bytes (cv2.imwrite crashes the process on a non-UTF-8 name)."""
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(cv2.imencode(".png", rgb[:, :, ::-1].copy())[1].tobytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def latin1(tmp_path_factory):
+    """Two classes, one of them a Latin-1 folder of Latin-1 file names, fitted once through the CLI."""
+    root = tmp_path_factory.mktemp("latin1")
+    data = root / "data"
+    for c, name in enumerate(("red", LATIN1_CLASS)):
+        for i in range(4):
+            put(data / name / os.fsdecode(b"caf\xe9 %d.png" % i), tinted(40 + 10 * c + i, 2 * c, size=(24, 28)))
+    code = main(["fit-head", str(data), "--cache", str(root / "cache"), "--out", str(root / "out"),
+                 "--engine", "keras", "--val-fraction", "0.25", "--test-fraction", "0.25"])
+    return root, data, code
+
+
+def test_fit_head_on_latin1_names_writes_every_output(latin1, capsys):
+    """*Why*: fit-head died in matplotlib after writing model.featx and metrics.json."""
+    root, data, code = latin1
+    assert code == 0
+    assert {p.name for p in (root / "out").iterdir()} == {"model.featx", "metrics.json", "confusion.png"}
+    metrics = json.loads((root / "out" / "metrics.json").read_text())
+    assert set(metrics["per_class"]) == {"red", LATIN1_CLASS}  # JSON keeps the name itself (\udcfc escapes)
+    import pandas as pd
+
+    runs = pd.read_csv(root / "cache" / "runs.csv", encoding="utf-8")
+    assert runs["output"].iloc[-1] == str(root / "out" / "model.featx")
+
+
+def test_predict_and_export_write_latin1_names_readably_and_read_back_to_the_same_file(latin1, tmp_path, capsys):
+    """*Why*: predict died with UnicodeEncodeError (pandas); cache export --data left an .npy without metadata."""
+    import pandas as pd
+
+    from featx.names import unshown
+
+    root, data, _ = latin1
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(root / "out" / "model.featx"), str(data), "--cache", str(root / "cache"),
+                 "--out", str(out)]) == 0
+    table = pd.read_csv(out, encoding="utf-8")
+    files = [unshown(f) for f in table["file"]]
+    assert sorted(files) == sorted(str(p) for p in data.rglob("*.png")) and all(os.path.isfile(f) for f in files)
+    assert "p_gr\\xfcn" in table.columns and set(table["true_label"]) == {"red", "gr\\xfcn"}
+    (cache,) = (root / "cache").glob("mobilenet_v2-*")
+    for fmt in ("npy", "parquet"):
+        assert main(["cache", "export", str(cache), "--data", str(data), "--out", str(tmp_path / fmt),
+                     "--format", fmt]) == 0
+        meta = pd.read_parquet(next((tmp_path / fmt).rglob("*.parquet")))
+        assert sorted(unshown(p) for p in meta["path"]) == sorted(files)
+    capsys.readouterr()
+
+
+def test_predict_takes_every_image_under_any_folder(latin1, tmp_path, capsys):
+    """*Why*: new_photos/ with 8 photos and rejected/ with 2 gave "2 predictions written"."""
+    root, data, _ = latin1
+    new = tmp_path / "new_photos"
+    for i in range(8):
+        put(new / f"{i}.png", tinted(900 + i, i % 3, size=(24, 28)))
+    for i in range(2):
+        put(new / "rejected" / f"r{i}.png", tinted(950 + i, 0, size=(24, 28)))
+    assert main(["predict", str(root / "out" / "model.featx"), str(new), "--cache", str(root / "cache")]) == 0
+    out, err = capsys.readouterr()
+    rows = [line for line in out.splitlines() if line.endswith(".png") or ".png," in line]
+    assert len(rows) == 10 and "true_label" not in out and "accuracy" not in out, out
+    assert "folder names (rejected) are not read as labels" in err, err
+
+
+def test_a_failed_fit_head_leaves_no_finished_looking_files_and_no_traceback(latin1, tmp_path, capsys, monkeypatch):
+    import featx.outputs
+
+    root, data, _ = latin1
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the plot could not be drawn")
+
+    monkeypatch.setattr(featx.outputs, "plot_confusion", broken)
+    out = tmp_path / "out"
+    code = main(["fit-head", str(data), "--cache", str(root / "cache"), "--out", str(out), "--engine", "keras",
+                 "--val-fraction", "0.25", "--test-fraction", "0.25"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and "Traceback" not in "\n".join(err)
+    assert err[-1] == ("featx: error: fit-head: unexpected RuntimeError in outputs.plot_confusion: the plot could not "
+                       "be drawn; rerun with --debug (or FEATX_DEBUG=1) for the traceback"), err
+    assert list(out.iterdir()) == []  # no model.featx, no metrics.json, no temporary file
+
+
+def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    import featx.report
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("column")
+
+    monkeypatch.setattr(featx.report, "write_report", broken)
+    (tmp_path / "runs.csv").write_text("time,dataset\n")
+    argv = ["report", "--runs", str(tmp_path / "runs.csv"), "--out", str(tmp_path / "r")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err == ("featx: error: report: unexpected RuntimeError in report.run: column; rerun with --debug (or "
+                   "FEATX_DEBUG=1) for the traceback\n"), err
+    for how in ("flag", "env"):
+        if how == "env":
+            monkeypatch.setenv("FEATX_DEBUG", "1")
+        assert main(argv + ["--debug"] if how == "flag" else argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("Traceback (most recent call last):") and "RuntimeError: column" in err, err
+        assert err.splitlines()[-1] == "featx: error: report: unexpected RuntimeError in report.run: column"
+
+
+def test_names_escape_is_visible_and_reversible():
+    from hypothesis import given, settings, strategies as st
+
+    from featx.names import shown, unshown
+
+    assert shown(os.fsdecode(b"caf\xe9.jpg")) == "caf\\xe9.jpg" and shown("C:\\data\\x.jpg") == "C:\\data\\x.jpg"
+    assert shown("caf\u00e9.jpg") == "caf\u00e9.jpg"  # valid UTF-8 is unchanged
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=12).map(os.fsdecode) | st.text(alphabet="\\x8f0a\udce9é", max_size=10))
+    def roundtrip(name):
+        text = shown(name)
+        text.encode("utf-8")  # always writable as text
+        assert unshown(text) == name
+
+    roundtrip()
+
+
+# ---- 7. report with a perfect and a zero score ------------------------------------------------------------
+
+def test_report_renders_table_chart_and_html_with_a_1000_and_a_0000_run(tmp_path, capsys):
+    """*Why*: one run at 1.000 made report fail ('xerr' must not contain negative values): 10/10 gave an upper
+    Wilson bound of 0.9999999999999999, below the accuracy."""
+    import csv
+
+    from featx.runs import RUN_COLUMNS
+    from featx.stats import wilson_interval
+
+    assert wilson_interval(10, 10)[1] == 1.0 and wilson_interval(0, 10)[0] == 0.0
+    for correct, n in ((10, 10), (0, 10), (7, 9), (1, 3), (49, 49)):
+        low, high = wilson_interval(correct, n)
+        assert 0.0 <= low <= correct / n <= high <= 1.0
+    runs = tmp_path / "runs.csv"
+    with open(runs, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=RUN_COLUMNS)
+        w.writeheader()
+        for dataset, acc in (("butterflies", 1.0), ("moths", 0.0)):
+            w.writerow({"time": "2026-01-01 00:00:00", "dataset": dataset, "route": "cached",
+                        "backbone": "mobilenet_v2", "taps": "pre_logits", "head": "logistic", "split_id": dataset[:6],
+                        "n_train": 30, "n_val": 10, "n_test": 10, "train_acc": acc, "val_acc": acc, "test_acc": acc,
+                        "extract_s": 1.0, "fit_s": 0.5, "output": ""})
+    assert main(["report", "--runs", str(runs), "--out", str(tmp_path / "rep"), "--html"]) == 0
+    out = capsys.readouterr().out
+    assert "1.000 [0.722, 1.000]" in out and "0.000 [0.000, 0.278]" in out, out
+    for name in ("summary.md", "summary.csv", "summary.png", "report.html"):
+        assert (tmp_path / "rep" / name).stat().st_size > 100
+    assert "butterflies" in (tmp_path / "rep" / "report.html").read_text(encoding="utf-8")
