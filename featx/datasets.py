@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featx.names import shown
 from featx.errors import FeatxError
 from featx.images import FORMAT_NAMES, IMAGE_SUFFIXES, is_image_path, why_not_a_file
 
@@ -357,11 +358,11 @@ def check_classes(dataset: Dataset) -> list[str]:
             continue
         where = sorted(s for s, counts in by_split.items() if name in counts)
         near = [t for t in sorted(train) if _fold(t) == _fold(name)]
-        hint = (f"; did you mean {near[0]!r}? (the names differ only in letter case or Unicode form: rename one "
+        hint = (f"; did you mean '{shown(near[0])}'? (the names differ only in letter case or Unicode form: rename one "
                 "folder so both are spelt the same)" if near else
-                f"; add its training images under train/{name}/, or move the folder out of the dataset")
+                f"; add its training images under train/{shown(name)}/, or move the folder out of the dataset")
         n = sum(by_split[s][name] for s in where)
-        raise FeatxError(f"{_class_folder(dataset, label, where[0])}: class {name!r} has no training image "
+        raise FeatxError(f"{_class_folder(dataset, label, where[0])}: class '{shown(name)}' has no training image "
                          f"(its {n} image(s) are in {' and '.join(s + '/' for s in where)} only){hint}")
     held_out = {"test": "test set", "val": "validation set" if "test" in by_split else
                 "held-out set (val/ is the test set when there is no test/)"}
@@ -374,7 +375,7 @@ def check_classes(dataset: Dataset) -> list[str]:
                 meaning = ("no accuracy for it; the overall accuracy covers the other classes only"
                            if held_out[split] != "validation set" else
                            "the head's settings are chosen without it")
-                warnings.append(f"class {name!r} has no image in the {held_out[split]} ({split}/): {meaning}")
+                warnings.append(f"class '{shown(name)}' has no image in the {held_out[split]} ({split}/): {meaning}")
     return warnings
 
 

@@ -42,7 +42,7 @@ def accuracy_lines(m: dict, summary: dict) -> list[str]:
            and m["evaluated_on"] == "test" and not ("cv" in m and m["refit"]) else "")
         + (f"  cv {m['cv']['mean']:.3f} ± {m['cv']['sd']:.3f} (3-fold, {m['cv']['rows']} train+val images)"
            if "cv" in m else ""),
-    ] + ([f"warning: no {m['evaluated_on']} image of class(es) {', '.join(map(repr, m['classes_not_evaluated']))}: "
+    ] + ([f"warning: no {m['evaluated_on']} image of class(es) {', '.join(repr(shown(c)) for c in m['classes_not_evaluated'])}: "
           f"no accuracy for them; the {m['evaluated_on']} accuracy covers the other classes only"]
          if m.get("classes_not_evaluated") else [])
 
