@@ -42,9 +42,16 @@ def accuracy_lines(m: dict, summary: dict) -> list[str]:
            and m["evaluated_on"] == "test" and not ("cv" in m and m["refit"]) else "")
         + (f"  cv {m['cv']['mean']:.3f} ± {m['cv']['sd']:.3f} (3-fold, {m['cv']['rows']} train+val images)"
            if "cv" in m else ""),
-    ] + ([f"warning: no {m['evaluated_on']} image of class(es) {', '.join(repr(shown(c)) for c in m['classes_not_evaluated'])}: "
-          f"no accuracy for them; the {m['evaluated_on']} accuracy covers the other classes only"]
-         if m.get("classes_not_evaluated") else [])
+    ] + missing_class_lines(m)
+
+
+def missing_class_lines(m: dict) -> list[str]:
+    """A warning naming the classes with no image in the evaluated split (their names escaped: featx.names)."""
+    if not m.get("classes_not_evaluated"):
+        return []
+    names = ", ".join(f"'{shown(c)}'" for c in m["classes_not_evaluated"])
+    return [f"warning: no {m['evaluated_on']} image of class(es) {names}: no accuracy for them; the "
+            f"{m['evaluated_on']} accuracy covers the other classes only"]
 
 
 def per_class_lines(m: dict) -> list[str]:
