@@ -364,8 +364,8 @@ def check_classes(dataset: Dataset) -> list[str]:
         n = sum(by_split[s][name] for s in where)
         raise FeatxError(f"{_class_folder(dataset, label, where[0])}: class '{shown(name)}' has no training image "
                          f"(its {n} image(s) are in {' and '.join(s + '/' for s in where)} only){hint}")
-    held_out = {"test": "test set", "val": "validation set" if "test" in by_split else
-                "held-out set (val/ is the test set when there is no test/)"}
+    held_out = {"test": "test set (test/)", "val": "validation set (val/)" if "test" in by_split else
+                "held-out set (val/, the test set when there is no test/)"}
     warnings = []
     for split in ("val", "test"):
         if split not in by_split:
@@ -373,9 +373,9 @@ def check_classes(dataset: Dataset) -> list[str]:
         for name in dataset.class_names:
             if name not in by_split[split]:
                 meaning = ("no accuracy for it; the overall accuracy covers the other classes only"
-                           if held_out[split] != "validation set" else
+                           if not held_out[split].startswith("validation") else
                            "the head's settings are chosen without it")
-                warnings.append(f"class '{shown(name)}' has no image in the {held_out[split]} ({split}/): {meaning}")
+                warnings.append(f"class '{shown(name)}' has no image in the {held_out[split]}: {meaning}")
     return warnings
 
 

@@ -122,7 +122,7 @@ def test_a_class_with_no_training_image_is_an_error_with_did_you_mean(tmp_path, 
 def test_a_class_missing_from_the_held_out_folder_is_a_warning(tmp_path):
     root = split_tree(tmp_path / "d", ["ants"])
     assert check_classes(discover(root)) == [
-        "class 'bees' has no image in the held-out set (val/ is the test set when there is no test/) (val/): "
+        "class 'bees' has no image in the held-out set (val/, the test set when there is no test/): "
         "no accuracy for it; the overall accuracy covers the other classes only"]
     (root / "test" / "bees").mkdir(parents=True)
     photos(root / "test" / "bees", ["x.jpg"], seed=77)
