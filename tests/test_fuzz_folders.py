@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 
 from folder_trees import build, check_scan, trees
 from featx.cli import main
@@ -48,15 +48,18 @@ def run_commands(steps, cache: Path) -> list[tuple[str, int, str]]:
                     ["fit-head", str(data), "--cache", str(cache), "--out", str(out), "--engine", "keras",
                      "--val-fraction", "0", "--test-fraction", "0.3", "--head", "knn"],
                     ["predict", str(out / "model.featx"), str(data), "--cache", str(cache), "--engine", "keras"]]
-        caches = sorted(cache.glob("mobilenet_v2-*"))
-        for argv in commands + ([["cache", "export", str(caches[0]), "--data", str(data), "--out",
-                                  str(Path(tmp) / "export")]] if caches else []):
+        for argv in commands + [["cache", "export", None, "--data", str(data), "--out", str(Path(tmp) / "export")]]:
             if argv[0] == "predict" and not (out / "model.featx").exists():
                 continue
+            if argv[0] == "cache":  # the cache folder extract made (none when it found no image)
+                caches = sorted(cache.glob("mobilenet_v2-*"))
+                if not caches:
+                    continue
+                argv[2] = str(caches[0])
             err = io.StringIO()
             with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
                 status = main(argv)
-            done.append((argv[0], status, err.getvalue()))
+            done.append((argv[0] if argv[0] != "cache" else "cache export", status, err.getvalue()))
     return done
 
 
@@ -68,8 +71,17 @@ def check_commands(done) -> None:
         assert (status == 2) == bool(errors) and len(errors) <= 1, f"{command} exited {status}: {err}"
 
 
+#: One tree that always runs every command to the end (random trees may stop at "no images"): two classes, one of
+#: them a Latin-1 name, a loose image, a link back up, a copy under the other label, a non-image named .jpg.
+WHOLE_RUN = [("image", ("cat", f"img{i}.png"), i) for i in range(3)] + \
+    [("image", (os.fsdecode(b"gr\xfcn"), os.fsdecode(b"caf\xe9%d.jpg" % i)), 3 + i) for i in range(3)] + \
+    [("image", ("loose.png",), 1), ("cycle", ("cat", "loop"), 1), ("copy", ("cat", "copy.png"), ("cat", "img0.png")),
+     ("text", ("cat", "broken.jpg"), "not an image")]
+
+
 @settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
           database=None)
+@example(WHOLE_RUN)
 @given(trees(max_images=10))
 def test_extract_fit_predict_export_on_random_trees_never_trace_back(steps):
     cache = Path(tempfile.mkdtemp(prefix="featx-fuzz-cache-"))

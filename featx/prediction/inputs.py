@@ -8,6 +8,7 @@ import numpy as np
 
 from featx.datasets import Dataset, from_paths, scan
 from featx.errors import FeatxError
+from featx.names import shown
 
 
 def prediction_dataset(images) -> Dataset:
@@ -38,7 +39,7 @@ def folder_notes(dataset: Dataset) -> list[str]:
     """A line for stderr when folders hold images but are not read as labels (some images lie outside them)."""
     if dataset.labels is not None or not dataset.folders:
         return []
-    names = ", ".join(dataset.folders[:5]) + (" ..." if len(dataset.folders) > 5 else "")
+    names = ", ".join(shown(f) for f in dataset.folders[:5]) + (" ..." if len(dataset.folders) > 5 else "")
     return [f"every image under the folder is predicted, but not every one lies in a class folder: the folder "
             f"names ({names}) are not read as labels and no accuracy is computed"]
 
