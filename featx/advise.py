@@ -33,14 +33,16 @@ The ImageNet classifier's confidence is reported as context only.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from featx.atomic import write_text
 from featx.backbones.registry import DEFAULT_BACKBONE, get_backbone
-from featx.datasets import Dataset, SplitSpec, discover
+from featx.datasets import Dataset, SplitSpec, check_classes, discover
 from featx.errors import FeatxError
 from featx.extract import load_features
 from featx.heads import Head
@@ -275,8 +277,8 @@ def write_advice(advice: Advice, out) -> None:
     """``advice.json`` and ``advice.txt`` in the folder ``out`` (created)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "advice.json").write_text(advice.to_json())
-    (out / "advice.txt").write_text(advice.text() + "\n")
+    write_text(out / "advice.json", advice.to_json())  # each whole or absent (featx.atomic)
+    write_text(out / "advice.txt", advice.text() + "\n")
 
 
 def advise(data, backbone=DEFAULT_BACKBONE, cache_dir=None, *, score: str = "logme", out=None, with_sweep=None,
@@ -318,6 +320,8 @@ def advise(data, backbone=DEFAULT_BACKBONE, cache_dir=None, *, score: str = "log
     dataset = data if isinstance(data, Dataset) else discover(data)
     if not dataset.labelled or len(dataset.class_names) < 2:
         raise FeatxError(f"{dataset.root}: advise needs a labelled dataset with at least 2 class folders")
+    for line in check_classes(dataset):
+        print(f"featx: warning: {line}", file=sys.stderr)
     counts = np.bincount(dataset.labels, minlength=len(dataset.class_names))
     large = bool(np.median(counts) >= rules.large_per_class)
     blocks, y = scored_blocks(dataset, backbones, rules, cache_dir, split, options)

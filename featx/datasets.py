@@ -1,19 +1,26 @@
 """Find the images of a dataset folder, their labels and any given splits; split them.
 
-Three layouts are understood:
+One scan (:func:`scan`) describes a folder once: its images, each image's label, its split folder, and
+every file or folder left out with its reason.  Three layouts are understood:
 
 * ``DATA/<class>/...images``: labels are the sorted folder names;
-* ``DATA/{train,val|validate|validation,test}/<class>/...``: splits given by the folders (recognised
-  only when ``train/`` itself holds class folders, so a class may be called ``train``);
+* ``DATA/{train,val|valid|validation|validate|dev,test}/<class>/...`` (split folder names in any letter
+  case): splits given by the folders (recognised only when ``train/`` itself holds class folders, so a
+  class may be called ``train``); any other folder beside them is left out and named on stderr;
 * ``DATA/...images`` with no class folders: unlabelled (for prediction).
+
+Every image is counted once, under its own label.  An image's label is the name of the class folder it
+physically lies in (at any depth below it) and nothing else.  Folders are walked without following links:
+a link to a file or folder inside the dataset is left out (what it points to is counted where it lies);
+a link leading out of the dataset's folder is left out; a link to a folder that holds it is a cycle, at
+any depth.  Two names of one file (hard links: the same ``(st_dev, st_ino)``) count once.
 
 A class folder is a folder that holds at least one image: an empty folder, or one like
 ``__MACOSX/`` that holds only hidden files, is left out and named, never a class with 0 images.
 Class names are compared after NFC Unicode normalisation (no case folding): two sibling folders
 whose names differ only in normalisation are an error naming both.  Hidden files, files that
 are not images (by suffix: :data:`featx.images.FORMATS`) and the like are left out, counted in
-``Dataset.skipped`` and named in ``Dataset.left_out``; symbolic links are followed, but a link
-that leads back into a folder being walked (a cycle) is not.
+``Dataset.skipped`` and named in ``Dataset.left_out``.
 
 Splits (:func:`make_split`) are a pure function of the dataset's content, stored under the
 cache folder: byte-identical files form one group that never straddles train/val/test.
@@ -33,10 +40,14 @@ from pathlib import Path
 
 import numpy as np
 
+from featx.names import shown
 from featx.errors import FeatxError
 from featx.images import FORMAT_NAMES, IMAGE_SUFFIXES, is_image_path, why_not_a_file
 
-SPLIT_FOLDERS = {"train": "train", "val": "val", "validate": "val", "validation": "val", "test": "test"}
+#: Split folder names (compared in lower case) -> the split they give.  ``valid`` is Roboflow's spelling,
+#: ``dev`` the NLP habit; every spelling of validation is a validation folder.
+SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validate": "val", "validation": "val",
+                 "dev": "val", "test": "test"}
 
 log = logging.getLogger("featx")
 
@@ -50,6 +61,7 @@ class Dataset:
     splits: np.ndarray | None = None  # the split FOLDER ('train' / 'val' / 'test') per image, when given
     skipped: Counter = field(default_factory=Counter)  # reason -> count of what the walk left out
     left_out: list = field(default_factory=list)  # (path, reason) for every file or folder left out
+    folders: list = field(default_factory=list)  # names of the folders holding images (reported when unlabelled)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -68,8 +80,30 @@ class Dataset:
         """Folders left out because they hold no image (they are not classes)."""
         return [str(p) for p, why in self.left_out if why == NO_IMAGES]
 
+    def classes_by_split(self) -> dict:
+        """split folder ('train' / 'val' / 'test') -> {class name: images}, when the folders give splits."""
+        if self.splits is None or self.labels is None:
+            return {}
+        out: dict = {}
+        for split, label in zip(self.splits.tolist(), self.labels.tolist()):
+            counts = out.setdefault(split, Counter())
+            counts[self.class_names[label]] += 1
+        return out
+
 
 NO_IMAGES = "folder with no images (not a class)"
+OUTSIDE_SPLITS = "folder outside train/val/test"
+LINK_OUT = "link leading out of the dataset's folder (not followed)"
+CYCLE = "symlink cycle"  # a link to a folder that holds it (at any depth)
+LINK_INSIDE = "link inside the dataset"  # what skipped counts for a link to a file or folder under the root
+
+
+def _link_inside(target: str) -> str:
+    return f"link to {target} inside the dataset (counted where it lies, under its own folder)"
+
+
+def _same_file(first: Path) -> str:
+    return f"the same file as {first} (a hard link; counted once)"
 
 
 class _Walk:
@@ -79,88 +113,187 @@ class _Walk:
         self.skipped: Counter = Counter()
         self.left_out: list[tuple[Path, str]] = []
 
-    def leave(self, path: Path, reason: str) -> None:
-        self.skipped[reason] += 1
+    def leave(self, path: Path, reason: str, kind: str | None = None) -> None:
+        """Name ``path`` as left out for ``reason``; ``kind`` (default: the reason) is what ``skipped`` counts."""
+        self.skipped[kind or reason] += 1
         self.left_out.append((path, reason))
 
 
-def _walk_images(folder: Path, walk: _Walk) -> list[Path]:
-    found, seen = [], set()
+def _inside(real: str, real_root: str) -> bool:
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+def _dir_link_reason(full: str, real_root: str, real_parent: str) -> str:
+    real = os.path.realpath(full)
+    if not os.path.isdir(real):
+        return why_not_a_file(full) or "not a folder"
+    if not _inside(real, real_root):
+        return LINK_OUT
+    if _inside(real_parent, real):  # the link leads to the folder holding it, or above: a cycle
+        return CYCLE
+    return _link_inside(os.path.relpath(real, real_root) + os.sep)
+
+
+def _scan(root: Path, walk: _Walk) -> list[tuple[Path, tuple]]:
+    """Every image file physically under ``root``, once each: (path, its folders relative to root).
+
+    Folders are walked without following links, so an image has one path and one label: its own folders.
+    A link is left out with its reason: out of the root, a cycle (to a folder that holds it), or a link to
+    something inside the root (counted where it lies).  Two names of one file (hard links, the same
+    ``(st_dev, st_ino)``) count once.
+    """
+    real_root = os.path.realpath(root)
+    found, seen = [], {}
 
     def unreadable(exc: OSError) -> None:  # issue 17: a folder os.walk cannot list is named, not dropped
         walk.leave(Path(exc.filename), f"unreadable folder ({(exc.strerror or str(exc)).lower()})")
 
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=unreadable):
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            dirnames[:] = []
-            walk.leave(Path(dirpath), "symlink cycle")
-            continue
-        seen.add(real)
-        for d in sorted(d for d in dirnames if d.startswith(".")):
-            walk.leave(Path(dirpath) / d, "hidden")
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
+        here = Path(dirpath)
+        parts = here.relative_to(root).parts
+        real_here = os.path.realpath(dirpath)
+        keep = []
+        for d in sorted(dirnames):
+            full = os.path.join(dirpath, d)
+            if d.startswith("."):
+                walk.leave(here / d, "hidden")
+            elif os.path.islink(full):
+                why = _dir_link_reason(full, real_root, real_here)
+                walk.leave(here / d, why, LINK_INSIDE if why.startswith("link to ") else None)
+            else:
+                keep.append(d)
+        dirnames[:] = keep
         for name in sorted(filenames):
-            path = Path(dirpath) / name
+            path = here / name
             if name.startswith("."):
                 walk.leave(path, "hidden")
             elif not is_image_path(name):
                 walk.leave(path, "not an image")
             elif not path.is_file():  # issue 17: the real reason (link loop, FIFO, device, socket, ...)
                 walk.leave(path, why_not_a_file(path) or "not a regular file")
+            elif path.is_symlink():
+                real = os.path.realpath(path)
+                if _inside(real, real_root):
+                    walk.leave(path, _link_inside(os.path.relpath(real, real_root)), LINK_INSIDE)
+                else:
+                    walk.leave(path, LINK_OUT)
             else:
-                found.append(path)
+                info = os.stat(path)
+                first = seen.setdefault((info.st_dev, info.st_ino), path)
+                if first is not path:
+                    walk.leave(path, _same_file(first), "hard link to a file counted once")
+                else:
+                    found.append((path, parts))
     return found
-
-
-def _subdirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def _nfc(name: str) -> str:
     return unicodedata.normalize("NFC", name)
 
 
-def _class_folders(parent: Path, walk: _Walk) -> list[tuple[str, Path, list[Path]]]:
-    """(NFC name, folder, images) of each subfolder of ``parent`` that holds an image."""
-    out, names = [], {}
-    for d in _subdirs(parent):
-        name = _nfc(d.name)
-        if name in names:
-            raise FeatxError(
-                f"{names[name]} and {d}: two class folders with the same name after Unicode (NFC) "
-                "normalisation; merge or rename one"
-            )
-        names[name] = d
-        inner = _Walk()
-        found = _walk_images(d, inner)
-        if found:
-            out.append((name, d, found))
-            walk.skipped += inner.skipped
-            walk.left_out += inner.left_out
+def _check_collisions(folders: dict) -> None:
+    """Two sibling folders whose names are equal after NFC normalisation: a FeatxError naming both."""
+    for parent, names in folders.items():
+        by_nfc: dict = {}
+        for d in sorted(names):
+            other = by_nfc.setdefault(_nfc(d), d)
+            if other != d:
+                raise FeatxError(f"{parent / other} and {parent / d}: two class folders with the same name after "
+                                 "Unicode (NFC) normalisation; merge or rename one")
+
+
+def _layout(root: Path, found, walk: _Walk):
+    """(split folders by name, whether the split layout applies): train/ holding class folders."""
+    tops = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
+    split_dirs = {t: SPLIT_FOLDERS[t.lower()] for t in tops if t.lower() in SPLIT_FOLDERS}
+    has_train = any(s == "train" for s in split_dirs.values())
+    split_layout = has_train and any(len(parts) >= 2 and split_dirs.get(parts[0]) == "train" for _, parts in found)
+    return tops, split_dirs, split_layout
+
+
+def _leave_empty(parent: Path, names, holding: set, walk: _Walk) -> None:
+    for d in names:
+        if d not in holding:
+            walk.leave(parent / d, NO_IMAGES)
+
+
+def _sub_names(folder: Path) -> list[str]:
+    try:
+        return sorted(p.name for p in folder.iterdir()
+                      if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
+    except OSError:
+        return []
+
+
+def scan(root: str | Path, every_image: bool = False) -> Dataset:
+    """Scan ``root`` once: every image, its label (its own class folder), its split folder, and what was left out.
+
+    Parameters
+    ----------
+    root : str or Path
+        A dataset folder (see the module's layouts).
+    every_image : bool
+        False (training): images outside class folders are left out, named.  True (prediction): every image
+        under ``root`` is taken; labels are given only when every image sits in a class folder.
+
+    Returns
+    -------
+    Dataset
+
+    Raises
+    ------
+    FeatxError
+        ``root`` holds no image, or two sibling class folders collide after NFC normalisation.
+    """
+    root = Path(root)
+    walk = _Walk()
+    found = _scan(root, walk)
+    tops, split_dirs, split_layout = _layout(root, found, walk)
+    depth = 1 if split_layout else 0  # where class folders are: parts[depth]
+    classes_at: dict = {}
+    labelled, loose = [], []
+    for path, parts in found:
+        if split_layout and parts and parts[0] not in split_dirs:
+            loose.append((path, OUTSIDE_SPLITS))
+        elif len(parts) > depth:
+            labelled.append((path, parts))
+            classes_at.setdefault(root.joinpath(*parts[:depth]), set()).add(parts[depth])
         else:
-            walk.leave(d, NO_IMAGES)
-    return out
-
-
-def _has_image(folder: Path) -> bool:
-    """Whether a walk of ``folder`` would find at least one image (stops at the first)."""
-    seen = set()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        if any(not n.startswith(".") and is_image_path(n) and os.path.isfile(os.path.join(dirpath, n))
-               for n in filenames):
-            return True
-    return False
-
-
-def _holds_class_folders(folder: Path) -> bool:
-    return any(_has_image(d) for d in _subdirs(folder))
+            loose.append((path, "outside class folders"))
+    _check_collisions(classes_at)
+    if split_layout:
+        for t in tops:
+            if t in split_dirs:
+                _leave_empty(root / t, _sub_names(root / t), classes_at.get(root / t, set()), walk)
+            elif not any(parts and parts[0] == t for _, parts in found):
+                walk.leave(root / t, NO_IMAGES)
+        others = [t for t in tops if t not in split_dirs]
+        if others:
+            log.warning("warning: %s: folder(s) beside train/ that are not split folders, left out: %s (split folders "
+                        "are train, val, valid, validation, validate, dev and test, in any letter case)", root,
+                        ", ".join(f"{t}/" for t in others))
+    else:
+        _leave_empty(root, tops, classes_at.get(root, set()), walk)
+    folders = sorted({_nfc(parts[depth]) for _, parts in labelled})
+    if every_image and loose:
+        take = [(p, parts) for p, parts in found]
+        dataset = Dataset(root, [p for p, _ in take], None, [], None, walk.skipped, walk.left_out, folders)
+    elif labelled:
+        for path, why in loose:
+            walk.leave(path, why)
+        class_names = sorted({_nfc(parts[depth]) for _, parts in labelled})
+        index = {n: i for i, n in enumerate(class_names)}
+        labels = np.asarray([index[_nfc(parts[depth])] for _, parts in labelled], dtype=np.int64)
+        splits = np.asarray([split_dirs[parts[0]] for _, parts in labelled]) if split_layout else None
+        dataset = Dataset(root, [p for p, _ in labelled], labels, class_names, splits, walk.skipped, walk.left_out,
+                          folders)
+    else:  # no folder holds an image: the loose files are an unlabelled set
+        dataset = Dataset(root, [p for p, _ in loose], None, [], None, walk.skipped, walk.left_out)
+    if not dataset.paths:
+        raise FeatxError(f"{root}: no images found (looked for {FORMAT_NAMES}: "
+                         f"{', '.join(sorted(IMAGE_SUFFIXES))})")
+    _log_left_out(dataset)
+    return dataset
 
 
 def discover(root: str | Path) -> Dataset:
@@ -174,7 +307,7 @@ def discover(root: str | Path) -> Dataset:
     Returns
     -------
     Dataset
-        ``paths`` sorted by class then name; ``labels`` int64 (n,) or None; ``splits`` the
+        ``paths`` in walk order (folders sorted by name); ``labels`` int64 (n,) or None; ``splits`` the
         split folder of each image or None; ``left_out`` every (path, reason) the scan skipped.
 
     Raises
@@ -187,55 +320,68 @@ def discover(root: str | Path) -> Dataset:
         raise FeatxError(f"{root}: no such folder")
     if root.is_file():
         return from_paths([root])
-    walk = _Walk()
-    subdirs = _subdirs(root)
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(".")):
-        walk.leave(d, "hidden")
-    train = [d for d in subdirs if d.name.lower() == "train"]
-    split_layout = bool(train) and _holds_class_folders(train[0])
-    if split_layout:
-        split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_FOLDERS]
-        for d in subdirs:
-            if d not in split_dirs:
-                walk.leave(d, "folder outside train/val/test")
-        groups = [(SPLIT_FOLDERS[d.name.lower()], c) for d in split_dirs for c in _class_folders(d, walk)]
-        loose = [p for d in split_dirs for p in sorted(d.iterdir()) if p.is_file()]
-    else:
-        groups = [(None, c) for c in _class_folders(root, walk)]
-        loose = sorted(p for p in root.iterdir() if p.is_file())
-    if groups:
-        for p in loose:
-            _leave_loose(p, walk, "outside class folders")
-        class_names = sorted({name for _, (name, _, _) in groups})
-        index = {n: i for i, n in enumerate(class_names)}
-        paths, labels, splits = [], [], []
-        for split, (name, _, found) in groups:
-            paths += found
-            labels += [index[name]] * len(found)
-            splits += [split] * len(found)
-        dataset = Dataset(root, paths, np.asarray(labels, dtype=np.int64), class_names,
-                          np.asarray(splits) if split_layout else None, walk.skipped, walk.left_out)
-    else:  # no folder holds an image: the loose files are an unlabelled set
-        paths = [p for p in loose if _leave_loose(p, walk, None)]
-        dataset = Dataset(root, paths, None, [], None, walk.skipped, walk.left_out)
-    if not dataset.paths:
-        raise FeatxError(f"{root}: no images found (looked for {FORMAT_NAMES}: "
-                         f"{', '.join(sorted(IMAGE_SUFFIXES))})")
-    _log_left_out(dataset)
-    return dataset
+    return scan(root)
 
 
-def _leave_loose(path: Path, walk: _Walk, image_reason: str | None) -> bool:
-    """Sort a file lying in the root: True when it is an image to take (``image_reason`` None)."""
-    if path.name.startswith("."):
-        walk.leave(path, "hidden")
-    elif not is_image_path(path):
-        walk.leave(path, "not an image")
-    elif image_reason is not None:
-        walk.leave(path, image_reason)
-    else:
-        return True
-    return False
+def _fold(name: str) -> str:
+    """A class name with letter case and Unicode form (compatibility characters included) set aside."""
+    return unicodedata.normalize("NFKC", name).casefold()
+
+
+def _class_folder(dataset: Dataset, label: int, split: str) -> Path:
+    """The folder holding the first image of class ``label`` in split folder ``split`` (for messages)."""
+    for path, y, s in zip(dataset.paths, dataset.labels.tolist(), dataset.splits.tolist()):
+        if y == label and s == split:
+            rel = path.relative_to(dataset.root).parts
+            return dataset.root.joinpath(*rel[:2])
+    return dataset.root
+
+
+def check_classes(dataset: Dataset) -> list[str]:
+    """Check each class's presence in each split folder, before any work.
+
+    Only a dataset whose folders give the split (``train/``, ``val/``, ``test/``) can lack a class in a split;
+    a stratified split puts every class in each part.
+
+    Returns
+    -------
+    list of str
+        One warning per class with no image in a held-out folder (``val/`` or ``test/``): what it means.
+
+    Raises
+    ------
+    FeatxError
+        A class with no training image, named with its folder, and "did you mean" the training class whose
+        name differs from it only in letter case or Unicode form.
+    """
+    by_split = dataset.classes_by_split()
+    if not by_split:
+        return []
+    train = by_split.get("train", Counter())
+    for label, name in enumerate(dataset.class_names):
+        if name in train:
+            continue
+        where = sorted(s for s, counts in by_split.items() if name in counts)
+        near = [t for t in sorted(train) if _fold(t) == _fold(name)]
+        hint = (f"; did you mean '{shown(near[0])}'? (the names differ only in letter case or Unicode form: rename one "
+                "folder so both are spelt the same)" if near else
+                f"; add its training images under train/{shown(name)}/, or move the folder out of the dataset")
+        n = sum(by_split[s][name] for s in where)
+        raise FeatxError(f"{_class_folder(dataset, label, where[0])}: class '{shown(name)}' has no training image "
+                         f"(its {n} image(s) are in {' and '.join(s + '/' for s in where)} only){hint}")
+    held_out = {"test": "test set (test/)", "val": "validation set (val/)" if "test" in by_split else
+                "held-out set (val/, the test set when there is no test/)"}
+    warnings = []
+    for split in ("val", "test"):
+        if split not in by_split:
+            continue
+        for name in dataset.class_names:
+            if name not in by_split[split]:
+                meaning = ("no accuracy for it; the overall accuracy covers the other classes only"
+                           if not held_out[split].startswith("validation") else
+                           "the head's settings are chosen without it")
+                warnings.append(f"class '{shown(name)}' has no image in the {held_out[split]}: {meaning}")
+    return warnings
 
 
 def _log_left_out(dataset: Dataset) -> None:
@@ -250,24 +396,27 @@ def _log_left_out(dataset: Dataset) -> None:
 
 
 def from_paths(paths) -> Dataset:
-    """An unlabelled dataset from explicit files (folders are scanned).
+    """An unlabelled dataset from explicit files and folders: every image under each folder (:func:`scan`).
 
-    A file named explicitly is taken whatever its suffix: the decoder judges it by its bytes.
+    A file named explicitly is taken whatever its suffix: the decoder judges it by its bytes.  The folders
+    holding images are listed in ``folders`` (for messages), never used as labels.
     """
     out: list[Path] = []
     skipped: Counter = Counter()
     left_out: list = []
+    folders: set = set()
     for p in map(Path, paths):
         if p.is_dir():
-            sub = discover(p)
+            sub = scan(p, every_image=True)
             out += sub.paths
             skipped += sub.skipped
             left_out += sub.left_out
+            folders.update(sub.folders)
         else:
             out.append(p)
     if not out:
         raise FeatxError("no images given")
-    return Dataset(Path("."), out, None, [], None, skipped, left_out)
+    return Dataset(Path("."), out, None, [], None, skipped, left_out, sorted(folders))
 
 
 # ---- splits ---------------------------------------------------------------------------

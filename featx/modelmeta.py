@@ -28,6 +28,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from featx.atomic import write_text
 from featx.backbones.registry import get_backbone
 from featx.errors import FeatxError
 from featx.vocabulary import BASELINE_ARCHS
@@ -67,8 +68,7 @@ class ModelDescription:
     def write(self, folder) -> Path:
         """Write ``folder/featx.json`` (returned)."""
         path = Path(folder) / META_FILE
-        path.write_text(json.dumps(self.record(), indent=2))
-        return path
+        return write_text(path, json.dumps(self.record(), indent=2))  # whole or absent (featx.atomic)
 
     @classmethod
     def read(cls, model_path) -> "ModelDescription":

@@ -12,11 +12,13 @@ Output folder: ``--out DIR`` when given, else ``featx-out/<dataset>-<what ran>``
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from featx.atomic import Together, whole
 from featx.modelcheck import sign_model
 from featx.modelmeta import ModelDescription
 from featx.runs import append_run, plot_confusion, plot_curves, runs_log_path
@@ -39,8 +41,12 @@ METRICS_SCHEMA = {
     "n": "{train, val, test}: images in each split",
     "accuracy": "{train, val, test}: float in [0, 1] or null (no image in that split)",
     "evaluated_on": "str: 'test', or 'val' when the split has no test image",
-    "<evaluated_on>": "{accuracy, correct, n, interval95, smallest_class, warning}: the held-out figure "
-                      "(featx.stats.accuracy_summary) -- absent when that split is empty",
+    "<evaluated_on>": "{accuracy, correct, n, interval95, smallest_class, classes_missing, warning}: the held-out "
+                      "figure (featx.stats.accuracy_summary; smallest_class counts every class of the model, 0 when "
+                      "one has no image there) -- absent when that split is empty",
+    "classes_not_evaluated": "list of str: classes of the model with no image in the evaluated split (no accuracy "
+                             "for them; the overall accuracy covers the other classes only); empty when every class "
+                             "was evaluated",
 }
 
 #: The documented route-specific keys (each route may write these beside METRICS_SCHEMA's).
@@ -136,6 +142,9 @@ class RunOutputs:
         The folder the user chose (overrides the default).
     cache_dir : path, optional
         The cache folder whose ``runs.csv`` gets the run's row (no row when None).
+    staging : featx.atomic.Together, optional
+        Files are written under temporary names and appear together when its block ends (or none does);
+        without it each file appears whole on its own.  ``RunOutputs.together()`` gives one.
     """
 
     dataset: str
@@ -143,6 +152,22 @@ class RunOutputs:
     name: str
     out_dir: Path | None = None
     cache_dir: Path | None = None
+    staging: Together | None = None
+
+    def together(self) -> tuple["RunOutputs", Together]:
+        """These outputs writing into a new :class:`~featx.atomic.Together` (use it as a ``with`` block)."""
+        staging = Together()
+        return replace(self, staging=staging), staging
+
+    @contextlib.contextmanager
+    def file(self, name: str):
+        """A path to write the output ``name`` to: it appears whole (or with the others, when staged)."""
+        final = self.prepare() / name
+        if self.staging is not None:
+            yield self.staging.path(final)
+        else:
+            with whole(final) as tmp:
+                yield tmp
 
     @property
     def folder(self) -> Path:
@@ -156,9 +181,9 @@ class RunOutputs:
     def write_metrics(self, metrics: dict) -> Path:
         """``metrics.json`` (indented; paths and other objects as text), checked against the schema first."""
         check_metrics(metrics)
-        path = self.prepare() / "metrics.json"
-        path.write_text(json.dumps(metrics, indent=2, default=str))
-        return path
+        with self.file("metrics.json") as tmp:
+            tmp.write_text(json.dumps(metrics, indent=2, default=str))
+        return self.folder / "metrics.json"
 
     def write_description(self, description: ModelDescription) -> Path:
         """``featx.json`` beside the run's ``model.keras``."""
@@ -184,10 +209,14 @@ class RunOutputs:
         """``curves.png`` (accuracy and loss per epoch) when at least one epoch ran."""
         if not history.get("loss"):
             return None
-        return plot_curves(history, self.prepare() / "curves.png", title)
+        with self.file("curves.png") as tmp:
+            plot_curves(history, tmp, title)
+        return self.folder / "curves.png"
 
     def plot_confusion(self, y_true, y_pred, class_names, title: str) -> Path | None:
         """``confusion.png`` when there is at least one evaluated image."""
         if not len(y_true):
             return None
-        return plot_confusion(y_true, y_pred, class_names, self.prepare() / "confusion.png", title)
+        with self.file("confusion.png") as tmp:
+            plot_confusion(y_true, y_pred, class_names, tmp, title)
+        return self.folder / "confusion.png"

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from featx.atomic import whole, write_text
 from featx.cells import markdown_cell, safe_frame
 from featx.gallery import CARD_CSS, ThumbnailBudget, run_section
+from featx.names import unshown
 from featx.runs import MAX_FIGURE_INCHES, RUN_COLUMNS, plain_text, plot_curves, pyplot
 from featx.stats import KINDS, SMALL_TEST_IMAGES, accuracy_of_rate, wilson_interval
 
@@ -302,14 +304,16 @@ def write_report(runs_csv, out_dir, html: bool = False) -> dict:
     skipped = list(runs.attrs["skipped"])
     summary = summary_table(runs)
     out_dir.mkdir(parents=True, exist_ok=True)
-    chart = plot_summary(summary, out_dir / "summary.png")
+    with whole(out_dir / "summary.png") as tmp:  # each file whole or absent (featx.atomic)
+        plot_summary(summary, tmp)
+    chart = out_dir / "summary.png"
     curves = _learning_curves(runs, out_dir, skipped)
     write_markdown(summary, out_dir / "summary.md", skipped)
-    safe_frame(summary).to_csv(out_dir / "summary.csv", index=False, float_format="%.4f")
+    with whole(out_dir / "summary.csv") as tmp:
+        safe_frame(summary).to_csv(tmp, index=False, float_format="%.4f")
     page = None
     if html:
-        page = out_dir / "report.html"
-        page.write_text(render_html(runs_csv, runs, summary, chart, curves, skipped), encoding="utf-8")
+        page = write_text(out_dir / "report.html", render_html(runs_csv, runs, summary, chart, curves, skipped))
     return {"markdown": out_dir / "summary.md", "csv": out_dir / "summary.csv", "chart": chart, "html": page,
             "curves": sorted(set(curves.values())), "table": summary, "skipped": skipped}
 
@@ -326,8 +330,7 @@ def write_markdown(summary, path: Path, skipped: list) -> Path:
     text = "\n".join(lines) + "\n\n" + NOTE + "\n"
     if skipped:
         text += "\nSkipped (the rest is reported):\n\n" + "".join(f"- {markdown_cell(s)}\n" for s in skipped)
-    path.write_text(text)
-    return path
+    return write_text(path, text)  # whole or absent (featx.atomic)
 
 
 def _run_name(run) -> str:
@@ -343,7 +346,7 @@ def _learning_curves(runs, out_dir: Path, skipped: list) -> dict:
     curves, found = {}, []
     for i, run in runs.drop_duplicates("output", keep="last").iterrows():
         if isinstance(run["output"], str) and run["output"]:
-            history = Path(run["output"]).parent / "history.csv"
+            history = Path(unshown(run["output"])).parent / "history.csv"  # the log shows names (featx.names)
             if history.is_file() and history.stat().st_size:
                 found.append((i, run, history))
     if len(found) > MAX_CURVES:
@@ -406,7 +409,8 @@ def plot_summary(summary, path) -> Path:
             method = _column(r.backbone, r.route, r.val_kind)
             err = None
             if r.test_low is not None and r.test_low == r.test_low:
-                err = [[value - r.test_low], [r.test_high - value]]
+                # never negative: the CSV's accuracy is rounded to 4 decimals, the interval is not
+                err = [[max(0.0, value - r.test_low)], [max(0.0, r.test_high - value)]]
             ax.barh(y, value, height=0.8, color=colours[method], xerr=err, capsize=2,
                     error_kw={"elinewidth": 0.8, "ecolor": "0.25"},
                     label=plain_text(method) if method not in labels else None)
@@ -507,7 +511,7 @@ def render_html(runs_csv, runs, summary, chart: Path, curves: dict, skipped: lis
     budget = ThumbnailBudget()  # error galleries: featx.gallery's caps, per run and for the whole page
     for i, run in runs[~superseded].iterrows():
         output = run["output"] if isinstance(run["output"], str) else ""
-        folder = Path(output).parent if output else None
+        folder = Path(unshown(output)).parent if output else None
         confusion = folder / "confusion.png" if folder is not None else None
         title = f"{run['dataset']}: {run['backbone']} {run['route']}, {run['head']}"
         out.append(f'<section class="run" id="run-{i + 1}"><h3>{e(title)}</h3>')

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from featx.cells import safe_cell
+from featx.names import shown
 
 RUN_COLUMNS = [
     "time", "dataset", "route", "backbone", "taps", "head", "split_id", "n_train", "n_val", "n_test",
@@ -57,7 +58,7 @@ def append_run(path: str | Path, row: dict) -> None:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         if f.tell() == 0:
             writer.writeheader()
-        writer.writerow({k: safe_cell(_fmt(row.get(k))) for k in columns})  # spreadsheet-safe (featx.cells)
+        writer.writerow({k: safe_cell(shown(_fmt(row.get(k)))) for k in columns})  # any name as text (featx.names), spreadsheet-safe (featx.cells)
 
 
 def _fmt(v):
@@ -93,13 +94,15 @@ def plot_confusion(y_true, y_pred, class_names, path, title: str) -> Path:
     from sklearn.metrics import ConfusionMatrixDisplay
 
     plt = pyplot()
+    y_true, y_pred = [shown(c) for c in y_true], [shown(c) for c in y_pred]  # any folder name as text
+    class_names = [shown(c) for c in class_names]
     n = len(class_names)
     fig, ax = plt.subplots(figsize=(min(MAX_FIGURE_INCHES, max(5.5, 0.6 * n + 2)),
                                     min(MAX_FIGURE_INCHES, max(4.5, 0.6 * n + 1.5))))
     ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=class_names, ax=ax, colorbar=False,
                                             display_labels=[plain_text(c) for c in class_names],
                                             xticks_rotation=45 if n > 4 else "horizontal")
-    ax.set_title(plain_text(title), fontsize=9)
+    ax.set_title(plain_text(shown(title)), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -117,7 +120,7 @@ def plot_sweep(table, path, title: str) -> Path:
     ax.set_xticks(x, [f"{t}\n(/{s})" for t, s in zip(table["tap"], table["stride"])])
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
-    ax.set_title(plain_text(title))
+    ax.set_title(plain_text(shown(title)))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

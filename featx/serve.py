@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featx.names import shown
 from featx.errors import FeatxError
 from featx.stats import stated_accuracies
 from featx.serve_http import (BODY_TIMEOUT, HEADER_TIMEOUT, KEEP_ALIVE_TIMEOUT, BodyDeadline, IdleTrim,  # noqa: F401
@@ -86,7 +87,7 @@ class Predictor:
                              "model is scored with featx predict")
         loaded = load_keras_model(self.path, description=d, trust=trust)
         self.spec = get_backbone(d.backbone)
-        self.classes = loaded.class_names
+        self.classes = [shown(c) for c in loaded.class_names]  # any folder name as JSON text (featx.names)
         self.model = {"dataset": None, "backbone": d.backbone, "head": "fine-tuned", "taps": [d.tap] if d.tap else []}
         self._proba = loaded.proba
         self.engine = "keras"
@@ -104,7 +105,7 @@ class Predictor:
         extractors = bundle.all_extractors()
         self.specs = [get_backbone(ext["backbone"]) for ext in extractors]
         self.spec = max(self.specs, key=lambda sp: sp.input_size)
-        self.classes = [str(c) for c in bundle.head.classes_]
+        self.classes = [shown(c) for c in bundle.head.classes_]  # any folder name as JSON text (featx.names)
         metrics = bundle.metrics or {}
         self.model = {"dataset": metrics.get("dataset"), "backbone": "+".join(e["backbone"] for e in extractors),
                       "head": metrics.get("head") or type(bundle.head).__name__,
@@ -266,7 +267,8 @@ def http_error_message(status: int, method: str, path: str, detail: str) -> str:
 
 def model_info(predictor) -> dict:
     """The model's name and what it is made of, as ``/health`` and ``/predict`` report it."""
-    return {"name": predictor.name, **predictor.model, "file": predictor.path.name}
+    return {"name": shown(predictor.name), **{k: shown(v) if isinstance(v, str) else v for k, v in
+                                              predictor.model.items()}, "file": shown(predictor.path.name)}
 
 
 def ranked(proba: np.ndarray, classes: list, names: list, top: int) -> list:
@@ -502,7 +504,7 @@ class Endpoints:
         from starlette.responses import JSONResponse
 
         p, o = self.predictor, self.options
-        return JSONResponse({"status": "ok", "model": model_info(p), "bundle": p.path.name, "backbone": p.backbone,
+        return JSONResponse({"status": "ok", "model": model_info(p), "bundle": shown(p.path.name), "backbone": p.backbone,
                              "classes": p.classes,
                              "limits": {"max_upload_bytes": o.max_bytes, "max_files": MAX_FILES,
                                         "max_pixels": o.max_pixels, "decode_budget_bytes": o.budget}})
@@ -550,7 +552,7 @@ class Endpoints:
         done = time.perf_counter()
         p = self.predictor
         return JSONResponse({
-            "model": model_info(p), "bundle": p.path.name, "backbone": p.backbone,
+            "model": model_info(p), "bundle": shown(p.path.name), "backbone": p.backbone,
             "results": ranked(proba, p.classes, names, self.top), "errors": errors,
             "timing_ms": {"decode": round((decoded - start) * 1000, 1), "model": round((done - decoded) * 1000, 1),
                           "total": round((done - start) * 1000, 1)},

@@ -51,7 +51,11 @@ def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]
     z2 = z * z
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At 0 or n correct the bound is exactly 0 or 1 (centre - half cancels); in floating point it came out
+    # as 0.9999999999999999 for 10/10, below the accuracy itself, and a plot's error bar went negative.
+    low = 0.0 if correct == 0 else min(p, max(0.0, centre - half))
+    high = 1.0 if correct == n else max(p, min(1.0, centre + half))
+    return low, high
 
 
 def small_test_warning(n: int, per_class_min: int | None = None) -> str | None:
@@ -86,7 +90,7 @@ def format_accuracy(correct: int, n: int) -> str:
 KINDS = {"test": "test", "val": "held-out validation", "cv": "cross-validated", "train": "training"}
 
 
-def accuracy_summary(y_true, y_pred, kind: str = "test") -> dict:
+def accuracy_summary(y_true, y_pred, kind: str = "test", classes=None) -> dict:
     """Accuracy with its 95% Wilson interval, its size and the small-sample warning, as metrics save it.
 
     The one place every accuracy featx shows is computed (:func:`accuracy_from_counts` when only counts
@@ -98,19 +102,28 @@ def accuracy_summary(y_true, y_pred, kind: str = "test") -> dict:
         True and predicted labels (any comparable type: class names or indices).
     kind : {"test", "val", "cv", "train"}
         What the figure is (:data:`KINDS`).
+    classes : sequence, optional
+        Every class of the model.  The smallest class then counts each of them, 0 for a class with no
+        image here (which ``classes_missing`` names): without it a class absent from the test set was
+        invisible and the smallest class looked fine.
 
     Returns
     -------
     dict
         ``accuracy`` (float in [0, 1], None when n is 0), ``correct`` and ``n`` (int), ``interval95``
         ([low, high]), ``smallest_class`` (images of the rarest true class), ``text`` (for the console),
-        ``warning`` (str or None, :func:`small_test_warning`), ``kind`` and ``label`` (:data:`KINDS`).
+        ``warning`` (str or None, :func:`small_test_warning`), ``kind`` and ``label`` (:data:`KINDS`),
+        ``classes_missing`` (list: the classes of ``classes`` with no image here).
     """
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     n = int(len(y_true))
     correct = int((y_true == y_pred).sum())
-    per_class_min = int(np.unique(y_true, return_counts=True)[1].min()) if n else 0
-    return accuracy_from_counts(correct, n, kind, per_class_min)
+    present, counts = np.unique(y_true, return_counts=True) if n else (np.array([]), np.array([], dtype=int))
+    missing = [c for c in classes if c not in set(present.tolist())] if classes is not None else []
+    per_class_min = 0 if missing else (int(counts.min()) if n else 0)
+    summary = accuracy_from_counts(correct, n, kind, per_class_min)
+    summary["classes_missing"] = [c.item() if hasattr(c, "item") else c for c in missing]
+    return summary
 
 
 def accuracy_from_counts(correct: int, n: int, kind: str = "test", smallest_class: int | None = None) -> dict:
@@ -126,7 +139,8 @@ def accuracy_from_counts(correct: int, n: int, kind: str = "test", smallest_clas
     low, high = wilson_interval(correct, n)
     return {"accuracy": correct / n if n else None, "correct": correct, "n": n, "interval95": [low, high],
             "smallest_class": smallest_class, "text": format_accuracy(correct, n),
-            "warning": small_test_warning(n, smallest_class), "kind": kind, "label": KINDS[kind]}
+            "warning": small_test_warning(n, smallest_class), "kind": kind, "label": KINDS[kind],
+            "classes_missing": []}
 
 
 def accuracy_of_rate(accuracy: float, n: int, kind: str) -> dict:

@@ -37,16 +37,20 @@ def test_flat_folder_is_unlabelled(tmp_path):
     assert not ds.labelled and len(ds) == 2
 
 
-def test_links_are_followed_once(tmp_path):
+def test_links_never_relabel_nor_double_count(tmp_path):
+    """Issue 24: a link to another class folder (dog -> elsewhere) counted elsewhere's images twice, once as dog;
+    now every image is counted once, under the folder it lies in, and the link is named as left out."""
     write_image(tmp_path / "cat" / "a.jpg", make_photo(1))
     write_image(tmp_path / "cat" / "deeper" / "b.jpg", make_photo(2))
     os.symlink(tmp_path / "cat", tmp_path / "cat" / "deeper" / "loop")
     write_image(tmp_path / "elsewhere" / "c.jpg", make_photo(3))
     os.symlink(tmp_path / "elsewhere", tmp_path / "dog")
     ds = discover(tmp_path)
-    assert ds.class_names == ["cat", "dog", "elsewhere"]
-    assert len(ds) == 4
+    assert ds.class_names == ["cat", "elsewhere"]
+    assert len(ds) == 3
     assert ds.skipped["symlink cycle"] == 1
+    reasons = {p.name: why for p, why in ds.left_out}
+    assert reasons["dog"].startswith("link to elsewhere/ inside the dataset")
 
 
 def test_empty_folder_is_a_clear_error(tmp_path):

@@ -20,7 +20,7 @@ from featx.outputs import METRICS_SCHEMA, RunOutputs, RunResult, check_metrics
 def metrics(**changes) -> dict:
     m = {"dataset": "tints", "route": "cached", "backbone": "mobilenet_v2", "taps": ["pre_logits", "stage4"],
          "split_id": "abc123", "n": {"train": 6, "val": 2, "test": 3},
-         "accuracy": {"train": 1.0, "val": 0.5, "test": 2 / 3}, "evaluated_on": "test"}
+         "accuracy": {"train": 1.0, "val": 0.5, "test": 2 / 3}, "evaluated_on": "test", "classes_not_evaluated": []}
     m.update(changes)
     return m
 

@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+from featx.names import shown
 from featx.cli.options import cache_option, default_cache_folder, out_option
 from featx.cli.parser import add_command
 from featx.errors import FeatxError
@@ -105,9 +106,9 @@ def _data_rows(data):
     from featx.extract import image_keys  # only with --data: scanning a dataset is extract's job
 
     dataset, keys = image_keys(data)
-    meta = {"path": [str(p) for p in dataset.paths]}
+    meta = {"path": [shown(p) for p in dataset.paths]}  # any name as text (featx.names): the Parquet/CSV columns
     if dataset.labels is not None:
-        meta["label"] = [dataset.class_names[i] for i in dataset.labels]
+        meta["label"] = [shown(dataset.class_names[i]) for i in dataset.labels]
     return keys, meta
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featx.names import shown
 from featx.backbones.registry import get_backbone
 from featx.bundle import Bundle
 from featx.cache import default_cache_dir
@@ -110,8 +111,8 @@ def prediction_notes(bundle: Bundle, first, classes, views: int) -> list[str]:
     notes = []
     unknown = sorted(set(first.class_names) - {str(c) for c in classes}) if first.labels is not None else []
     if unknown:
-        notes.append(f"the folder names {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''} are not classes "
-                     f"of the model ({', '.join(map(str, classes[:8]))}{' ...' if len(classes) > 8 else ''}), "
+        notes.append(f"the folder names {', '.join(map(shown, unknown[:5]))}{' ...' if len(unknown) > 5 else ''} are "
+                     f"not classes of the model ({', '.join(map(shown, classes[:8]))}{' ...' if len(classes) > 8 else ''}), "
                      "so they are not read as labels and no accuracy is computed")
     if views and not bundle.metrics.get("views"):
         notes.append(f"--tta views: the head was not trained on augmented views; averaging over {views} views "

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from featx.datasets import Dataset, discover, from_paths
+from featx.datasets import Dataset, from_paths, scan
 from featx.errors import FeatxError
+from featx.names import shown
 
 
 def prediction_dataset(images) -> Dataset:
-    """The images to predict: one folder is discovered (its class folders become labels); anything else
-    is a list of files and folders, unlabelled.
+    """The images to predict: every image under each folder given, whatever its layout, and each file given.
 
     Parameters
     ----------
@@ -19,7 +19,9 @@ def prediction_dataset(images) -> Dataset:
     Returns
     -------
     Dataset
-        ``labels`` set only when ``images`` is one folder of class folders.
+        ``labels`` set only when ``images`` is one folder in which every image lies in a class folder
+        (``DATA/<class>/...`` or ``DATA/<split>/<class>/...``); otherwise unlabelled, with the folders that
+        hold images in ``folders`` (reported by :func:`folder_notes`, never used as labels).
     """
     if isinstance(images, Dataset):
         return images
@@ -27,8 +29,17 @@ def prediction_dataset(images) -> Dataset:
         images = [images]
     images = list(images)
     if len(images) == 1 and Path(images[0]).is_dir():
-        return discover(images[0])
+        return scan(images[0], every_image=True)
     return from_paths(images)
+
+
+def folder_notes(dataset: Dataset) -> list[str]:
+    """A line for stderr when folders hold images but are not read as labels (some images lie outside them)."""
+    if dataset.labels is not None or not dataset.folders:
+        return []
+    names = ", ".join(shown(f) for f in dataset.folders[:5]) + (" ..." if len(dataset.folders) > 5 else "")
+    return [f"every image under the folder is predicted, but not every one lies in a class folder: the folder "
+            f"names ({names}) are not read as labels and no accuracy is computed"]
 
 
 def true_labels(features, classes):

@@ -20,7 +20,7 @@ from featx.images import ImageError, center_crop_resize, load_image
 from featx.errors import FeatxError
 from featx.modelcheck import check_loaded, check_model_file
 from featx.modelmeta import ModelDescription
-from featx.prediction.inputs import check_top, prediction_dataset
+from featx.prediction.inputs import check_top, folder_notes, prediction_dataset
 from featx.prediction.table import prediction_table
 
 
@@ -113,6 +113,7 @@ def predict_keras(model_path, images, top=None, out=None, batch_size: int = 32, 
     table = prediction_table(paths, proba.astype(np.float64), class_names, top, out,
                              true_labels=labels if known else None)
     table.attrs["failures"] = failures
+    table.attrs["notes"] = folder_notes(dataset)
     return table
 
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from featx.atomic import whole
+from featx.names import shown
 from featx.cells import safe_frame
 
 #: One format for probabilities, in the CSV file and on the screen.
@@ -34,23 +36,23 @@ def prediction_table(paths, proba, classes, top=None, out=None, true_labels=None
     """
     import pandas as pd
 
-    classes = np.asarray(classes)
+    classes = np.asarray([shown(c) for c in classes])  # any name as text (featx.names): CSV, Parquet, JSON
     rows = np.arange(len(proba))
     order = np.argsort(-proba, axis=1)
     table = pd.DataFrame({
-        "file": [str(p) for p in paths],
-        "id": [Path(p).stem for p in paths],
+        "file": [shown(p) for p in paths],
+        "id": [shown(Path(p).stem) for p in paths],
         "predicted": classes[order[:, 0]] if len(proba) else [],
         "probability": proba[rows, order[:, 0]] if len(proba) else [],
     })
     if true_labels is not None:
-        table["true_label"] = list(true_labels)
+        table["true_label"] = [shown(c) for c in true_labels]
     for k in range(1, min(top or 0, len(classes))):
         table[f"top{k + 1}"] = classes[order[:, k]]
         table[f"top{k + 1}_prob"] = proba[rows, order[:, k]]
     for j, c in enumerate(classes):
         table[f"p_{c}"] = proba[:, j]
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        safe_frame(table).to_csv(out, index=False, float_format=PROBABILITY_FORMAT)  # spreadsheet-safe cells
+        with whole(out) as tmp:  # a failed write leaves no half table (featx.atomic)
+            safe_frame(table).to_csv(tmp, index=False, float_format=PROBABILITY_FORMAT)  # spreadsheet-safe cells
     return table

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from featx.bundle import Bundle, load_bundle
 from featx.prediction.bundles import predict_bundle, seen_in_training
-from featx.prediction.inputs import check_top, prediction_dataset
+from featx.prediction.inputs import check_top, folder_notes, prediction_dataset
 from featx.prediction.models import predict_keras
 from featx.prediction.table import prediction_table
 from featx.vocabulary import TTA_MODES, check_choice
@@ -27,8 +27,9 @@ def predict(bundle, images, top: int | None = None, out=None, cache_dir=None, tr
     bundle : str, Path or Bundle
         A ``model.featx`` from ``fit_head``, or a ``model.keras`` from ``finetune`` or ``train_baseline``.
     images : list of str or Path, or Dataset
-        Image files and folders.  One folder of class folders (a labelled dataset) adds the
-        ``true_label`` column when its class names are all classes of the model.
+        Image files and folders; every image under a folder is predicted, whatever its layout.  One folder
+        in which every image lies in a class folder (a labelled dataset) adds the ``true_label`` column when
+        its class names are all classes of the model; otherwise the folder names are noted, not used.
     top : int, optional
         Also give the 2nd..``top``-th classes and their probabilities (``1 <= top <= n_classes``).
     out : str or Path, optional
@@ -60,9 +61,10 @@ def predict(bundle, images, top: int | None = None, out=None, cache_dir=None, tr
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle, trust=trust)
     check_top(top, len(bundle.class_names))
-    found = predict_bundle(bundle, prediction_dataset(images), tta, cache_dir, weights, **extract_options)
+    dataset = prediction_dataset(images)
+    found = predict_bundle(bundle, dataset, tta, cache_dir, weights, **extract_options)
     table = prediction_table(found["paths"], found["proba"], found["classes"], top, out, true_labels=found["labels"])
     table.attrs["failures"] = found["failures"]
     table.attrs["seen_in_training"] = seen_in_training(bundle, found["keys"], cache_dir)
-    table.attrs["notes"] = found["notes"]
+    table.attrs["notes"] = folder_notes(dataset) + found["notes"]
     return table

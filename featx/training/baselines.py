@@ -17,7 +17,7 @@ import numpy as np
 from featx import _tf
 from featx.augment import STUDY
 from featx.cache import default_cache_dir
-from featx.datasets import SplitSpec, discover, make_split
+from featx.datasets import SplitSpec, check_classes, discover, make_split
 from featx.errors import FeatxError
 from featx.extract import hash_files
 from featx.images import ImageError, center_crop_resize, load_image
@@ -71,6 +71,8 @@ def baseline_data(data, options: BaselineOptions, cache_dir: Path, echo) -> Base
     dataset = discover(data)
     if not dataset.labelled or len(dataset.class_names) < 2:
         raise FeatxError(f"{dataset.root}: a baseline needs at least 2 class folders")
+    for line in check_classes(dataset):
+        echo(f"featx: warning: {line}")
     hashed = hash_files(dataset.paths)
     ok = [i for i, (k, _) in enumerate(hashed) if k is not None]
     paths, keys = [dataset.paths[i] for i in ok], [hashed[i][0] for i in ok]
@@ -125,12 +127,16 @@ def baseline_metrics(arch: str, data: BaselineData, model, parts: dict, options:
     preds = {s: model.predict(parts[s][0], verbose=0).argmax(1) for s in SPLITS if len(parts[s][1])}
     acc = {s: float((preds[s] == parts[s][1]).mean()) if s in preds else None for s in SPLITS}
     eval_split = "test" if "test" in preds else "val"
-    summaries = {s: accuracy_summary(parts[s][1], preds[s], kind=s) for s in preds}
+    summaries = {s: accuracy_summary(parts[s][1], preds[s], kind=s, classes=range(len(data.class_names))) for s in preds}
+    for summary in summaries.values():
+        summary["classes_missing"] = [data.class_names[i] for i in summary["classes_missing"]]
     return {"dataset": data.name, "route": "baseline", "backbone": arch, "taps": [], "arch": arch,
             "size": options.size, "split_id": data.split_id,
             "n": {s: int(len(parts[s][1])) for s in SPLITS}, "accuracy": acc,
             "accuracy_text": {s: summaries[s]["text"] if s in summaries else "-" for s in SPLITS},
             "evaluated_on": eval_split,
+            "classes_not_evaluated": summaries[eval_split]["classes_missing"] if eval_split in summaries
+            else list(data.class_names),
             **({eval_split: {k: v for k, v in summaries[eval_split].items() if k != "text"}}
                if eval_split in summaries else {}),
             **({"validation": summaries["val"]} if "val" in summaries and eval_split == "test" else {}),

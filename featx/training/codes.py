@@ -16,7 +16,7 @@ import numpy as np
 
 from featx.backbones.registry import DEFAULT_BACKBONE, get_backbone
 from featx.cache import default_cache_dir
-from featx.datasets import Dataset, Split, SplitSpec, discover
+from featx.datasets import Dataset, Split, SplitSpec, check_classes, discover
 from featx.errors import FeatxError
 from featx.extract import Features, load_features
 
@@ -49,12 +49,15 @@ class LabelledCodes:
 
 
 def check_trainable(dataset: Dataset) -> None:
-    """A dataset a classifier can be trained on: class folders, at least two of them.
+    """A dataset a classifier can be trained on: class folders, at least two of them, each with a training image.
+
+    A class missing from a held-out folder is a warning on stderr (:func:`featx.datasets.check_classes`).
 
     Raises
     ------
     FeatxError
-        No class folders, or a single class (naming the empty folders that were left out).
+        No class folders, a single class (naming the empty folders that were left out), or a class with no
+        training image.
     """
     if not dataset.labelled:
         raise FeatxError(f"{dataset.root}: no class folders; training needs DATA/<class>/<images>")
@@ -64,6 +67,8 @@ def check_trainable(dataset: Dataset) -> None:
             f"{dataset.root}: found 1 class ({dataset.class_names[0]!r}); a classifier needs at least 2 class folders"
             + (f" (left out, holding no images: {', '.join(empty)})" if empty else "")
         )
+    for line in check_classes(dataset):
+        print(f"featx: warning: {line}", file=sys.stderr)
 
 
 def labelled_codes(data, backbone=DEFAULT_BACKBONE, taps=("pre_logits",), pooling="avg", dtype="float32",

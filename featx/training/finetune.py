@@ -171,7 +171,8 @@ def fit_init_head(codes: LabelledCodes, split, backbone: str, tap: str, weights,
            for s in SPLITS}
     metrics = {"dataset": codes.name, "route": "cached", "backbone": backbone, "taps": [tap], "head": "dense",
                "split_id": codes.split_id, "val_carved_from_train": True,
-               "n": {s: int((split == s).sum()) for s in SPLITS}, "accuracy": acc, "evaluated_on": "val"}
+               "n": {s: int((split == s).sum()) for s in SPLITS}, "accuracy": acc, "evaluated_on": "val",
+               "classes_not_evaluated": sorted(set(codes.features.class_names) - set(codes.y[val].tolist()))}
     extractor = {"backbone": backbone, "weights": None if weights is None else str(weights),
                  "weights_id": codes.features.config["weights"], "taps": [tap], "pooling": "avg",
                  "dtype": "float32"}
@@ -347,8 +348,12 @@ def finetune_metrics(plan: FinetunePlan, codes: LabelledCodes, parts: dict, carv
     if len(parts["val"][1]) and eval_split == "test":  # the figure early stopping watched, said as what it is
         metrics["validation"] = accuracy_from_counts(int(correct["val"]), len(parts["val"][1]), "val")
     if eval_split in preds:  # as fit-head saves it: accuracy, correct, n, interval95, smallest_class, warning
-        summary = accuracy_summary(parts[eval_split][1], preds[eval_split], kind=eval_split)
+        names = sorted(codes.features.class_names)  # parts hold indices into the sorted class names
+        summary = accuracy_summary(parts[eval_split][1], preds[eval_split], kind=eval_split, classes=range(len(names)))
+        summary["classes_missing"] = [names[i] for i in summary["classes_missing"]]
         metrics[eval_split] = {k: v for k, v in summary.items() if k != "text"}
+    metrics["classes_not_evaluated"] = metrics[eval_split]["classes_missing"] if eval_split in preds else \
+        sorted(codes.features.class_names)
     return metrics
 
 

@@ -21,8 +21,7 @@ from featx.cells import safe_frame
 from featx.backbones.registry import DEFAULT_BACKBONE
 from featx.bundle import Bundle, save_bundle
 from featx.cache import default_cache_dir
-from featx.datasets import SplitSpec
-from featx.datasets import make_split
+from featx.datasets import Dataset, SplitSpec, discover, make_split
 from featx.errors import FeatxError
 from featx.gallery import error_records, plot_codes_map, write_run_gallery
 from featx.heads import fit_with_copies
@@ -191,6 +190,7 @@ class Design:
 def load_design(data, plan: FitPlan, cache_dir: Path) -> Design:
     """Each backbone's labelled codes (extracting what is missing), aligned on common rows, as one matrix."""
     o = plan.options
+    data = data if isinstance(data, Dataset) else discover(data)  # one scan for every backbone
     codes_list = [labelled_codes(data, b, plan.taps, o.pooling, o.dtype, o.weights, cache_dir, views=o.views,
                                  flip=plan.flip, split=o.split, **o.extract) for b in plan.backbones]
     if o.near_duplicates == "group":
@@ -333,7 +333,7 @@ def evaluate(plan: FitPlan, design: Design, fitted: Fitted) -> Evaluation:
                                    output_dict=True) if len(ye) else {}
     per_class = {c: {"precision": report[c]["precision"], "recall": report[c]["recall"],
                      "support": int(report[c]["support"])} for c in class_names} if report else {}
-    summary = accuracy_summary(ye, pred, kind=eval_split)
+    summary = accuracy_summary(ye, pred, kind=eval_split, classes=class_names)
     accuracy = {"train": accuracy_of(final, *design.part("train")), "val": fitted.val_acc,
                 "test": summary["accuracy"] if eval_split == "test" else None}
     if eval_split == "val":
@@ -378,6 +378,7 @@ def fit_metrics(plan: FitPlan, design: Design, fitted: Fitted, evaluation: Evalu
         "evaluated_on": evaluation.split,
         evaluation.split: {k: v for k, v in evaluation.summary.items() if k != "text"},
         "per_class": evaluation.per_class,
+        "classes_not_evaluated": evaluation.summary["classes_missing"],
         "fit_seconds": fitted.seconds,
         "extract_seconds": sum(c.extract_seconds for c in design.codes_list),
         "skipped_images": [[str(p), r] for c in design.codes_list for p, r in c.features.failures],
@@ -412,7 +413,7 @@ def near_duplicate_metrics(plan: FitPlan, design: Design, fitted: Fitted, evalua
     held = evaluation.split
     leaked = dup.leaked(split, held_out=held, seen=fitted.fit_splits)
     keep = ~leaked[split == held]
-    clean = accuracy_summary(evaluation.y[keep], evaluation.pred[keep]) if keep.any() else None
+    clean = accuracy_summary(evaluation.y[keep], evaluation.pred[keep], kind=held) if keep.any() else None
     paths = [str(p) for p in np.asarray(design.codes.features.paths, dtype=object)[design.rows[0]]]
     straddling = dup.straddling(split)
     top = [[paths[a], str(split[a]), paths[b], str(split[b]), round(float(sim), 4)]
@@ -474,22 +475,27 @@ def write_gallery(plan: FitPlan, design: Design, fitted: Fitted, evaluation: Eva
 
 def write_fit_outputs(plan: FitPlan, design: Design, fitted: Fitted, evaluation: Evaluation, metrics: dict,
                       outputs: RunOutputs) -> Path:
-    """The bundle, metrics.json, selection.csv (auto), confusion.png and the runs-log row; returns the bundle."""
+    """The bundle, selection.csv (auto), confusion.png and metrics.json, which appear together or not at all
+    (:class:`featx.atomic.Together`: a failed plot leaves no finished-looking bundle), then the runs-log row;
+    returns the bundle."""
     o = plan.options
-    folder = outputs.prepare()
     extractors = [{"backbone": b, "weights": None if o.weights is None else str(o.weights),
                    "weights_id": c.features.config["weights"], "taps": plan.taps, "pooling": o.pooling,
                    "dtype": o.dtype} for b, c in zip(plan.backbones, design.codes_list)]
-    bundle_path = save_bundle(Bundle(fitted.final, extractors[0], list(design.codes.features.class_names),
-                                     design.codes.split_id, metrics, extractors=extractors, layout=design.layout),
-                              folder / "model.featx")
-    outputs.write_metrics(metrics)
-    if fitted.selection is not None:
-        safe_frame(fitted.selection.table).to_csv(folder / "selection.csv", index=False, float_format="%.4f")
-    outputs.plot_confusion(evaluation.y, evaluation.pred, design.codes.features.class_names,
-                           f"{metrics['dataset']}: {metrics['backbone']}/{'+'.join(plan.taps)}/{plan.head} "
-                           f"({evaluation.split})")
-    write_gallery(plan, design, fitted, evaluation, folder,
+    staged, together = outputs.together()
+    with together:
+        with staged.file("model.featx") as tmp:
+            save_bundle(Bundle(fitted.final, extractors[0], list(design.codes.features.class_names),
+                               design.codes.split_id, metrics, extractors=extractors, layout=design.layout), tmp)
+        if fitted.selection is not None:
+            with staged.file("selection.csv") as tmp:
+                safe_frame(fitted.selection.table).to_csv(tmp, index=False, float_format="%.4f")
+        staged.plot_confusion(evaluation.y, evaluation.pred, design.codes.features.class_names,
+                              f"{metrics['dataset']}: {metrics['backbone']}/{'+'.join(plan.taps)}/{plan.head} "
+                              f"({evaluation.split})")
+        staged.write_metrics(metrics)  # last: a folder with metrics.json holds everything
+    bundle_path = outputs.folder / "model.featx"
+    write_gallery(plan, design, fitted, evaluation, outputs.folder,
                   f"{metrics['dataset']}: {metrics['backbone']}/{'+'.join(plan.taps)}/{plan.head} ({evaluation.split})")
     outputs.log_run(metrics, head=plan.label, output=bundle_path, extract_s=metrics["extract_seconds"],
                     fit_s=fitted.seconds)

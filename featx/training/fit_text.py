@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from featx.stats import describe_accuracy
+from featx.names import shown
 
 
 def flip_not_used(m: dict) -> str:
@@ -51,7 +52,16 @@ def accuracy_lines(m: dict, summary: dict) -> list[str]:
     return [
         f"{m['evaluated_on']} accuracy {summary['text']}  95% Wilson interval",
         f"train {'-' if train is None else f'{train:.3f}'}" + (f"  {validation}" if validation else ""),
-    ]
+    ] + missing_class_lines(m)
+
+
+def missing_class_lines(m: dict) -> list[str]:
+    """A warning naming the classes with no image in the evaluated split (their names escaped: featx.names)."""
+    if not m.get("classes_not_evaluated"):
+        return []
+    names = ", ".join(f"'{shown(c)}'" for c in m["classes_not_evaluated"])
+    return [f"warning: no {m['evaluated_on']} image of class(es) {names}: no accuracy for them; the "
+            f"{m['evaluated_on']} accuracy covers the other classes only"]
 
 
 def per_class_lines(m: dict) -> list[str]:
@@ -60,7 +70,7 @@ def per_class_lines(m: dict) -> list[str]:
         return []
     lines = [f"  {'per class (' + m['evaluated_on'] + ')':<24} {'precision':>9} {'recall':>7} {'support':>8}"]
     for c, r in m["per_class"].items():
-        lines.append(f"  {c[:24]:<24} {r['precision']:9.3f} {r['recall']:7.3f} {r['support']:8d}")
+        lines.append(f"  {shown(c)[:24]:<24} {r['precision']:9.3f} {r['recall']:7.3f} {r['support']:8d}")
     return lines
 
 

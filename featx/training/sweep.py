@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 from featx.cells import safe_frame
+from featx.atomic import whole
 from featx.backbones.registry import DEFAULT_BACKBONE, get_backbone
 from featx.datasets import SplitSpec
 from featx.selection import make_head  # every --head choice, auto included
@@ -89,8 +90,10 @@ def sweep(data, backbone=DEFAULT_BACKBONE, taps=None, head="logistic", *, poolin
     codes = labelled_codes(data, backbone, taps, pooling, dtype, weights, cache_dir, split=split, **options)
     table = pd.DataFrame(sweep_rows(codes, spec, taps, head, split.seed))
     folder = RunOutputs(codes.name, "cached", f"{backbone}-sweep", out_dir).prepare()
-    safe_frame(table).to_csv(folder / "sweep.csv", index=False, float_format="%.4f")
-    plot_sweep(table, folder / "sweep.png", f"{codes.name}: {head} head on each tap of {backbone}")
+    with whole(folder / "sweep.csv") as tmp:  # each output whole or absent (featx.atomic), cells spreadsheet-safe
+        safe_frame(table).to_csv(tmp, index=False, float_format="%.4f")
+    with whole(folder / "sweep.png") as tmp:
+        plot_sweep(table, tmp, f"{codes.name}: {head} head on each tap of {backbone}")
     n_test = int((codes.split == "test").sum())
     smallest = int(np.unique(codes.y[codes.split == "test"], return_counts=True)[1].min()) if n_test else 0
     table.attrs.update(out_dir=folder, split_id=codes.split_id, dataset=codes.name,
