@@ -23,6 +23,7 @@ import numpy as np
 
 from featx.errors import FeatxError
 from featx.images import load_image
+from featx.names import shown
 from featx.quality import one_thread
 from featx.runs import pyplot
 
@@ -114,9 +115,9 @@ def thumbnail_uri(path, side: int = THUMBNAIL_SIDE, quality: int = THUMBNAIL_QUA
 
 
 def visible(text) -> str:
-    """``text`` writable as UTF-8: a file name's undecodable bytes (surrogate escapes) shown as ``\\udcxx``
-    rather than failing the page's write."""
-    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+    """``text`` writable as UTF-8: a file name's undecodable bytes shown as ``\\xHH``, featx's one documented
+    escape (:func:`featx.names.shown`), rather than failing the page's write."""
+    return shown(text)
 
 
 def card(path, lines, budget: ThumbnailBudget, title: str | None = None) -> str:
@@ -143,7 +144,7 @@ def page(title: str, body: list[str]) -> str:
     """A whole self-contained HTML document (UTF-8, no script, no external URL)."""
     return "\n".join(["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
                       '<meta name="viewport" content="width=device-width, initial-scale=1">',
-                      f"<title>{html.escape(title)}</title>", f"<style>{CSS}</style></head><body>",
+                      f"<title>{html.escape(shown(title))}</title>", f"<style>{CSS}</style></head><body>",
                       *body, "</body></html>"])
 
 
@@ -178,7 +179,7 @@ def error_gallery_html(errors: list[dict], budget: ThumbnailBudget, limit: int =
         pairs.setdefault(tuple(sorted((rec["true"], rec["predicted"]))), []).append(rec)
     ordered = sorted(pairs.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:PAIRS_SHOWN]
     per_pair = _shares([len(recs) for _, recs in ordered], limit)
-    out, shown = [], 0
+    out, n_shown = [], 0
     for ((a, b), recs), share in zip(ordered, per_pair):
         cards = []
         for rec in recs[:share]:
@@ -186,13 +187,13 @@ def error_gallery_html(errors: list[dict], budget: ThumbnailBudget, limit: int =
             cards.append(card(rec["path"], [f"true: {rec['true']}", f"predicted: {rec['predicted']}"
                                              + (f" ({p:.2f})" if p is not None else "")], budget))
         cards = [c for c in cards if c]
-        shown += len(cards)
+        n_shown += len(cards)
         if cards:
             some = f", the {len(cards)} most confident shown" if len(cards) < len(recs) else ""
             out.append(f"<{heading}>{e(a)} &harr; {e(b)}: {len(recs)} error(s){some}</{heading}>"
                        f'<div class="strip">{"".join(cards)}</div>')
-    if len(errors) > shown or budget.held_back:
-        out.append(f'<p class="note">{len(errors)} misclassified image(s); thumbnails of {shown} shown '
+    if len(errors) > n_shown or budget.held_back:
+        out.append(f'<p class="note">{len(errors)} misclassified image(s); thumbnails of {n_shown} shown '
                    f"(at most {limit} per run, {MAX_THUMBNAILS} per page); every one is in errors.json.</p>")
     return "\n".join(out)
 
@@ -267,7 +268,7 @@ def plot_codes_map(X, y, marked, path, title: str, seed: int = 0) -> Path:
         cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
         for c_i, c in enumerate(classes):
             m = y == c
-            ax.scatter(Z[m, 0], Z[m, 1], s=9, color=cmap(c_i % cmap.N), alpha=0.75, label=c, linewidths=0)
+            ax.scatter(Z[m, 0], Z[m, 1], s=9, color=cmap(c_i % cmap.N), alpha=0.75, label=shown(c), linewidths=0)
         if marked.any():  # coloured by the true label; the legend's proxy is white, as the colour varies
             ax.scatter(Z[marked, 0], Z[marked, 1], s=40, marker="X", c=[cmap(classes.index(c) % cmap.N)
                                                                         for c in y[marked]],
@@ -280,7 +281,7 @@ def plot_codes_map(X, y, marked, path, title: str, seed: int = 0) -> Path:
         ax.text(0.5, 0.5, f"{len(X)} image(s): too few for a map", ha="center", va="center")
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(f"{title} ({method}, {len(X)} images)", fontsize=10)
+    ax.set_title(shown(f"{title} ({method}, {len(X)} images)"), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -292,7 +293,7 @@ def write_run_gallery(folder, errors: list[dict], map_png: Path | None, title: s
     folder = Path(folder)
     (folder / "errors.json").write_text(json.dumps(errors, indent=1, ensure_ascii=True))
     budget = ThumbnailBudget()
-    body = [f"<h1>{html.escape(title)}</h1>", "<h2>Misclassified held-out images</h2>",
+    body = [f"<h1>{html.escape(shown(title))}</h1>", "<h2>Misclassified held-out images</h2>",
             error_gallery_html(errors, budget)]
     if map_png is not None and Path(map_png).is_file():
         body += ["<h2>Map of the codes</h2>", codes_map_html(map_png)]

@@ -299,6 +299,6 @@ def test_a_file_name_with_undecodable_bytes_is_shown_escaped(tmp_path):
     errors = [{"path": os.fsdecode(raw), "true": "a", "predicted": "b", "probability": 0.9}]
     page_path = write_run_gallery(tmp_path, errors, None, "run")
     text = page_path.read_text(encoding="utf-8")
-    assert "bad\\udcffname.jpg" in text and "data:image/jpeg;base64," in text
+    assert "bad\\xffname.jpg" in text and "data:image/jpeg;base64," in text
     assert json.loads((tmp_path / "errors.json").read_text())[0]["path"] == os.fsdecode(raw)
 

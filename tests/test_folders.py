@@ -172,7 +172,8 @@ def test_fit_head_on_latin1_names_writes_every_output(latin1):
 
     root, data, code, out, err = latin1
     assert code == 0, err
-    assert {p.name for p in (root / "out").iterdir()} == {"model.featx", "metrics.json", "confusion.png"}
+    assert {p.name for p in (root / "out").iterdir()} == {"model.featx", "metrics.json", "confusion.png", "errors.json",
+                                                      "codes_map.png", "gallery.html"}  # nothing half-written beside them
     metrics = json.loads((root / "out" / "metrics.json").read_text())
     assert set(metrics["per_class"]) == {"red", LATIN1_CLASS}  # JSON keeps the name itself (\udcfc escapes)
     assert "gr\\xfcn" in out  # the console shows the escape

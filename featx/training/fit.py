@@ -230,7 +230,7 @@ def group_split(codes: LabelledCodes, taps, options: FitOptions) -> None:
     groups = near_duplicates(feats.matrix(taps), options.duplicate_threshold)
     if not groups.groups:
         return
-    labels = np.searchsorted(np.asarray(feats.class_names), codes.y) if feats.labels is None else feats.labels
+    labels = np.searchsorted(np.asarray(feats.class_names), codes.y) if feats.labels is None else feats.y  # indices
     s = options.split
     made = make_split(groups.group_keys(feats.keys), labels, feats.given_splits, s.val_fraction, s.test_fraction,
                       s.seed, store=feats.cache_file.parent if feats.cache_file else None,
