@@ -351,7 +351,9 @@ def write_fit_outputs(plan: FitPlan, design: Design, fitted: Fitted, evaluation:
     folder = outputs.prepare()
     extractors = [{"backbone": b, "weights": None if o.weights is None else str(o.weights),
                    "weights_id": c.features.config["weights"], "taps": plan.taps, "pooling": o.pooling,
-                   "dtype": o.dtype} for b, c in zip(plan.backbones, design.codes_list)]
+                   "dtype": o.dtype, "precision": c.features.config.get("precision", "float32"),
+                   "calibration": c.features.config.get("calibration")}
+                  for b, c in zip(plan.backbones, design.codes_list)]
     bundle_path = save_bundle(Bundle(fitted.final, extractors[0], list(design.codes.features.class_names),
                                      design.codes.split_id, metrics, extractors=extractors, layout=design.layout),
                               folder / "model.featx")
