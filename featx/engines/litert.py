@@ -444,12 +444,12 @@ def load_or_convert_int8(config, batch_size: int, cache_dir, build_model, calibr
         if not record.get("parity_ok"):
             raise FeatxError(_int8_failure(record, path))
         return LiteRTEngine(path, batch_size, threads)
-    calibration = calibration or calibrations.load(path.parent, config.calibration)
+    calibration = calibration or calibrations.load(Path(cache_dir) / "engines", config.calibration)
     if calibration is None or calibration.id != config.calibration:
         raise FeatxError(f"int8: the model calibrated as {config.calibration} is not in {path.parent}, nor the "
                          "record of its calibration images; extract its training data with --precision int8 "
                          "into this cache first", param="precision")
-    calibration.save(path.parent)
+    calibration.save(Path(cache_dir) / "engines")
     announce(f"converting {config.backbone} ({', '.join(config.taps)}) to int8 for the LiteRT engine, calibrated "
              f"on {len(calibration.keys)} images (calibration {calibration.id}), once for this configuration; "
              f"it is stored in {path.parent}")
