@@ -292,6 +292,9 @@ def _engine(engine, ray_options: dict, views: int, flip: bool, precision: str = 
             engine = "auto"
     if precision == "int8" and (engine == "ray" or isinstance(engine, RayEngine)):
         raise FeatxError("--precision int8 runs on the local LiteRT engine; extract without --engine ray")
+    if precision == "int8" and engine == "keras":
+        raise FeatxError("--precision int8 runs on the LiteRT engine only, not keras; use --engine litert",
+                         param="engine")
     if engine == "ray":
         engine = RayEngine(**ray_options)
     if views and isinstance(engine, RayEngine):

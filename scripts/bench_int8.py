@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from featx.config import ExtractorConfig  # noqa: E402
+from featx.engines.litert import INT8_MIN_COSINE as PARITY_BOUND, converted_path  # noqa: E402
 from featx.extract import load_features  # noqa: E402
 from featx.heads import make_head  # noqa: E402
 from featx.stats import wilson_interval  # noqa: E402
@@ -45,6 +46,12 @@ def aligned(float_feats, int8_feats):
     a = np.asarray([r[0] for r in rows])
     b = np.asarray([r[1] for r in rows])
     return float_feats.X()[a], int8_feats.X()[b], np.asarray(float_feats.labels)[a]
+
+
+def i8_config(features) -> ExtractorConfig:
+    """The int8 extractor of ``features`` (its cache key holds the calibration chosen)."""
+    key = features.config
+    return ExtractorConfig(key["backbone"], precision="int8", calibration=key["calibration"])
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -71,6 +78,10 @@ def one_set(backbone: str, name: str, seeds, heads, cache: Path, out: list, json
     t2 = time.perf_counter()
     Xf, Xq, y = aligned(f32, i8)
     cos = cosines(Xf, Xq)
+    record = json.loads(converted_path(cache, i8_config(i8)).with_suffix(".json").read_text())
+    probe = min(record["min_cosine"].values())
+    print(f"  parity probe (4 held-out images): min cosine {probe:.3f}; featx's bound {PARITY_BOUND} "
+          f"{'passes' if probe >= PARITY_BOUND else 'REFUSES this model'}", flush=True)
     print(f"\n{backbone} / {name}: {len(y)} images, {len(set(y.tolist()))} classes; codes float32 {t1 - t0:.0f} s, "
           f"int8 {t2 - t1:.0f} s (conversions included); int8 vs float32 cosine per image: min {cos.min():.3f}, "
           f"5th percentile {np.percentile(cos, 5):.3f}, mean {cos.mean():.3f}", flush=True)
@@ -82,7 +93,7 @@ def one_set(backbone: str, name: str, seeds, heads, cache: Path, out: list, json
             row = {"backbone": backbone, "set": name, "seed": seed, "head": head, "n_test": n,
                    "float32": cf / n, "int8": cq / n, "float32_ci": wilson_interval(cf, n),
                    "int8_ci": wilson_interval(cq, n), "diff_points": 100 * (cq - cf) / n,
-                   "cos_min": float(cos.min()), "cos_mean": float(cos.mean())}
+                   "cos_min": float(cos.min()), "cos_mean": float(cos.mean()), "probe_min_cos": probe}
             out.append(row)
             json_path.write_text(json.dumps(out, indent=1))
             print(f"  seed {seed} {head:10s}: float32 {cf / n:.4f} [{row['float32_ci'][0]:.3f}, "
@@ -116,7 +127,10 @@ def main() -> None:
     args = ap.parse_args()
     import featx.config
 
+    import featx.engines.litert
+
     featx.config.INT8_REFUSED.clear()  # a measurement: also of a backbone int8 is refused for
+    featx.engines.litert.INT8_MIN_COSINE = -1.0  # ... and of a model the parity bound refuses (printed below)
     seeds = [int(s) for s in args.seeds.split(",")]
     heads = args.heads.split(",")
     rows: list = []

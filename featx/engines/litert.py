@@ -441,7 +441,7 @@ def load_or_convert_int8(config, batch_size: int, cache_dir, build_model, calibr
     path = converted_path(cache_dir, config)
     record = _record(path)
     if record and path.exists() and record.get("sha256") == file_sha256(path):
-        if not record.get("parity_ok"):
+        if not _int8_passes(record):  # judged against today's bound, not the one it was converted under
             raise FeatxError(_int8_failure(record, path))
         return LiteRTEngine(path, batch_size, threads)
     calibration = calibration or calibrations.load(Path(cache_dir) / "engines", config.calibration)
@@ -478,10 +478,15 @@ def load_or_convert_int8(config, batch_size: int, cache_dir, build_model, calibr
     return candidate
 
 
+def _int8_passes(record: dict) -> bool:
+    cosine = record.get("min_cosine")
+    return bool(isinstance(cosine, dict) and cosine and min(cosine.values()) >= INT8_MIN_COSINE)
+
+
 def _int8_failure(record: dict, path: Path) -> str:
     worst = min(record.get("min_cosine", {"?": float("nan")}).items(), key=lambda kv: kv[1])
     return (f"int8: {path.name} fails its parity check: tap {worst[0]}'s codes keep a cosine of only {worst[1]:.3f} "
-            f"to float32's on the probe images (bound {record.get('bound', INT8_MIN_COSINE)}); its calibration "
+            f"to float32's on the probe images (bound {INT8_MIN_COSINE}); its calibration "
             f"{record.get('calibration')} is unfit; use --precision float32")
 
 
