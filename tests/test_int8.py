@@ -40,6 +40,14 @@ def tiny_feature_model(self):
     return keras.Model(image, {"pre_logits": L.GlobalAveragePooling2D()(x)})
 
 
+@pytest.fixture(autouse=True)
+def int8_allowed(monkeypatch):
+    """These tests exercise the machinery, whatever backbones the measurements turned int8 off for."""
+    import featx.config
+
+    monkeypatch.setattr(featx.config, "INT8_REFUSED", {})
+
+
 @pytest.fixture
 def tiny(monkeypatch):
     require_extra("ai_edge_litert", "int8 runs on the LiteRT engine")
@@ -71,6 +79,15 @@ def test_int8_has_a_cache_key_and_model_file_of_its_own():
         ExtractorConfig("mobilenet_v2", precision="int8", mixed_precision=True)
     with pytest.raises(FeatxError):
         ExtractorConfig("mobilenet_v2", calibration="0" * 16)  # float32 has no calibration
+
+
+def test_a_backbone_int8_is_off_for_is_refused_with_the_measurement(monkeypatch):
+    import featx.config
+
+    monkeypatch.setitem(featx.config.INT8_REFUSED, "mobilenet_v2", "heads lost 2.5 points on cifar10_3k")
+    with pytest.raises(FeatxError, match="int8 is off for mobilenet_v2: heads lost 2.5 points"):
+        ExtractorConfig("mobilenet_v2", precision="int8")
+    assert ExtractorConfig("mobilenet_v2").precision == "float32"
 
 
 def test_calibration_is_chosen_by_content_keys_alone():
