@@ -218,6 +218,9 @@ def main() -> None:
               f"{loaded['litert'].name}, {getattr(loaded['litert'], 'threads', '?')} interpreter threads")
     configs = {e: config for e in engines}
     if "int8" in engines:
+        import featx.config
+
+        featx.config.INT8_REFUSED.clear()  # a measurement: also of a backbone int8 is turned off for
         dataset, keys = image_keys(data)
         calibration = choose_calibration(dataset.paths, keys, dataset.splits)
         configs["int8"] = ExtractorConfig(args.backbone, precision="int8", calibration=calibration.id)
