@@ -129,8 +129,9 @@ def engine_option(p, engines=ENGINES, default=None, extra="") -> None:
 def precision_option(p) -> None:
     """``--precision``: the network's arithmetic (int8: LiteRT only, calibrated on the data; docs/int8.md)."""
     p.add_argument("--precision", default="float32", choices=PRECISIONS,
-                   help="the network's arithmetic: float32, or int8 (LiteRT only; about 1.8x faster on a CPU, "
-                        "calibrated on 100 of the data's training images; its own cache; see docs/int8.md)")
+                   help="the network's arithmetic: float32, or int8 (LiteRT only, faster on a CPU, calibrated on "
+                        "100 of the data's training images, its own cache; off for backbones whose heads lost "
+                        "accuracy; see docs/int8.md)")
 
 
 def batch_options(p) -> None:
