@@ -36,6 +36,7 @@ from featx.backbones.registry import DEFAULT_BACKBONE
 from featx.cache import FeatureCache, cache_path, content_key, default_cache_dir
 from featx.config import ExtractorConfig
 from featx.datasets import SPLIT_KEYWORDS, Dataset, Split, SplitSpec, discover, from_paths, make_split
+from featx.engines.calibration import choose as choose_calibration
 from featx.errors import FeatxError
 from featx.failed import DecodeFailures
 from featx.filling import (AUGMENTATION_ID, CLEAN, FLIPPED, Filled, LocalRows, RayRows, RowKind,
@@ -64,6 +65,7 @@ class ExtractReport:
     computed_views: int = 0
     engine: str | None = None
     engine_seconds: float = 0.0  # making the engine: building the network, a one-time conversion, loading
+    extractor: ExtractorConfig | None = None  # what was extracted (int8: with its calibration chosen)
 
     @property
     def images_per_second(self) -> float:
@@ -223,7 +225,8 @@ def _as_config(config, fields: dict) -> ExtractorConfig:
         fields = {"backbone": config, **fields}
     elif config is not None:
         raise TypeError(f"extract: config must be an ExtractorConfig or a backbone name, got {type(config).__name__}")
-    unknown = set(fields) - {"backbone", "taps", "pooling", "dtype", "weights", "mixed_precision"}
+    unknown = set(fields) - {"backbone", "taps", "pooling", "dtype", "weights", "mixed_precision", "precision",
+                             "calibration"}
     if unknown:
         raise TypeError(f"extract: unexpected arguments {', '.join(sorted(unknown))}")
     return ExtractorConfig(**fields)
@@ -259,7 +262,9 @@ def extract(data, config: ExtractorConfig | str | None = None, *, cache_dir=None
     config : ExtractorConfig or str, optional
         What to extract; a string is a backbone name.  Instead of a config, its
         fields may be given as keywords (``backbone``, ``taps``, ``pooling``,
-        ``dtype``, ``weights``, ``mixed_precision``).
+        ``dtype``, ``weights``, ``mixed_precision``, ``precision``, ``calibration``).
+        ``precision="int8"`` without a calibration: the calibration images are chosen from ``data``
+        (:func:`featx.engines.calibration.choose`); ``report.extractor`` holds the config with its id.
     cache_dir : path, optional
         Default ``$FEATX_CACHE`` or ``./cache``.
     batch_size : int
@@ -298,15 +303,19 @@ def extract(data, config: ExtractorConfig | str | None = None, *, cache_dir=None
     _check_options(batch_size, views, flush_rows, workers)
     ray_options = _ray_options(config_fields)
     config = _as_config(config, config_fields)
-    engine = _engine(engine, ray_options, views, flip)
-    config_key = config.cache_key()
+    engine = _engine(engine, ray_options, views, flip, config.precision)
     dataset = _as_dataset(data)
     folder = cache_dir or default_cache_dir()
-    cache = FeatureCache(cache_path(folder, config_key), config_key)
     memory = DecodeFailures(folder)
     start = time.perf_counter()
-    report = hashed_report(cache, dataset)
-    local = LocalRows(config, engine, cache.path.parent, RunOptions(batch_size, workers, progress, flush_rows))
+    hashed = hash_files(dataset.paths)
+    config, calibration = _calibrated(config, dataset, [k for k, _ in hashed], folder)
+    config_key = config.cache_key()
+    cache = FeatureCache(cache_path(folder, config_key), config_key)
+    report = hashed_report(cache, dataset, hashed)
+    report.extractor = config
+    local = LocalRows(config, engine, cache.path.parent, RunOptions(batch_size, workers, progress, flush_rows),
+                      calibration)
     fill_clean(report, cache, _clean_rows(engine, local, config, batch_size), memory, retry_failed)
     if views:
         fill_views(report, augmented(views), local)
@@ -338,12 +347,31 @@ def _ray_options(config_fields: dict) -> dict:
             if old in config_fields}
 
 
-def _engine(engine, ray_options: dict, views: int, flip: bool):
+def _calibrated(config: ExtractorConfig, dataset: Dataset, keys: list, folder):
+    """``config`` with its int8 calibration chosen from ``dataset`` (when int8 and not given) and that
+    calibration (stored in ``folder/engines``); float32 or a given calibration: ``(config, None)``."""
+    if config.precision != "int8" or config.calibration is not None:
+        return config, None
+    calibration = choose_calibration(dataset.paths, keys, dataset.splits)
+    calibration.save(Path(folder) / "engines")
+    return config.calibrated(calibration.id), calibration
+
+
+def _engine(engine, ray_options: dict, views: int, flip: bool, precision: str = "float32"):
     """The engine asked for (default ``$FEATX_ENGINE`` or ``auto``; ``"ray"`` becomes a RayEngine); FeatxError
-    when views or the mirrored view are asked of Ray (they run on the local engine)."""
+    when views or the mirrored view are asked of Ray (they run on the local engine), or int8 of Ray or Keras.
+    int8 with ``$FEATX_ENGINE`` unset or ``keras``: ``auto`` (int8 runs on LiteRT, asked for explicitly)."""
     from featx.engines.ray import RayEngine
 
-    engine = engine if engine is not None else os.environ.get("FEATX_ENGINE", "auto")
+    if engine is None:
+        engine = os.environ.get("FEATX_ENGINE", "auto")
+        if precision == "int8" and engine == "keras":
+            engine = "auto"
+    if precision == "int8" and (engine == "ray" or isinstance(engine, RayEngine)):
+        raise FeatxError("--precision int8 runs on the local LiteRT engine; extract without --engine ray")
+    if precision == "int8" and engine == "keras":
+        raise FeatxError("--precision int8 runs on the LiteRT engine only, not keras; use --engine litert",
+                         param="engine")
     if engine == "ray":
         engine = RayEngine(**ray_options)
     if views and isinstance(engine, RayEngine):
@@ -360,9 +388,10 @@ def _clean_rows(engine, local: LocalRows, config: ExtractorConfig, batch_size: i
     return RayRows(engine, config, batch_size) if isinstance(engine, RayEngine) else local
 
 
-def hashed_report(cache: FeatureCache, dataset: Dataset) -> ExtractReport:
-    """A report holding each image's content key (:func:`hash_files`); unreadable files are its first failures."""
-    hashed = hash_files(dataset.paths)
+def hashed_report(cache: FeatureCache, dataset: Dataset, hashed: list | None = None) -> ExtractReport:
+    """A report holding each image's content key (:func:`hash_files`, unless ``hashed`` gives its result);
+    unreadable files are its first failures."""
+    hashed = hash_files(dataset.paths) if hashed is None else hashed
     report = ExtractReport(cache.path, dataset, [k for k, _ in hashed])
     report.failures = [(p, err) for p, (k, err) in zip(dataset.paths, hashed) if k is None]
     return report
@@ -453,7 +482,8 @@ def load_features(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), 
         (``predict`` on a labelled folder needs no split, and a folder with two images of a class
         could not be split).
     **options
-        ``val_fraction``, ``test_fraction``, ``seed`` (see ``split``), ``mixed_precision``, and
+        ``val_fraction``, ``test_fraction``, ``seed`` (see ``split``), ``mixed_precision``, ``precision``,
+        ``calibration`` (the extractor's, :class:`~featx.config.ExtractorConfig`), and
         :func:`extract`'s options.
 
     Returns
@@ -469,15 +499,17 @@ def load_features(data, backbone: str = DEFAULT_BACKBONE, taps=("pre_logits",), 
     if isinstance(backbone, ExtractorConfig):
         extractor = backbone
     else:
-        extractor = ExtractorConfig(backbone, taps, pooling, dtype, weights, options.pop("mixed_precision", False))
+        extractor = ExtractorConfig(backbone, taps, pooling, dtype, weights, options.pop("mixed_precision", False),
+                                    options.pop("precision", "float32"), options.pop("calibration", None))
     spec = _split_spec(split, options)
     taps = list(extractor.taps)
     dataset = _as_dataset(data)
-    config = extractor.cache_key()
     if extract_missing:
         report = extract(dataset, extractor, cache_dir=cache_dir, views=views, flip=flip, **options)
         keys, failures, path = report.keys, report.failures, report.cache_file
-    else:
+        extractor = report.extractor
+    config = extractor.cache_key()
+    if not extract_missing:
         keys, failures, path = cached_rows(dataset, extractor, cache_dir)
     ok = [i for i, k in enumerate(keys) if k is not None]
     ok_keys = [keys[i] for i in ok]

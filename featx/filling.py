@@ -132,11 +132,13 @@ class LocalRows:
     """Runs missing rows on the local engine, made on first need and shared by every kind of row.
 
     ``engine``: a name for :func:`featx.engines.make_engine` or an engine already made (it has ``run``);
-    ``cache_dir``: where a converted engine is kept.
+    ``cache_dir``: where a converted engine is kept; ``calibration``: an int8 config's calibration images
+    (:class:`featx.engines.calibration.Calibration`; None: the one stored under its id).
     """
 
-    def __init__(self, config: ExtractorConfig, engine, cache_dir: Path, options: RunOptions):
+    def __init__(self, config: ExtractorConfig, engine, cache_dir: Path, options: RunOptions, calibration=None):
         self.config, self.engine, self.cache_dir, self.options = config, engine, cache_dir, options
+        self.calibration = calibration
         self.runner = engine if hasattr(engine, "run") else None
         self.seconds = 0.0  # spent making the engine (building the network, a conversion, loading)
 
@@ -157,7 +159,8 @@ class LocalRows:
             from featx.engines import make_engine
 
             t0 = time.perf_counter()
-            self.runner = make_engine(self.config, min(self.options.batch_size, count), self.engine, self.cache_dir)
+            self.runner = make_engine(self.config, min(self.options.batch_size, count), self.engine, self.cache_dir,
+                                      calibration=self.calibration)
             self.seconds += time.perf_counter() - t0
         return self.runner
 

@@ -8,12 +8,13 @@ converted graph, the Keras engine with the backbone's ``normalize``.  Only
 numpy and OpenCV run here, never TensorFlow.
 
 :func:`decode_workers` sizes the decode thread pool from the cores this
-process may use, leaving the engine its share.
+process may use, leaving the engine its share (a rule chosen by measurement: ``DECODE_SHARE``).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import math
 import os
 
 import numpy as np
@@ -111,6 +112,14 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+#: The decode pool's floor beside an engine that keeps every core busy (LiteRT runs as many threads as cores):
+#: a quarter of the cores.  Measured with scripts/bench_extract.py on 2 cores (docs/int8.md): the default of 1
+#: thread was not slower than fixed 1, 2 or 3 threads, float32 and int8 (1.01-1.18x them).  Decoding costs
+#: 2.8 CPU ms per image there against 11.3 (float32) and 5.3 (int8) for the network: 20-35 % of the work, so
+#: on many cores a single decode thread would starve the network (one thread decodes ~350 img/s).
+DECODE_SHARE = 0.25
+
+
 def decode_workers(requested: int | None = None, engine_threads: int = 1, cores: int | None = None) -> int:
     """How many decode threads to run beside an engine.
 
@@ -127,7 +136,9 @@ def decode_workers(requested: int | None = None, engine_threads: int = 1, cores:
     Returns
     -------
     int
-        ``requested`` if given, else the cores left beside the engine, at least 1.
+        ``requested`` if given, else the larger of the cores left beside the engine and
+        ``ceil(DECODE_SHARE * cores)``, at least 1.  Beside LiteRT on all cores: 1 thread on 2 or
+        4 cores, 2 on 8, 4 on 16; beside a GPU engine: every core but one.
 
     Raises
     ------
@@ -139,4 +150,4 @@ def decode_workers(requested: int | None = None, engine_threads: int = 1, cores:
             raise FeatxError(f"expected 1 or more, got {requested}", param="workers")
         return int(requested)
     cores = cores or available_cores()
-    return max(1, cores - max(0, engine_threads))
+    return max(1, cores - max(0, engine_threads), math.ceil(DECODE_SHARE * cores))

@@ -99,7 +99,7 @@ class Predictor:
         from featx.cache import default_cache_dir
         from featx.config import ExtractorConfig
         from featx.engines import make_engine
-        from featx.prediction.bundles import bundle_proba, extractor_weights
+        from featx.prediction.bundles import bundle_proba, extractor_weights, precision_of
 
         bundle = load_bundle(self.path, trust=trust)
         extractors = bundle.all_extractors()
@@ -115,7 +115,7 @@ class Predictor:
         runners = []  # one engine per extractor
         for ext in extractors:
             config = ExtractorConfig(ext["backbone"], ext["taps"], ext["pooling"], ext["dtype"],
-                                     extractor_weights(bundle, None, ext))
+                                     extractor_weights(bundle, None, ext), **precision_of(ext))
             runners.append((list(ext["taps"]), make_engine(config, 1, engine, cache_dir or default_cache_dir())))
         self.engine = runners[0][1].name
 

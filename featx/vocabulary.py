@@ -13,6 +13,9 @@ from featx.errors import FeatxError
 #: Storage types of cached codes (the network always computes float32).
 DTYPES = ("float32", "float16")
 
+#: Arithmetic of the network: float32, or full-integer int8 (LiteRT only, calibrated on the data; docs/int8.md).
+PRECISIONS = ("float32", "int8")
+
 #: How a tap's feature map becomes a code: global average, global max, both concatenated, or the map flattened.
 POOLINGS = ("avg", "max", "avgmax", "none")
 

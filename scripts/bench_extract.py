@@ -6,12 +6,14 @@ interleaved (A, B, A, B, ...), medians over ``--repeats``.  Uses ../shared/datas
 it exists, else generated JPEGs of realistic size.
 
 Sections:
-  - bare networks on pre-decoded batches: Keras and LiteRT (the ceilings)
+  - bare networks on pre-decoded batches: Keras, LiteRT float32 and LiteRT int8 (the ceilings)
   - decode only (file -> network input, no network) against the number of decode threads:
     the decode ceiling of this machine, GPU machines included
   - featx extract end to end (files -> HDF5 rows) per engine, with the engine already loaded,
-    and its ratio to that engine's bare network; LiteRT with the default decode pool and with
-    the former fixed 2 threads; codes of each engine against Keras
+    and its ratio to that engine's bare network; LiteRT (float32 and int8) with the default decode
+    pool and with each fixed count of ``--decode-threads`` (default 1, 2, 3): the default must not be
+    slower than any of them; int8 against float32, bare and end to end (issue 29's goals: >= 1.6x
+    bare, >= 1.4x end to end); codes of each engine against Keras (int8: cosine to float32)
   - the study's naive loop (decode one, predict one)
   - ``--ray``: ``extract(..., engine=RayEngine())`` on a local Ray cluster (start-up included, as a user
     sees it) against the LiteRT end-to-end rate of the same run
@@ -20,6 +22,7 @@ Sections:
     the number of images is visible
 
     python scripts/bench_extract.py [--data DIR] [--backbone mobilenet_v2] [--repeats 3]
+        [--engines keras,litert,int8] [--decode-threads 1,2,3]
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ sys.path.insert(0, str(ROOT))
 from featx.config import ExtractorConfig  # noqa: E402
 from featx.datasets import discover  # noqa: E402
 from featx.engines import KerasEngine, litert_available, make_engine  # noqa: E402
-from featx.extract import extract, load_features  # noqa: E402
+from featx.engines.calibration import choose as choose_calibration  # noqa: E402
+from featx.extract import extract, image_keys, load_features  # noqa: E402
 from featx.images import load_image  # noqa: E402
 from featx.preprocess import available_cores, decode_workers, load_for_network  # noqa: E402
 
@@ -174,7 +178,10 @@ def main() -> None:
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--ray", action="store_true",
                     help="also time featx extract on a local Ray cluster (extra featx[ray]), whole call")
-    ap.add_argument("--engines", default="keras,litert", help="comma-separated engines to time")
+    ap.add_argument("--engines", default="keras,litert,int8",
+                    help="comma-separated engines to time (int8: LiteRT with --precision int8)")
+    ap.add_argument("--decode-threads", default="1,2,3",
+                    help="fixed decode thread counts timed end to end against the default pool (LiteRT engines)")
     ap.add_argument("--workers", default=None,
                     help="comma-separated decode thread counts for the decode-only table "
                          "(default 1, 2, 4, ... up to twice the cores)")
@@ -186,7 +193,7 @@ def main() -> None:
     paths = discover(data).paths
     n = len(paths)
     bs = args.batch_size
-    engines = [e for e in args.engines.split(",") if e != "litert" or litert_available()]
+    engines = [e for e in args.engines.split(",") if e not in ("litert", "int8") or litert_available()]
     config = ExtractorConfig(args.backbone)
     spec = config.spec
     cores = available_cores()
@@ -209,32 +216,49 @@ def main() -> None:
                                        model=keras.model)
         print(f"LiteRT engine ready in {time.perf_counter() - t0:.1f}s (includes the one-time conversion), "
               f"{loaded['litert'].name}, {getattr(loaded['litert'], 'threads', '?')} interpreter threads")
+    configs = {e: config for e in engines}
+    if "int8" in engines:
+        import featx.config
+
+        featx.config.INT8_REFUSED.clear()  # a measurement: also of a backbone int8 is turned off for
+        dataset, keys = image_keys(data)
+        calibration = choose_calibration(dataset.paths, keys, dataset.splits)
+        configs["int8"] = ExtractorConfig(args.backbone, precision="int8", calibration=calibration.id)
+        t0 = time.perf_counter()
+        loaded["int8"] = make_engine(configs["int8"], bs, "litert", args.cache or tmp / "engines-home", gpu=False,
+                                     model=keras.model, calibration=calibration)
+        print(f"int8 LiteRT engine ready in {time.perf_counter() - t0:.1f}s (includes the one-time conversion, "
+              f"calibrated on {len(calibration.keys)} images)")
     batch = np.stack([load_for_network(spec, p) for p in paths[:bs]])
     reps = max(1, n // bs)
 
     # -- ceilings and pipeline, interleaved per repeat -------------------------------------------------
     auto_workers = decode_workers(None, engine_threads=getattr(loaded.get("litert"), "threads", 1))
+    fixed = [int(w) for w in args.decode_threads.split(",") if w]
     runs = {f"bare {e}": [] for e in engines}
     runs.update({f"e2e {e}": [] for e in engines})
-    if "litert" in engines:
-        runs["e2e litert, 2 decode threads (former default)"] = []
+    for e in engines:
+        if e in ("litert", "int8"):
+            runs.update({f"e2e {e}, {w} decode threads": [] for w in fixed})
     cpu_ms = {k: [] for k in runs}  # process CPU time per image: what a loaded machine cannot inflate
     for e in engines:
         loaded[e].run(batch)  # warm
-    for _ in range(args.repeats):
+    variants = [("", None)] + [(f", {w} decode threads", w) for w in fixed]
+    for _ in range(args.repeats):  # interleaved: every bare network, then each pool with each engine in turn
         for e in engines:
-            engine = loaded[e]
             c0, t0 = time.process_time(), time.perf_counter()
             for _ in range(reps):
-                engine.run(batch)
+                loaded[e].run(batch)
             runs[f"bare {e}"].append(reps * bs / (time.perf_counter() - t0))
             cpu_ms[f"bare {e}"].append((time.process_time() - c0) * 1000 / (reps * bs))
-            variants = [("", None)] + ([(", 2 decode threads (former default)", 2)] if e == "litert" else [])
-            for suffix, workers in variants:
+        for suffix, workers in variants:
+            for e in engines:
+                if workers is not None and e not in ("litert", "int8"):
+                    continue
                 cache = tmp / f"cache-{e}{workers or ''}"
                 shutil.rmtree(cache, ignore_errors=True)
                 c0 = time.process_time()
-                report = extract(data, config, cache_dir=cache, batch_size=bs, progress=False, engine=engine,
+                report = extract(data, configs[e], cache_dir=cache, batch_size=bs, progress=False, engine=loaded[e],
                                  workers=workers)
                 assert report.computed == n - len(report.failures), report.summary()
                 runs[f"e2e {e}{suffix}"].append(report.images_per_second)
@@ -246,19 +270,27 @@ def main() -> None:
     print(f"| what (median of {args.repeats}) | img/s (wall) | ratio (wall) | CPU ms per image | "
           f"ratio (CPU: bare / this) |")
     print("|---|---|---|---|---|")
+    base = "keras" if "keras" in engines else engines[0]
     for e in engines:
         print(f"| bare {e} network, pre-decoded batches | {med[f'bare {e}']:.1f} | "
-              f"{med[f'bare {e}'] / med['bare keras']:.2f}x bare Keras | {cpu[f'bare {e}']:.2f} | |")
+              f"{med[f'bare {e}'] / med[f'bare {base}']:.2f}x bare {base} | {cpu[f'bare {e}']:.2f} | |")
     for e in engines:
-        w = auto_workers if e == "litert" else keras_workers
+        w = auto_workers if e in ("litert", "int8") else keras_workers
         print(f"| featx extract, {e} engine, files to HDF5 ({w} decode threads) | {med[f'e2e {e}']:.1f} | "
               f"{med[f'e2e {e}'] / med[f'bare {e}']:.2f}x bare {e} | {cpu[f'e2e {e}']:.2f} | "
               f"{cpu[f'bare {e}'] / cpu[f'e2e {e}']:.2f} |")
+    for e in ("litert", "int8"):
+        for w in fixed if e in engines else ():
+            key = f"e2e {e}, {w} decode threads"
+            print(f"| featx extract, {e} engine, {w} decode threads (fixed) | {med[key]:.1f} | "
+                  f"{med[key] / med[f'bare {e}']:.2f}x bare {e}; default pool {med[f'e2e {e}'] / med[key]:.2f}x "
+                  f"this | {cpu[key]:.2f} | {cpu[f'bare {e}'] / cpu[key]:.2f} |")
+    if "int8" in engines and "litert" in engines:
+        print(f"| int8 vs float32 (LiteRT), bare network | | {med['bare int8'] / med['bare litert']:.2f}x "
+              f"(goal >= 1.6) | | {cpu['bare litert'] / cpu['bare int8']:.2f}x |")
+        print(f"| int8 vs float32 (LiteRT), featx extract end to end, default pools | | "
+              f"{med['e2e int8'] / med['e2e litert']:.2f}x (goal >= 1.4) | | {cpu['e2e litert'] / cpu['e2e int8']:.2f}x |")
     if "litert" in engines:
-        key = "e2e litert, 2 decode threads (former default)"
-        print(f"| featx extract, litert engine, 2 decode threads (former default) | {med[key]:.1f} | "
-              f"{med[key] / med['bare litert']:.2f}x bare litert; default pool {med['e2e litert'] / med[key]:.2f}x "
-              f"this | {cpu[key]:.2f} | {cpu['bare litert'] / cpu[key]:.2f} |")
         if "keras" in engines:
             print(f"| featx extract: litert vs keras, both end to end | | "
                   f"{med['e2e litert'] / med['e2e keras']:.2f}x | "
@@ -272,7 +304,13 @@ def main() -> None:
         ref = load_features(data, config, cache_dir=tmp / "cache-keras", extract_missing=False).codes["pre_logits"]
         for e in engines:
             if e != "keras":
-                got = load_features(data, config, cache_dir=tmp / f"cache-{e}", extract_missing=False)
+                got = load_features(data, configs[e], cache_dir=tmp / f"cache-{e}", extract_missing=False)
+                if e == "int8":
+                    a, b = got.codes["pre_logits"], ref
+                    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+                    print(f"codes int8 vs keras float32: cosine per image min {cos.min():.3f}, mean {cos.mean():.3f} "
+                          f"(parity bound: min >= 0.9 on the probe images)")
+                    continue
                 print(f"codes {e} vs keras: max abs difference {np.abs(got.codes['pre_logits'] - ref).max():.2e} "
                       f"(parity bound 1e-4)")
 

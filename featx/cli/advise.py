@@ -8,7 +8,7 @@ from pathlib import Path
 
 from featx.cli.checks import check_backbones, check_folder, check_out_folder
 from featx.cli.options import backbone_names, backbone_option, cache_option, data_argument, nonnegative_float, \
-    out_option, positive_int, split_kwargs, split_options, verbose_option
+    out_option, positive_int, precision_option, split_kwargs, split_options, verbose_option
 from featx.cli.parser import add_command
 from featx.vocabulary import ADVISE_SCORES
 
@@ -31,6 +31,7 @@ def add_parser(subparsers) -> None:
                    help="a dataset with at least N images per class (median) counts as large")
     out_option(p, "print only; DIR gets advice.json and advice.txt")
     split_options(p)
+    precision_option(p)
     verbose_option(p)
     p.set_defaults(func=run)
 
@@ -43,7 +44,7 @@ def run(args) -> int:
     check_out_folder(args.out)
     advice = advise(args.data, backbone=backbone_names(args), cache_dir=args.cache, sample=args.sample,
                     score=args.score, large_per_class=args.large_per_class, room=args.room, **split_kwargs(args),
-                    out=args.out)
+                    out=args.out, precision=args.precision)
     print(advice)
     if args.out:
         print(f"written: {Path(args.out) / 'advice.json'}, {Path(args.out) / 'advice.txt'}")

@@ -39,7 +39,7 @@ def run(args) -> int:
     if args.views and args.engine == "ray":
         raise FeatxError("--views: augmented views run on the local engine; extract them without --engine ray")
     config = ExtractorConfig(args.backbone, args.taps, args.pooling, args.dtype, weights_value(args.weights),
-                             args.mixed_precision)
+                             args.mixed_precision, args.precision)
     report = extract(args.data, config, batch_size=args.batch_size, cache_dir=args.cache, workers=args.workers,
                      views=args.views, engine=_engine(args), retry_failed=args.retry_failed)
     print(report.summary())

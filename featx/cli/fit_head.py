@@ -84,7 +84,7 @@ def run(args) -> int:
         out_dir=args.out, class_weight=class_weight_value(args.class_weight), l2=args.l2,
         standardize=args.standardize, pca=args.pca, **split_kwargs(args), views=args.views, refit=args.refit,
         fuse=args.fuse, tta=args.tta, budget=args.budget, recipe=args.recipe, engine=args.engine,
-        batch_size=args.batch_size, workers=args.workers, near_duplicates=args.near_duplicates,
+        batch_size=args.batch_size, workers=args.workers, precision=args.precision, near_duplicates=args.near_duplicates,
         gallery=args.gallery, **({"duplicate_threshold": args.duplicate_threshold}
                                  if args.duplicate_threshold is not None else {}),
     )

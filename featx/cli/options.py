@@ -12,7 +12,7 @@ import argparse
 import math
 
 from featx.cli.parser import add_alias
-from featx.vocabulary import CLASS_WEIGHTS, DTYPES, ENGINES, POOLINGS
+from featx.vocabulary import CLASS_WEIGHTS, DTYPES, ENGINES, POOLINGS, PRECISIONS
 
 CACHE_HELP = "the cache folder; converted LiteRT engines live in DIR/engines (default: $FEATX_CACHE or ./cache)"
 EXIT_STATUS = "Exit status: 0 done, 2 error, 3 done but some images were skipped."
@@ -126,6 +126,14 @@ def engine_option(p, engines=ENGINES, default=None, extra="") -> None:
                         + (" (default: $FEATX_ENGINE or auto)" if default is None else ""))
 
 
+def precision_option(p) -> None:
+    """``--precision``: the network's arithmetic (int8: LiteRT only, calibrated on the data; docs/int8.md)."""
+    p.add_argument("--precision", default="float32", choices=PRECISIONS,
+                   help="the network's arithmetic: float32, or int8 (LiteRT only, faster on a CPU, calibrated on "
+                        "100 of the data's training images, its own cache; off for backbones whose heads lost "
+                        "accuracy; see docs/int8.md)")
+
+
 def batch_options(p) -> None:
     p.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="images per network batch")
     p.add_argument("--workers", type=positive_int, default=None, metavar="N",
@@ -133,13 +141,14 @@ def batch_options(p) -> None:
 
 
 def extractor_options(p, taps_default="pre_logits", engines=ENGINES) -> None:
-    """Everything that says how codes are computed and stored: backbone, taps, pooling, dtype, weights,
-    cache, engine, batch."""
+    """Everything that says how codes are computed and stored: backbone, taps, pooling, dtype, precision,
+    weights, cache, engine, batch."""
     backbone_option(p)
     taps_option(p, taps_default, None if taps_default else "every tap of the backbone")
     p.add_argument("--pooling", default="avg", choices=POOLINGS,
                    help="how a tap's feature map becomes one vector (none: keep the whole map)")
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="storage type of the codes")
+    precision_option(p)
     weights_option(p)
     cache_option(p)
     engine_option(p, engines)

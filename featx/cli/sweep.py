@@ -28,7 +28,7 @@ def run(args) -> int:
     check_out_folder(args.out)
     table = sweep(args.data, backbone=args.backbone, taps=args.taps, pooling=args.pooling, dtype=args.dtype,
                   weights=weights_value(args.weights), cache_dir=args.cache, out_dir=args.out, **split_kwargs(args),
-                  engine=args.engine, batch_size=args.batch_size, workers=args.workers)
+                  engine=args.engine, batch_size=args.batch_size, workers=args.workers, precision=args.precision)
     print(f"{table.attrs['dataset']}: logistic head on each tap of {args.backbone} (split {table.attrs['split_id']})")
     print(sweep_text(table))
     print(f"plot and table: {table.attrs['out_dir']}")

@@ -21,12 +21,13 @@ import sys
 
 from featx import _tf
 from featx.engines.keras import KerasEngine
-from featx.engines.litert import PARITY_ATOL, LiteRTEngine, is_converted, litert_available, load_or_convert
+from featx.engines.litert import (INT8_MIN_COSINE, PARITY_ATOL, LiteRTEngine, is_converted, litert_available,
+                                  load_or_convert, load_or_convert_int8)
 from featx.errors import FeatxError
 from featx.vocabulary import ENGINES
 
 
-__all__ = ["ENGINES", "PARITY_ATOL", "KerasEngine", "LiteRTEngine", "is_converted", "litert_available", "make_engine",
+__all__ = ["ENGINES", "INT8_MIN_COSINE", "PARITY_ATOL", "KerasEngine", "LiteRTEngine", "is_converted", "litert_available", "make_engine",
            "uses_litert"]
 
 
@@ -48,7 +49,8 @@ def uses_litert(engine: str = "auto", gpu: bool | None = None) -> bool:
 
 
 def make_engine(config, batch_size: int, engine: str = "auto", cache_dir=None, gpu: bool | None = None,
-                warn=None, model=None, threads: int | None = None, announce=None, convert: bool = True):
+                warn=None, model=None, threads: int | None = None, announce=None, convert: bool = True,
+                calibration=None):
     """The engine to run ``config``'s network with.
 
     Parameters
@@ -70,7 +72,9 @@ def make_engine(config, batch_size: int, engine: str = "auto", cache_dir=None, g
         LiteRT interpreter threads (default: the cores available).
     convert : bool
         With ``engine="auto"``: False uses LiteRT only when its checked
-        conversion already exists (no one-time conversion; Keras otherwise).
+        conversion already exists (no one-time conversion; Keras otherwise).  Not for int8.
+    calibration : featx.engines.calibration.Calibration, optional
+        int8: the images ``config.calibration`` names (default: the record stored in the cache).
 
     Returns
     -------
@@ -79,8 +83,19 @@ def make_engine(config, batch_size: int, engine: str = "auto", cache_dir=None, g
     Raises
     ------
     FeatxError
-        Unknown engine, or LiteRT asked for but not installed.
+        Unknown engine, or LiteRT asked for but not installed; int8 on another engine than LiteRT or
+        without a cache folder, or its conversion or parity check failed.
     """
+    build = (lambda: model) if model is not None else config.feature_model
+    if getattr(config, "precision", "float32") == "int8":
+        if engine not in ("auto", "litert"):
+            raise FeatxError(f"--precision int8 runs on the LiteRT engine only, not {engine}; use --engine litert",
+                             param="engine")
+        if not litert_available():
+            raise FeatxError("--precision int8 needs LiteRT; run: pip install ai-edge-litert", param="precision")
+        if cache_dir is None:
+            raise FeatxError("--precision int8 needs a cache folder to keep its converted model", param="cache")
+        return load_or_convert_int8(config, batch_size, cache_dir, build, calibration, threads, announce)
     if config.mixed_precision:
         engine = "keras"
     if not uses_litert(engine, gpu) or cache_dir is None:
@@ -90,6 +105,5 @@ def make_engine(config, batch_size: int, engine: str = "auto", cache_dir=None, g
             return KerasEngine(config, model)
         _tf.require_tensorflow("converting a network for the LiteRT engine")
     warn = warn or (lambda msg: print(f"featx: warning: {msg}", file=sys.stderr))
-    build = (lambda: model) if model is not None else config.feature_model
     return load_or_convert(config, batch_size, cache_dir, build,
                            warn, threads, announce)

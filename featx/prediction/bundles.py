@@ -84,7 +84,15 @@ def bundle_features(bundle: Bundle, dataset, tta: str, cache_dir, weights, extra
     flip = tta == "flip" or bundle.needs_flip()
     return [load_features(dataset, ext["backbone"], ext["taps"], ext["pooling"], cache_dir, ext["dtype"],
                           extractor_weights(bundle, weights if i == 0 else None, ext), views=views, flip=flip,
-                          split=False, **extract_options) for i, ext in enumerate(bundle.all_extractors())]
+                          split=False, **precision_of(ext), **extract_options)
+            for i, ext in enumerate(bundle.all_extractors())]
+
+
+def precision_of(ext: dict) -> dict:
+    """The extractor's precision and int8 calibration as :func:`featx.extract.load_features` takes them
+    (a bundle made before int8 existed is float32): a bundle fitted on int8 codes predicts with the very
+    same int8 model."""
+    return {"precision": ext.get("precision", "float32"), "calibration": ext.get("calibration")}
 
 
 def aligned_codes(feats: list) -> tuple[list, list]:

@@ -481,7 +481,9 @@ def write_fit_outputs(plan: FitPlan, design: Design, fitted: Fitted, evaluation:
     o = plan.options
     extractors = [{"backbone": b, "weights": None if o.weights is None else str(o.weights),
                    "weights_id": c.features.config["weights"], "taps": plan.taps, "pooling": o.pooling,
-                   "dtype": o.dtype} for b, c in zip(plan.backbones, design.codes_list)]
+                   "dtype": o.dtype, "precision": c.features.config.get("precision", "float32"),
+                   "calibration": c.features.config.get("calibration")}
+                  for b, c in zip(plan.backbones, design.codes_list)]
     staged, together = outputs.together()
     with together:
         with staged.file("model.featx") as tmp:
