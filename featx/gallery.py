@@ -68,15 +68,18 @@ border:1px solid #ddd;border-radius:3px}
 img.map{max-width:100%;height:auto;border:1px solid #eee}
 """
 
-#: A whole page's styles: the report's look, and the cards.
-CSS = """
+#: featx's page look (text, headings, tables, notes), shared by every page it writes (report, gallery, check).
+PAGE_CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:2rem auto;max-width:1200px;
 padding:0 1rem;color:#222}
 h1{font-size:1.5rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}h3{font-size:1rem}
 table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;
 vertical-align:top}th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .note{color:#555;font-size:.9em}.warn{color:#a40}
-""" + CARD_CSS
+"""
+
+#: A whole page's styles: the look, and the cards.
+CSS = PAGE_CSS + CARD_CSS
 
 
 @dataclass

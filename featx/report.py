@@ -20,7 +20,7 @@ import numpy as np
 
 from featx.atomic import whole, write_text
 from featx.cells import markdown_cell, safe_frame
-from featx.gallery import CARD_CSS, ThumbnailBudget, run_section
+from featx.gallery import CARD_CSS, PAGE_CSS, ThumbnailBudget, run_section
 from featx.names import unshown
 from featx.runs import MAX_FIGURE_INCHES, RUN_COLUMNS, plain_text, plot_curves, pyplot
 from featx.stats import KINDS, SMALL_TEST_IMAGES, accuracy_of_rate, wilson_interval
@@ -446,15 +446,7 @@ def _img(path: Path, alt: str) -> str:
     return f'<img src="{_data_uri(path)}" alt="{html.escape(alt)}">'
 
 
-_CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:2rem auto;max-width:1100px;
-padding:0 1rem;color:#222}
-h1{font-size:1.5rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}h3{font-size:1rem}
-table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;
-vertical-align:top}th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
-img{max-width:100%;height:auto;border:1px solid #eee}.run{margin:1.5rem 0}.note{color:#555;font-size:.9em}
-.warn{color:#a40}
-"""
+_CSS = PAGE_CSS + "img{max-width:100%;height:auto;border:1px solid #eee}.run{margin:1.5rem 0}\n"
 
 
 def render_html(runs_csv, runs, summary, chart: Path, curves: dict, skipped: list = ()) -> str:

@@ -393,12 +393,7 @@ def load_or_convert(config, batch_size: int, cache_dir, build_model, warn, threa
                   "convert_seconds": seconds, "total_seconds": total, "config": config.cache_key(),
                   "taps": list(config.taps),
                   "probe_size": PROBE_SIZE, "format": FORMAT, "input": str(candidate.input_dtype)}
-        tmp = record_path.with_suffix(".json.tmp")
-        try:
-            tmp.write_text(json.dumps(record, indent=2))
-            os.replace(tmp, record_path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        _write_record(record_path, record)
     except Exception as exc:  # noqa: BLE001 - any failure to convert or store: stay on Keras
         _discard(path, record_path)
         warn(f"cannot store the converted LiteRT model in {path.parent} ({_reason(exc)}); using Keras")
