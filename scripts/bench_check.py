@@ -131,7 +131,7 @@ def duplicates_bench(name: str, work: Path, cache: Path, per_transform: int, see
 def flips_bench(name: str, cache: Path, seeds: list[int]) -> None:
     feats = load_features(SHARED / name, "mobilenet_v2", cache_dir=cache, split=False, progress=False)
     X = feats.X
-    y0 = np.asarray(feats.class_names)[feats.labels]
+    y0 = np.asarray(feats.labels)  # class names
     n_classes = len(feats.class_names)
     print(f"\n== label errors, {name}: {len(y0)} images, 5% flipped")
     tops, tops2 = [], []

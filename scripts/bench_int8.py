@@ -45,7 +45,7 @@ def aligned(float_feats, int8_feats):
     rows = [(i, index[str(p)]) for i, p in enumerate(float_feats.paths) if str(p) in index]
     a = np.asarray([r[0] for r in rows])
     b = np.asarray([r[1] for r in rows])
-    return float_feats.X()[a], int8_feats.X()[b], np.asarray(float_feats.labels)[a]
+    return float_feats.X[a], int8_feats.X[b], np.asarray(float_feats.labels)[a]
 
 
 def i8_config(features) -> ExtractorConfig:

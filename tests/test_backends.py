@@ -42,7 +42,7 @@ CHILD = textwrap.dedent("""
         return out
 
     codes = step("extract", lambda: load_features(data, "mobilenet_v2", cache_dir=cache, engine="keras", split=False))
-    np.save(work / "codes.npy", codes.X()[np.argsort([str(p) for p in codes.paths])])
+    np.save(work / "codes.npy", codes.X[np.argsort([str(p) for p in codes.paths])])
     head = step("dense head", lambda: fit_head(data, "mobilenet_v2", head="dense", cache_dir=cache,
                                                out_dir=work / "dense", head_params={"epochs": 3}))
     table = step("predict", lambda: predict(head.model, [data], cache_dir=cache))
@@ -89,7 +89,7 @@ def tensorflow_codes(tints):
 
     assert _tf.backend() == "tensorflow"
     codes = load_features(tints / "data", "mobilenet_v2", cache_dir=tints / "cache-tf", engine="keras", split=False)
-    return codes.X()[np.argsort([str(p) for p in codes.paths])]
+    return codes.X[np.argsort([str(p) for p in codes.paths])]
 
 
 @pytest.mark.slow
