@@ -302,3 +302,17 @@ def test_a_file_name_with_undecodable_bytes_is_shown_escaped(tmp_path):
     assert "bad\\xffname.jpg" in text and "data:image/jpeg;base64," in text
     assert json.loads((tmp_path / "errors.json").read_text())[0]["path"] == os.fsdecode(raw)
 
+
+
+def test_a_small_clean_set_has_no_suspected_label_errors():
+    """A new user's check flagged 13 of 52 correctly labelled leaves (and 52 of 77 birds): on a small set the
+    former head (PCA to as many components as training rows, then standardised) blew up noise. Codes like a
+    CNN's (non-negative, 1,280-d), 52 images in 3 well separated classes, every label right: nothing flagged."""
+    rng = np.random.default_rng(0)
+    sizes = (18, 17, 17)
+    means = rng.normal(size=(3, 1280)) * 0.5
+    X = np.maximum(means[np.repeat([0, 1, 2], sizes)] + rng.normal(size=(sum(sizes), 1280)), 0).astype(np.float32)
+    y = np.repeat(np.array(["a", "b", "c"]), sizes)
+    issues = label_issues(X, y)
+    assert int(issues.flagged.sum()) == 0
+    assert (issues.suggested == y).mean() >= 0.95
