@@ -316,3 +316,15 @@ def test_a_small_clean_set_has_no_suspected_label_errors():
     issues = label_issues(X, y)
     assert int(issues.flagged.sum()) == 0
     assert (issues.suggested == y).mean() >= 0.95
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--threshold", "2"], "expected a cosine similarity in (0, 1], got '2'"),
+    (["--fail-on", "leak"], "unknown kind 'leak' (did you mean 'leakage'?); choose from leakage,"),
+])
+def test_check_usage_errors_say_what_is_allowed(tmp_path, capsys, argv, expected):
+    """A new user saw "expected a number, got '2'" and "invalid --fail-on value value: 'leak'"."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["check", str(tmp_path), *argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and expected in err and len(err.strip().splitlines()) == 1, err

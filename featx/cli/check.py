@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import difflib
+
 from featx.cli.checks import check_extractor, check_folder, check_fractions, check_out_folder
 from featx.cli.options import (data_argument, extractor_options, number, out_option, positive_int,
                                split_kwargs, split_options, verbose_option, weights_value)
@@ -12,15 +15,15 @@ FAIL_ON = ("leakage", "label-conflicts", "label-errors", "outliers", "near-dupli
 
 
 def fail_on_list(value: str) -> list[str]:
-    """``"leakage,label-errors"`` -> the kinds, each checked (argparse turns ValueError into a usage error)."""
+    """``"leakage,label-errors"`` -> the kinds, each checked; else a usage error naming the choices."""
     kinds = [v.strip() for v in value.split(",") if v.strip()]
     bad = [k for k in kinds if k not in FAIL_ON]
     if bad or not kinds:
-        raise ValueError(f"unknown kind {', '.join(bad) or value!r}; choose from {', '.join(FAIL_ON)}")
+        close = difflib.get_close_matches(bad[0], FAIL_ON, n=1) if bad else []
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise argparse.ArgumentTypeError(f"unknown kind {', '.join(map(repr, bad)) or repr(value)}{hint}; "
+                                         f"choose from {', '.join(FAIL_ON)}")
     return kinds
-
-
-fail_on_list.__name__ = "--fail-on value"
 
 
 def add_parser(subparsers) -> None:
@@ -28,7 +31,8 @@ def add_parser(subparsers) -> None:
                                          "cached codes; writes check.json and check.html")
     data_argument(p)
     extractor_options(p)
-    p.add_argument("--threshold", type=number(float, 0, 1, low_open=True), default=None, metavar="COSINE",
+    p.add_argument("--threshold", type=number(float, 0, 1, low_open=True, what="a cosine similarity in (0, 1]"), default=None,
+                   metavar="COSINE",
                    help="cosine similarity of near-duplicates (default: 0.92, calibrated on planted copies with "
                         "mobilenet_v2 pre_logits; see docs/check.md)")
     p.add_argument("--neighbours", type=positive_int, default=5, metavar="K",
