@@ -358,6 +358,7 @@ def check_classes(dataset: Dataset) -> list[str]:
     if not by_split:
         return []
     train = by_split.get("train", Counter())
+    problems = []  # every class without training images, so one run names them all
     for label, name in enumerate(dataset.class_names):
         if name in train:
             continue
@@ -367,8 +368,11 @@ def check_classes(dataset: Dataset) -> list[str]:
                 "folder so both are spelt the same)" if near else
                 f"; add its training images under train/{shown(name)}/, or move the folder out of the dataset")
         n = sum(by_split[s][name] for s in where)
-        raise FeatxError(f"{_class_folder(dataset, label, where[0])}: class '{shown(name)}' has no training image "
-                         f"(its {n} image(s) are in {' and '.join(s + '/' for s in where)} only){hint}")
+        problems.append(f"{_class_folder(dataset, label, where[0])}: class '{shown(name)}' has no training image "
+                        f"(its {n} image(s) are in {' and '.join(s + '/' for s in where)} only){hint}")
+    if problems:
+        raise FeatxError(problems[0] if len(problems) == 1 else
+                         f"{len(problems)} classes have no training image: " + "; ".join(problems))
     held_out = {"test": "test set (test/)", "val": "validation set (val/)" if "test" in by_split else
                 "held-out set (val/, the test set when there is no test/)"}
     warnings = []

@@ -317,3 +317,11 @@ def test_report_renders_table_chart_and_html_with_a_1000_and_a_0000_run(tmp_path
     for name in ("summary.md", "summary.csv", "summary.png", "report.html"):
         assert (tmp_path / "rep" / name).stat().st_size > 100
     assert "butterflies" in (tmp_path / "rep" / "report.html").read_text(encoding="utf-8")
+
+
+def test_every_class_without_training_images_is_named_in_one_error(tmp_path):
+    """A new user fixed val/Bees, reran, and only then learnt of the next class with no training image."""
+    root = split_tree(tmp_path / "d", ["ants", "Bees"])
+    photos(root / "test" / "wasps", ["w.jpg"], seed=5)
+    with pytest.raises(FeatxError, match=r"2 classes have no training image: .*'Bees'.*did you mean 'bees'.*'wasps'"):
+        check_classes(discover(root))
