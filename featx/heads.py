@@ -28,7 +28,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from featx.errors import FeatxError
-from featx.vocabulary import HEAD_CHOICES
+from featx.vocabulary import HEAD_CHOICES, did_you_mean
 
 HEADS = ("logistic", "linear_svm", "rbf_svm", "knn", "dense")
 
@@ -377,7 +377,8 @@ def check_head_name(name) -> None:
         raise FeatxError("head 'auto' is the cross-validated search over the heads: make it with "
                          "featx.selection.make_head('auto') or featx.selection.AutoHead", param="head")
     if name not in HEADS:
-        raise FeatxError(f"unknown head {name!r}; choose from {', '.join(HEAD_CHOICES)}", param="head")
+        raise FeatxError(f"unknown head {name!r}{did_you_mean(name, HEAD_CHOICES)}; choose from "
+                         f"{', '.join(HEAD_CHOICES)}", param="head")
 
 
 def check_head_options(class_weight, options) -> None:

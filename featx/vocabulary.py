@@ -8,6 +8,8 @@ option's default is declared where the option is). It imports only :mod:`featx.e
 
 from __future__ import annotations
 
+import difflib
+
 from featx.errors import FeatxError
 
 #: Storage types of cached codes (the network always computes float32).
@@ -62,13 +64,25 @@ EXPORT_FORMATS = ("npy", "parquet")
 CACHE_ACTIONS = ("ls", "info", "verify", "compact", "export", "repair")
 
 
+def did_you_mean(value, allowed) -> str:
+    """``" (did you mean 'x'?)"`` for the closest allowed name to a mistyped ``value``, else ``""``.
+
+    Closeness is :func:`difflib.get_close_matches` (ratio >= 0.6) after folding case and ``-``/``_``.
+    """
+    fold = {str(a).lower().replace("-", "_"): str(a) for a in allowed}
+    close = difflib.get_close_matches(str(value).lower().replace("-", "_"), list(fold), n=1)
+    return f" (did you mean {fold[close[0]]!r}?)" if close else ""
+
+
 def check_choice(value, allowed: tuple, param: str):
     """``value`` when it is one of ``allowed``, else a :class:`~featx.errors.FeatxError` naming ``param``.
 
-    The error says what was expected and what was given (``expected one of a, b, got 'c'``).
+    The error says what was expected and what was given (``expected one of a, b, got 'c'``), and the
+    closest allowed value (:func:`did_you_mean`).
     """
     if value not in allowed:
-        raise FeatxError(f"expected one of {', '.join(allowed)}, got {value!r}", param=param)
+        raise FeatxError(f"expected one of {', '.join(allowed)}, got {value!r}{did_you_mean(value, allowed)}",
+                         param=param)
     return value
 
 

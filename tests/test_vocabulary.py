@@ -35,3 +35,17 @@ def test_the_extractor_config_refuses_values_outside_the_vocabulary(field, value
     with pytest.raises(FeatxError, match=f"expected one of .*got '{value}'") as caught:
         ExtractorConfig("mobilenet_v2", **{field: value})
     assert caught.value.param == field
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["--head", "logistc"], "(did you mean 'logistic'?)"),
+    (["--backbone", "mobilenetv2"], "(did you mean 'mobilenet_v2'?)"),
+])
+def test_a_mistyped_head_or_backbone_gets_did_you_mean(tmp_path, capsys, argv, hint):
+    """A new user's `--head logistc` and `--backbone mobilenetv2` listed the choices but named none."""
+    from featx.cli import main
+
+    (tmp_path / "d" / "a").mkdir(parents=True)
+    assert main(["fit-head", str(tmp_path / "d"), *argv, "--cache", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert hint in err and len(err.strip().splitlines()) == 1, err

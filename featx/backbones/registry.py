@@ -243,7 +243,8 @@ def get_backbone(name: str) -> Backbone:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise FeatxError(f"unknown backbone {name!r}; choose from {', '.join(_REGISTRY)}", param="backbone") from None
+        raise FeatxError(f"unknown backbone {name!r}{vocabulary.did_you_mean(name, _REGISTRY)}; choose from "
+                         f"{', '.join(_REGISTRY)}", param="backbone") from None
 
 
 def list_backbones() -> list[Backbone]:
