@@ -24,14 +24,28 @@ def _plain_number(text: str) -> bool:
     return text == text.strip()
 
 
+def _needs_quote(text: str) -> bool:
+    """A text a spreadsheet would evaluate, once any leading quotes are set aside (so that :func:`plain_cell`
+    can undo :func:`safe_cell` exactly: a name that itself begins ``'=`` is quoted too)."""
+    core = text.lstrip("'")
+    return core.startswith(FORMULA_STARTS) and core != "-" and not _plain_number(core)
+
+
 def safe_cell(value):
     """``value`` itself, or a text that a spreadsheet would evaluate prefixed with ``'`` (see the module docstring).
 
     Non-text values (numbers, None) are returned unchanged.
     """
-    if not isinstance(value, str) or not value.startswith(FORMULA_STARTS) or value == "-" or _plain_number(value):
+    if not isinstance(value, str) or not _needs_quote(value):
         return value
     return "'" + value
+
+
+def plain_cell(value):
+    """The inverse of :func:`safe_cell`, for featx reading its own files: ``plain_cell(safe_cell(x)) == x``."""
+    if isinstance(value, str) and value.startswith("'") and _needs_quote(value[1:]):
+        return value[1:]
+    return value
 
 
 def safe_frame(frame):
@@ -44,6 +58,19 @@ def safe_frame(frame):
             out[column] = out[column].map(safe_cell)
     out.columns = [safe_cell(c) for c in out.columns]
     return out
+
+
+#: Line ends of every CSV file featx writes: CRLF, as RFC 4180 has it. Why: pandas quotes a cell holding the
+#: line terminator but not a bare carriage return, so with "\n" a name holding "\r" split its row in two for
+#: every reader (a hostile file name turned 8 prediction rows into 18); with "\r\n" such a cell is quoted.
+CSV_LINE_END = "\r\n"
+
+
+def write_csv(frame, target, **options) -> None:
+    """``frame`` as a CSV file (or buffer) that opens safely: text cells through :func:`safe_frame`, rows
+    ended by :data:`CSV_LINE_END` so that any character in a cell stays in its cell. ``options`` go to
+    :meth:`pandas.DataFrame.to_csv` (``index``, ``float_format``, ...)."""
+    safe_frame(frame).to_csv(target, lineterminator=CSV_LINE_END, **options)
 
 
 def markdown_cell(value) -> str:

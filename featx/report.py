@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from featx.atomic import whole, write_text
-from featx.cells import markdown_cell, safe_frame
+from featx.cells import markdown_cell, plain_cell, write_csv
 from featx.gallery import CARD_CSS, PAGE_CSS, ThumbnailBudget, run_section
 from featx.names import unshown
 from featx.runs import MAX_FIGURE_INCHES, RUN_COLUMNS, plain_text, plot_curves, pyplot
@@ -116,6 +116,7 @@ def read_runs(runs_csv, skip_bad: bool = False):
     # as text, with no "NA"/"nan" guessing: an empty cell is empty, a literal "nan" or "inf" is an error;
     # blank lines kept as rows so that row i is line i + 2
     raw = pd.read_csv(runs_csv, dtype=str, keep_default_na=False, skip_blank_lines=False).fillna("")
+    raw = raw.map(plain_cell)  # the log's cells were made spreadsheet-safe (featx.cells): read the names back
     raw = raw[(raw != "").any(axis=1)]
     missing = [c for c in REQUIRED_RUN_COLUMNS if c not in raw]
     if missing:
@@ -310,7 +311,7 @@ def write_report(runs_csv, out_dir, html: bool = False) -> dict:
     curves = _learning_curves(runs, out_dir, skipped)
     write_markdown(summary, out_dir / "summary.md", skipped)
     with whole(out_dir / "summary.csv") as tmp:
-        safe_frame(summary).to_csv(tmp, index=False, float_format="%.4f")
+        write_csv(summary, tmp, index=False, float_format="%.4f")
     page = None
     if html:
         page = write_text(out_dir / "report.html", render_html(runs_csv, runs, summary, chart, curves, skipped))

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from featx.cells import markdown_cell, safe_cell, safe_frame
+from featx.cells import FORMULA_STARTS, markdown_cell, safe_cell, safe_frame
 
 EVIL = ["=HYPERLINK(\"http://x\",\"y\")", "+cmd|' /C calc'!A0", "-2+3", "@SUM(1)", "\tlead", "\rlead"]
 
@@ -37,7 +37,15 @@ def _cells(path):
 
 
 def _assert_neutral(cells):
-    live = [c for c in cells if safe_cell(c) != c]  # a formula-looking text cell (plain numbers are fine)
+    """No cell a spreadsheet would evaluate: formula-looking text (plain numbers and a lone "-" are fine)."""
+    def number(c):
+        try:
+            float(c)
+        except ValueError:
+            return False
+        return c == c.strip()
+
+    live = [c for c in cells if c.startswith(FORMULA_STARTS) and c != "-" and not number(c)]
     assert live == [], live
 
 
@@ -107,3 +115,32 @@ def test_the_chart_is_bounded_however_many_datasets(tmp_path, monkeypatch):
     assert height < (0.32 * 2 * 8 + 2) * 110 and width < 1000, (width, height)  # 40 bars would need 2,900 px
     assert height <= MAX_FIGURE_INCHES * 110
     assert len(result["table"]) == 40 and result["markdown"].read_text().count("\n| d") == 40
+
+
+@pytest.mark.parametrize("name", ["=x", "'=x", "''=x", "'hello", "-", "-0.5", "@out2/model.featx", "plain", "\tz"])
+def test_featx_reads_its_own_neutralised_cells_back_to_the_same_text(name):
+    from featx.cells import plain_cell
+
+    assert plain_cell(safe_cell(name)) == name
+
+
+def test_a_carriage_return_in_a_name_stays_in_its_cell(tmp_path):
+    """A hostile file name holding "\\r" split its row of the predictions CSV: 8 rows read back as 18."""
+    from featx.prediction.table import prediction_table
+
+    paths = [f"/d/a\rb{i}.jpg" for i in range(8)]
+    proba = np.tile([[0.75, 0.25]], (8, 1))
+    prediction_table(paths, proba, ["x\ry", "z"], 1, tmp_path / "pred.csv")
+    back = pd.read_csv(tmp_path / "pred.csv")
+    assert len(back) == 8
+    assert back.filter(like="p_").sum(axis=1).round(6).eq(1.0).all()  # every probability under its own column
+
+
+def test_the_report_reads_the_runs_log_names_without_the_spreadsheet_quote(tmp_path):
+    """A run written with --out=@out2 showed as '@out2/model.featx in report.html and lost its gallery."""
+    from featx.report import read_runs
+    from featx.runs import append_run
+
+    append_run(tmp_path / "runs.csv", dict(_RUN, dataset="@evil", output="@out2/model.featx"))
+    runs = read_runs(tmp_path / "runs.csv")
+    assert runs.loc[0, "dataset"] == "@evil" and runs.loc[0, "output"] == "@out2/model.featx"

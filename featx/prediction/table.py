@@ -8,7 +8,7 @@ import numpy as np
 
 from featx.atomic import whole
 from featx.names import shown
-from featx.cells import safe_frame
+from featx.cells import write_csv
 
 #: One format for probabilities, in the CSV file and on the screen.
 PROBABILITY_FORMAT = "%.6f"
@@ -54,5 +54,5 @@ def prediction_table(paths, proba, classes, top=None, out=None, true_labels=None
         table[f"p_{c}"] = proba[:, j]
     if out is not None:
         with whole(out) as tmp:  # a failed write leaves no half table (featx.atomic)
-            safe_frame(table).to_csv(tmp, index=False, float_format=PROBABILITY_FORMAT)  # spreadsheet-safe cells
+            write_csv(table, tmp, index=False, float_format=PROBABILITY_FORMAT)  # spreadsheet-safe cells
     return table

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featx.cells import safe_frame
+from featx.cells import write_csv
 from featx.backbones.registry import DEFAULT_BACKBONE
 from featx.bundle import Bundle, save_bundle
 from featx.cache import default_cache_dir
@@ -491,7 +491,7 @@ def write_fit_outputs(plan: FitPlan, design: Design, fitted: Fitted, evaluation:
                                design.codes.split_id, metrics, extractors=extractors, layout=design.layout), tmp)
         if fitted.selection is not None:
             with staged.file("selection.csv") as tmp:
-                safe_frame(fitted.selection.table).to_csv(tmp, index=False, float_format="%.4f")
+                write_csv(fitted.selection.table, tmp, index=False, float_format="%.4f")
         staged.plot_confusion(evaluation.y, evaluation.pred, design.codes.features.class_names,
                               f"{metrics['dataset']}: {metrics['backbone']}/{'+'.join(plan.taps)}/{plan.head} "
                               f"({evaluation.split})")

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from featx.cells import safe_frame
+from featx.cells import write_csv
 from featx.atomic import whole
 from featx.backbones.registry import DEFAULT_BACKBONE, get_backbone
 from featx.datasets import SplitSpec
@@ -91,7 +91,7 @@ def sweep(data, backbone=DEFAULT_BACKBONE, taps=None, head="logistic", *, poolin
     table = pd.DataFrame(sweep_rows(codes, spec, taps, head, split.seed))
     folder = RunOutputs(codes.name, "cached", f"{backbone}-sweep", out_dir).prepare()
     with whole(folder / "sweep.csv") as tmp:  # each output whole or absent (featx.atomic), cells spreadsheet-safe
-        safe_frame(table).to_csv(tmp, index=False, float_format="%.4f")
+        write_csv(table, tmp, index=False, float_format="%.4f")
     with whole(folder / "sweep.png") as tmp:
         plot_sweep(table, tmp, f"{codes.name}: {head} head on each tap of {backbone}")
     n_test = int((codes.split == "test").sum())
