@@ -13,7 +13,9 @@ Every image is counted once, under its own label.  An image's label is the name 
 physically lies in (at any depth below it) and nothing else.  Folders are walked without following links:
 a link to a file or folder inside the dataset is left out (what it points to is counted where it lies);
 a link leading out of the dataset's folder is left out; a link to a folder that holds it is a cycle, at
-any depth.  Two names of one file (hard links: the same ``(st_dev, st_ino)``) count once.
+any depth.  Two names of one file (hard links: the same ``(st_dev, st_ino)``) count once in one class folder
+of one split; in different class or split folders both are kept, as byte-identical copies are (the split
+reports them as leakage or a label conflict).
 
 A class folder is a folder that holds at least one image: an empty folder, or one like
 ``__MACOSX/`` that holds only hidden files, is left out and named, never a class with 0 images.
@@ -112,6 +114,7 @@ class _Walk:
     def __init__(self):
         self.skipped: Counter = Counter()
         self.left_out: list[tuple[Path, str]] = []
+        self.inode: dict = {}  # image path -> (st_dev, st_ino), to count two names of one file once
 
     def leave(self, path: Path, reason: str, kind: str | None = None) -> None:
         """Name ``path`` as left out for ``reason``; ``kind`` (default: the reason) is what ``skipped`` counts."""
@@ -139,11 +142,11 @@ def _scan(root: Path, walk: _Walk) -> list[tuple[Path, tuple]]:
 
     Folders are walked without following links, so an image has one path and one label: its own folders.
     A link is left out with its reason: out of the root, a cycle (to a folder that holds it), or a link to
-    something inside the root (counted where it lies).  Two names of one file (hard links, the same
-    ``(st_dev, st_ino)``) count once.
+    something inside the root (counted where it lies).  Hard links are all returned; :func:`_once` counts
+    them once per class folder.
     """
     real_root = os.path.realpath(root)
-    found, seen = [], {}
+    found = []
 
     def unreadable(exc: OSError) -> None:  # issue 17: a folder os.walk cannot list is named, not dropped
         walk.leave(Path(exc.filename), f"unreadable folder ({(exc.strerror or str(exc)).lower()})")
@@ -179,12 +182,28 @@ def _scan(root: Path, walk: _Walk) -> list[tuple[Path, tuple]]:
                     walk.leave(path, LINK_OUT)
             else:
                 info = os.stat(path)
-                first = seen.setdefault((info.st_dev, info.st_ino), path)
-                if first is not path:
-                    walk.leave(path, _same_file(first), "hard link to a file counted once")
-                else:
-                    found.append((path, parts))
+                walk.inode[path] = (info.st_dev, info.st_ino)
+                found.append((path, parts))
     return found
+
+
+def _once(entries, group, walk: _Walk) -> list:
+    """``entries`` with each file counted once per ``group(entry)`` (hard links: the same ``(st_dev, st_ino)``).
+
+    Two names of one file in the same group (one class folder of one split) count once, the other named as
+    left out.  Names in different groups are both kept, as byte-identical copies are: the split then reports
+    them as leakage (different split folders) or a label conflict (different class folders).
+    """
+    seen: dict = {}
+    kept = []
+    for entry in entries:
+        path = entry[0]
+        first = seen.setdefault((walk.inode.get(path, path), group(entry)), path)
+        if first is not path:
+            walk.leave(path, _same_file(first), "hard link to a file counted once")
+        else:
+            kept.append(entry)
+    return kept
 
 
 def _nfc(name: str) -> str:
@@ -276,9 +295,10 @@ def scan(root: str | Path, every_image: bool = False) -> Dataset:
         _leave_empty(root, tops, classes_at.get(root, set()), walk)
     folders = sorted({_nfc(parts[depth]) for _, parts in labelled})
     if every_image and loose:
-        take = [(p, parts) for p, parts in found]
+        take = _once(found, lambda e: None, walk)  # prediction: each file once, whatever its folder
         dataset = Dataset(root, [p for p, _ in take], None, [], None, walk.skipped, walk.left_out, folders)
     elif labelled:
+        labelled = _once(labelled, lambda e: (split_dirs[e[1][0]] if split_layout else None, _nfc(e[1][depth])), walk)
         for path, why in loose:
             walk.leave(path, why)
         class_names = sorted({_nfc(parts[depth]) for _, parts in labelled})
@@ -288,6 +308,7 @@ def scan(root: str | Path, every_image: bool = False) -> Dataset:
         dataset = Dataset(root, [p for p, _ in labelled], labels, class_names, splits, walk.skipped, walk.left_out,
                           folders)
     else:  # no folder holds an image: the loose files are an unlabelled set
+        loose = _once(loose, lambda e: None, walk)
         dataset = Dataset(root, [p for p, _ in loose], None, [], None, walk.skipped, walk.left_out)
     if not dataset.paths:
         raise FeatxError(f"{root}: no images found (looked for {FORMAT_NAMES}: "

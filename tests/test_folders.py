@@ -3,6 +3,7 @@ nothing dropped in silence.  Each test builds its tree from generated images (no
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -44,7 +45,7 @@ def test_links_to_files_hard_links_and_links_out_of_the_root_count_once_or_are_n
     photos(root / "bees", ["b0.jpg", "b1.jpg"], seed=10)
     photos(outside, ["o.jpg"], seed=20)
     os.symlink("../ants/a0.jpg", root / "bees" / "alias.jpg")       # a link to an ant: not a bee
-    os.link(root / "ants" / "a1.jpg", root / "bees" / "hard.jpg")   # a second name of one file
+    os.link(root / "ants" / "a1.jpg", root / "ants" / "hard.jpg")   # a second name of one file, same class
     os.symlink(outside, root / "bees" / "more")                     # a folder out of the root
     os.symlink(outside / "o.jpg", root / "ants" / "o.jpg")          # a file out of the root
     os.symlink(root / "missing.jpg", root / "ants" / "gone.jpg")    # broken
@@ -53,7 +54,7 @@ def test_links_to_files_hard_links_and_links_out_of_the_root_count_once_or_are_n
                                              ("bees/b0.jpg", "bees"), ("bees/b1.jpg", "bees")]
     reasons = {str(p.relative_to(root)): why for p, why in ds.left_out}
     assert reasons["bees/alias.jpg"].startswith("link to ants/a0.jpg inside the dataset")
-    assert reasons["bees/hard.jpg"].startswith(f"the same file as {root / 'ants' / 'a1.jpg'}")
+    assert reasons["ants/hard.jpg"].startswith(f"the same file as {root / 'ants' / 'a1.jpg'}")
     assert reasons["bees/more"].startswith("link leading out of") and reasons["ants/o.jpg"].startswith("link leading")
     assert reasons["ants/gone.jpg"] == "broken link"
 
@@ -95,6 +96,29 @@ def test_duplicates_under_another_label_stay_files_of_their_own_folder(tmp_path)
     photos(tmp_path / "dog", ["copy-of-a.jpg"], seed=1)  # the same bytes, another file: a label conflict
     ds = discover(tmp_path)
     assert labels_of(ds) == {"cat/a.jpg": "cat", "dog/copy-of-a.jpg": "dog"}
+
+
+def test_hard_links_across_classes_or_splits_are_reported_like_byte_identical_copies(tmp_path):
+    """*Why*: val/bees/1.png hard-linked as train/ants/x.png was kept once, as an ant in train: wrong label, dropped
+    from val, and no leakage or label conflict reported (a byte-identical copy in the same places is reported)."""
+    import hashlib
+    root = tmp_path / "d"
+    for s, split in enumerate(("train", "val", "test")):
+        for c, cls in enumerate(("ants", "bees")):
+            photos(root / split / cls, [f"{i}.png" for i in range(3)], seed=100 * s + 10 * c, tint=c)
+    os.link(root / "test" / "ants" / "0.png", root / "train" / "ants" / "hl.png")             # a leak
+    os.link(root / "val" / "bees" / "1.png", root / "train" / "ants" / "hl_wronglabel.png")   # a leak + a conflict
+    ds = discover(root)
+    labels = labels_of(ds)
+    assert labels["val/bees/1.png"] == "bees" and labels["train/ants/hl_wronglabel.png"] == "ants"
+    assert labels["test/ants/0.png"] == "ants" and labels["train/ants/hl.png"] == "ants"
+    keys = [hashlib.sha256(p.read_bytes()).hexdigest() for p in ds.paths]
+    split = make_split(keys, ds.labels, ds.splits, paths=ds.paths, class_names=ds.class_names)
+    assert sorted((a.relative_to(root).as_posix(), b.relative_to(root).as_posix()) for a, _, b, _ in
+                  ((Path(x[0]), 0, Path(x[2]), 0) for x in split.leakage)) == [
+        ("train/ants/hl.png", "test/ants/0.png"), ("train/ants/hl_wronglabel.png", "val/bees/1.png")]
+    assert [[(Path(p).relative_to(root).as_posix(), c) for p, c in group] for group in split.label_conflicts] == [
+        [("train/ants/hl_wronglabel.png", "ants"), ("val/bees/1.png", "bees")]]
 
 
 # ---- 2. classes checked per split ---------------------------------------------------------------------------
