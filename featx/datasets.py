@@ -115,6 +115,36 @@ class _Walk:
         self.skipped: Counter = Counter()
         self.left_out: list[tuple[Path, str]] = []
         self.inode: dict = {}  # image path -> (st_dev, st_ino), to count two names of one file once
+        self.links: list[tuple[int, str, str]] = []  # (index in left_out, real target, target as shown)
+
+    def leave_link(self, path: Path, real: str, real_root: str, folder: bool = False) -> None:
+        """Name ``path``, a link to ``real`` inside the root, as left out (what it points to counts where it lies)."""
+        shown_target = os.path.relpath(real, real_root) + (os.sep if folder else "")
+        self.leave(path, _link_inside(shown_target), LINK_INSIDE)
+        self.links.append((len(self.left_out) - 1, real, shown_target))
+
+    def settle_links(self, counted, real_root: str) -> None:
+        """Reword each link whose target is itself left out (hidden, outside class folders, ...): counted nowhere.
+
+        ``counted``: the paths the dataset keeps.  A link's message said "counted where it lies"; when where it
+        lies is left out too, the message says so and why, so no image disappears behind a false promise.
+        """
+        if not self.links:
+            return
+        kept = {os.path.realpath(p) for p in counted}
+        link_at = {i for i, _, _ in self.links}
+        why_out = {os.path.realpath(p): why for i, (p, why) in enumerate(self.left_out) if i not in link_at}
+        for i, real, target in self.links:
+            if real in kept or any(k.startswith(real.rstrip(os.sep) + os.sep) for k in kept):
+                continue
+            why, at = None, real
+            while why is None and _inside(at, real_root):
+                why = why_out.get(at)
+                at, up = os.path.dirname(at), at
+                if at == up:
+                    break
+            self.left_out[i] = (self.left_out[i][0], f"link to {target} inside the dataset, which is left out too "
+                                f"({why or 'not counted'}): counted nowhere")
 
     def leave(self, path: Path, reason: str, kind: str | None = None) -> None:
         """Name ``path`` as left out for ``reason``; ``kind`` (default: the reason) is what ``skipped`` counts."""
@@ -162,7 +192,10 @@ def _scan(root: Path, walk: _Walk) -> list[tuple[Path, tuple]]:
                 walk.leave(here / d, "hidden")
             elif os.path.islink(full):
                 why = _dir_link_reason(full, real_root, real_here)
-                walk.leave(here / d, why, LINK_INSIDE if why.startswith("link to ") else None)
+                if why.startswith("link to "):
+                    walk.leave_link(here / d, os.path.realpath(full), real_root, folder=True)
+                else:
+                    walk.leave(here / d, why)
             else:
                 keep.append(d)
         dirnames[:] = keep
@@ -177,7 +210,7 @@ def _scan(root: Path, walk: _Walk) -> list[tuple[Path, tuple]]:
             elif path.is_symlink():
                 real = os.path.realpath(path)
                 if _inside(real, real_root):
-                    walk.leave(path, _link_inside(os.path.relpath(real, real_root)), LINK_INSIDE)
+                    walk.leave_link(path, real, real_root)
                 else:
                     walk.leave(path, LINK_OUT)
             else:
@@ -310,6 +343,7 @@ def scan(root: str | Path, every_image: bool = False) -> Dataset:
     else:  # no folder holds an image: the loose files are an unlabelled set
         loose = _once(loose, lambda e: None, walk)
         dataset = Dataset(root, [p for p, _ in loose], None, [], None, walk.skipped, walk.left_out)
+    walk.settle_links(dataset.paths, os.path.realpath(root))
     if not dataset.paths:
         raise FeatxError(f"{root}: no images found (looked for {FORMAT_NAMES}: "
                          f"{', '.join(sorted(IMAGE_SUFFIXES))})")

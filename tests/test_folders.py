@@ -91,6 +91,26 @@ def test_an_unknown_folder_beside_train_is_named_on_stderr_without_verbose(tmp_p
     assert len(ds) == 4 and ds.skipped["folder outside train/val/test"] == 2
 
 
+def test_a_link_to_a_left_out_file_says_it_is_counted_nowhere(tmp_path):
+    """*Why*: ants/viahidden.png -> ../.stash/h.png was "counted where it lies" though .stash/ is hidden: nowhere."""
+    photos(tmp_path / "ants", ["a0.png", "a1.png"])
+    photos(tmp_path / "bees", ["b0.png", "b1.png"], seed=10)
+    photos(tmp_path / ".stash", ["h.png"], seed=20)
+    photos(tmp_path, ["loose.png"], seed=30)
+    os.symlink("../.stash/h.png", tmp_path / "ants" / "viahidden.png")
+    os.symlink("../loose.png", tmp_path / "bees" / "vialoose.png")
+    os.symlink("../.stash", tmp_path / "bees" / "stash")
+    os.symlink("../ants/a0.png", tmp_path / "bees" / "alias.png")  # its target is counted: the old message holds
+    ds = discover(tmp_path)
+    reasons = {str(p.relative_to(tmp_path)): why for p, why in ds.left_out}
+    assert reasons["ants/viahidden.png"] == ("link to .stash/h.png inside the dataset, which is left out too "
+                                             "(hidden): counted nowhere")
+    assert reasons["bees/vialoose.png"] == ("link to loose.png inside the dataset, which is left out too "
+                                            "(outside class folders): counted nowhere")
+    assert reasons["bees/stash"].endswith("left out too (hidden): counted nowhere")
+    assert reasons["bees/alias.png"] == "link to ants/a0.png inside the dataset (counted where it lies, under its own folder)"
+
+
 def test_duplicates_under_another_label_stay_files_of_their_own_folder(tmp_path):
     photos(tmp_path / "cat", ["a.jpg"], seed=1)
     photos(tmp_path / "dog", ["copy-of-a.jpg"], seed=1)  # the same bytes, another file: a label conflict
