@@ -345,10 +345,19 @@ def scan(root: str | Path, every_image: bool = False) -> Dataset:
         dataset = Dataset(root, [p for p, _ in loose], None, [], None, walk.skipped, walk.left_out)
     walk.settle_links(dataset.paths, os.path.realpath(root))
     if not dataset.paths:
-        raise FeatxError(f"{root}: no images found (looked for {FORMAT_NAMES}: "
-                         f"{', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise FeatxError(_no_images(root, walk))
     _log_left_out(dataset)
     return dataset
+
+
+def _no_images(root: Path, walk: _Walk) -> str:
+    """The error for a folder with no image: links out of it (not followed) named first, as the likely reason."""
+    out = [p for p, why in walk.left_out if why == LINK_OUT]
+    if out:
+        return (f"{root}: no images found: {len(out)} link(s) in it lead out of the dataset's folder and are not "
+                f"followed (e.g. {out[0]} -> {os.path.realpath(out[0])}); copy or move the class folders into "
+                f"{root}, or give featx the folder the links point to")
+    return f"{root}: no images found (looked for {FORMAT_NAMES}: {', '.join(sorted(IMAGE_SUFFIXES))})"
 
 
 def discover(root: str | Path) -> Dataset:

@@ -111,6 +111,18 @@ def test_a_link_to_a_left_out_file_says_it_is_counted_nowhere(tmp_path):
     assert reasons["bees/alias.png"] == "link to ants/a0.png inside the dataset (counted where it lies, under its own folder)"
 
 
+def test_class_folders_that_all_link_out_of_the_root_are_named_in_the_error(tmp_path):
+    """*Why*: outer/ants -> elsewhere/ants (every class a link) said only "no images found", even with -v."""
+    photos(tmp_path / "elsewhere" / "ants", ["a0.png"])
+    photos(tmp_path / "elsewhere" / "bees", ["b0.png"], seed=10)
+    (tmp_path / "outer").mkdir()
+    for cls in ("ants", "bees"):
+        os.symlink(tmp_path / "elsewhere" / cls, tmp_path / "outer" / cls)
+    with pytest.raises(FeatxError, match=r"outer: no images found: 2 link\(s\) in it lead out of the dataset's folder "
+                       r"and are not followed \(e\.g\. .*outer/ants -> .*elsewhere/ants\)"):
+        discover(tmp_path / "outer")
+
+
 def test_duplicates_under_another_label_stay_files_of_their_own_folder(tmp_path):
     photos(tmp_path / "cat", ["a.jpg"], seed=1)
     photos(tmp_path / "dog", ["copy-of-a.jpg"], seed=1)  # the same bytes, another file: a label conflict
