@@ -175,6 +175,15 @@ def test_a_class_with_no_training_image_is_an_error_with_did_you_mean(tmp_path, 
     assert not (tmp_path / "o").exists() and not (tmp_path / "c").exists()  # checked before any work
 
 
+def test_extract_refuses_a_class_with_no_training_image_before_any_work(tmp_path, capsys):
+    """*Why*: featx extract cached valid/Bees beside train/bees (rc 0) while fit-head refused it; docs say refused."""
+    root = split_tree(tmp_path / "d", ["ants", "Bees"])
+    assert main(["extract", str(root), "--cache", str(tmp_path / "c"), "--weights", "none"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "class 'Bees' has no training image" in err[0] and "did you mean 'bees'" in err[0], err
+    assert not (tmp_path / "c").exists()
+
+
 def test_a_class_missing_from_the_held_out_folder_is_a_warning(tmp_path):
     root = split_tree(tmp_path / "d", ["ants"])
     assert check_classes(discover(root)) == [
