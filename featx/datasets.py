@@ -124,10 +124,9 @@ class _Walk:
         self.links.append((len(self.left_out) - 1, real, shown_target))
 
     def settle_links(self, counted, real_root: str) -> None:
-        """Reword each link whose target is itself left out (hidden, outside class folders, ...): counted nowhere.
+        """Reword each link whose target is left out too (hidden, outside class folders, ...): counted nowhere.
 
-        ``counted``: the paths the dataset keeps.  A link's message said "counted where it lies"; when where it
-        lies is left out too, the message says so and why, so no image disappears behind a false promise.
+        ``counted``: the paths the dataset keeps.  Else the link would promise "counted where it lies".
         """
         if not self.links:
             return
@@ -137,12 +136,9 @@ class _Walk:
         for i, real, target in self.links:
             if real in kept or any(k.startswith(real.rstrip(os.sep) + os.sep) for k in kept):
                 continue
-            why, at = None, real
-            while why is None and _inside(at, real_root):
-                why = why_out.get(at)
-                at, up = os.path.dirname(at), at
-                if at == up:
-                    break
+            why, at, up = None, real, None
+            while why is None and at != up and _inside(at, real_root):  # the target, or a folder above it
+                why, at, up = why_out.get(at), os.path.dirname(at), at
             self.left_out[i] = (self.left_out[i][0], f"link to {target} inside the dataset, which is left out too "
                                 f"({why or 'not counted'}): counted nowhere")
 
