@@ -13,7 +13,9 @@ Every image is counted once, under its own label.  An image's label is the name 
 physically lies in (at any depth below it) and nothing else.  Folders are walked without following links:
 a link to a file or folder inside the dataset is left out (what it points to is counted where it lies);
 a link leading out of the dataset's folder is left out; a link to a folder that holds it is a cycle, at
-any depth.  Two names of one file (hard links: the same ``(st_dev, st_ino)``) count once.
+any depth.  Two names of one file (hard links: the same ``(st_dev, st_ino)``) count once in one class folder
+of one split; in different class or split folders both are kept, as byte-identical copies are (the split
+reports them as leakage or a label conflict).
 
 A class folder is a folder that holds at least one image: an empty folder, or one like
 ``__MACOSX/`` that holds only hidden files, is left out and named, never a class with 0 images.
@@ -112,6 +114,33 @@ class _Walk:
     def __init__(self):
         self.skipped: Counter = Counter()
         self.left_out: list[tuple[Path, str]] = []
+        self.inode: dict = {}  # image path -> (st_dev, st_ino), to count two names of one file once
+        self.links: list[tuple[int, str, str]] = []  # (index in left_out, real target, target as shown)
+
+    def leave_link(self, path: Path, real: str, real_root: str, folder: bool = False) -> None:
+        """Name ``path``, a link to ``real`` inside the root, as left out (what it points to counts where it lies)."""
+        shown_target = os.path.relpath(real, real_root) + (os.sep if folder else "")
+        self.leave(path, _link_inside(shown_target), LINK_INSIDE)
+        self.links.append((len(self.left_out) - 1, real, shown_target))
+
+    def settle_links(self, counted, real_root: str) -> None:
+        """Reword each link whose target is left out too (hidden, outside class folders, ...): counted nowhere.
+
+        ``counted``: the paths the dataset keeps.  Else the link would promise "counted where it lies".
+        """
+        if not self.links:
+            return
+        kept = {os.path.realpath(p) for p in counted}
+        link_at = {i for i, _, _ in self.links}
+        why_out = {os.path.realpath(p): why for i, (p, why) in enumerate(self.left_out) if i not in link_at}
+        for i, real, target in self.links:
+            if real in kept or any(k.startswith(real.rstrip(os.sep) + os.sep) for k in kept):
+                continue
+            why, at, up = None, real, None
+            while why is None and at != up and _inside(at, real_root):  # the target, or a folder above it
+                why, at, up = why_out.get(at), os.path.dirname(at), at
+            self.left_out[i] = (self.left_out[i][0], f"link to {target} inside the dataset, which is left out too "
+                                f"({why or 'not counted'}): counted nowhere")
 
     def leave(self, path: Path, reason: str, kind: str | None = None) -> None:
         """Name ``path`` as left out for ``reason``; ``kind`` (default: the reason) is what ``skipped`` counts."""
@@ -139,11 +168,11 @@ def _scan(root: Path, walk: _Walk) -> list[tuple[Path, tuple]]:
 
     Folders are walked without following links, so an image has one path and one label: its own folders.
     A link is left out with its reason: out of the root, a cycle (to a folder that holds it), or a link to
-    something inside the root (counted where it lies).  Two names of one file (hard links, the same
-    ``(st_dev, st_ino)``) count once.
+    something inside the root (counted where it lies).  Hard links are all returned; :func:`_once` counts
+    them once per class folder.
     """
     real_root = os.path.realpath(root)
-    found, seen = [], {}
+    found = []
 
     def unreadable(exc: OSError) -> None:  # issue 17: a folder os.walk cannot list is named, not dropped
         walk.leave(Path(exc.filename), f"unreadable folder ({(exc.strerror or str(exc)).lower()})")
@@ -159,7 +188,10 @@ def _scan(root: Path, walk: _Walk) -> list[tuple[Path, tuple]]:
                 walk.leave(here / d, "hidden")
             elif os.path.islink(full):
                 why = _dir_link_reason(full, real_root, real_here)
-                walk.leave(here / d, why, LINK_INSIDE if why.startswith("link to ") else None)
+                if why.startswith("link to "):
+                    walk.leave_link(here / d, os.path.realpath(full), real_root, folder=True)
+                else:
+                    walk.leave(here / d, why)
             else:
                 keep.append(d)
         dirnames[:] = keep
@@ -174,17 +206,33 @@ def _scan(root: Path, walk: _Walk) -> list[tuple[Path, tuple]]:
             elif path.is_symlink():
                 real = os.path.realpath(path)
                 if _inside(real, real_root):
-                    walk.leave(path, _link_inside(os.path.relpath(real, real_root)), LINK_INSIDE)
+                    walk.leave_link(path, real, real_root)
                 else:
                     walk.leave(path, LINK_OUT)
             else:
                 info = os.stat(path)
-                first = seen.setdefault((info.st_dev, info.st_ino), path)
-                if first is not path:
-                    walk.leave(path, _same_file(first), "hard link to a file counted once")
-                else:
-                    found.append((path, parts))
+                walk.inode[path] = (info.st_dev, info.st_ino)
+                found.append((path, parts))
     return found
+
+
+def _once(entries, group, walk: _Walk) -> list:
+    """``entries`` with each file counted once per ``group(entry)`` (hard links: the same ``(st_dev, st_ino)``).
+
+    Two names of one file in the same group (one class folder of one split) count once, the other named as
+    left out.  Names in different groups are both kept, as byte-identical copies are: the split then reports
+    them as leakage (different split folders) or a label conflict (different class folders).
+    """
+    seen: dict = {}
+    kept = []
+    for entry in entries:
+        path = entry[0]
+        first = seen.setdefault((walk.inode.get(path, path), group(entry)), path)
+        if first is not path:
+            walk.leave(path, _same_file(first), "hard link to a file counted once")
+        else:
+            kept.append(entry)
+    return kept
 
 
 def _nfc(name: str) -> str:
@@ -276,9 +324,10 @@ def scan(root: str | Path, every_image: bool = False) -> Dataset:
         _leave_empty(root, tops, classes_at.get(root, set()), walk)
     folders = sorted({_nfc(parts[depth]) for _, parts in labelled})
     if every_image and loose:
-        take = [(p, parts) for p, parts in found]
+        take = _once(found, lambda e: None, walk)  # prediction: each file once, whatever its folder
         dataset = Dataset(root, [p for p, _ in take], None, [], None, walk.skipped, walk.left_out, folders)
     elif labelled:
+        labelled = _once(labelled, lambda e: (split_dirs[e[1][0]] if split_layout else None, _nfc(e[1][depth])), walk)
         for path, why in loose:
             walk.leave(path, why)
         class_names = sorted({_nfc(parts[depth]) for _, parts in labelled})
@@ -288,12 +337,23 @@ def scan(root: str | Path, every_image: bool = False) -> Dataset:
         dataset = Dataset(root, [p for p, _ in labelled], labels, class_names, splits, walk.skipped, walk.left_out,
                           folders)
     else:  # no folder holds an image: the loose files are an unlabelled set
+        loose = _once(loose, lambda e: None, walk)
         dataset = Dataset(root, [p for p, _ in loose], None, [], None, walk.skipped, walk.left_out)
+    walk.settle_links(dataset.paths, os.path.realpath(root))
     if not dataset.paths:
-        raise FeatxError(f"{root}: no images found (looked for {FORMAT_NAMES}: "
-                         f"{', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise FeatxError(_no_images(root, walk))
     _log_left_out(dataset)
     return dataset
+
+
+def _no_images(root: Path, walk: _Walk) -> str:
+    """The error for a folder with no image: links out of it (not followed) named first, as the likely reason."""
+    out = [p for p, why in walk.left_out if why == LINK_OUT]
+    if out:
+        return (f"{root}: no images found: {len(out)} link(s) in it lead out of the dataset's folder and are not "
+                f"followed (e.g. {out[0]} -> {os.path.realpath(out[0])}); copy or move the class folders into "
+                f"{root}, or give featx the folder the links point to")
+    return f"{root}: no images found (looked for {FORMAT_NAMES}: {', '.join(sorted(IMAGE_SUFFIXES))})"
 
 
 def discover(root: str | Path) -> Dataset:

@@ -35,7 +35,7 @@ import numpy as np
 from featx.backbones.registry import DEFAULT_BACKBONE
 from featx.cache import FeatureCache, cache_path, content_key, default_cache_dir
 from featx.config import ExtractorConfig
-from featx.datasets import SPLIT_KEYWORDS, Dataset, Split, SplitSpec, discover, from_paths, make_split
+from featx.datasets import SPLIT_KEYWORDS, Dataset, Split, SplitSpec, check_classes, discover, from_paths, make_split
 from featx.engines.calibration import choose as choose_calibration
 from featx.errors import FeatxError
 from featx.failed import DecodeFailures
@@ -298,13 +298,15 @@ def extract(data, config: ExtractorConfig | str | None = None, *, cache_dir=None
     Raises
     ------
     FeatxError
-        Bad configuration or option (one line, nothing written).
+        Bad configuration or option (one line, nothing written), or a class with no training image when the
+        folders give the split (:func:`featx.datasets.check_classes`; checked before anything is extracted).
     """
     _check_options(batch_size, views, flush_rows, workers)
     ray_options = _ray_options(config_fields)
     config = _as_config(config, config_fields)
-    engine = _engine(engine, ray_options, views, flip, config.precision)
     dataset = _as_dataset(data)
+    check_classes(dataset)  # val/Bees beside train/bees: refused before any work, as fit-head refuses it
+    engine = _engine(engine, ray_options, views, flip, config.precision)
     folder = cache_dir or default_cache_dir()
     memory = DecodeFailures(folder)
     start = time.perf_counter()

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from featx.errors import FeatxError
+from featx.names import shown
 
 #: Cosine similarity (L2-normalised codes) at or above which two images are near-duplicates. Calibrated on
 #: mobilenet_v2 ``pre_logits`` with planted copies (scripts/bench_check.py; figures in docs/check.md).
@@ -319,11 +320,12 @@ def out_of_fold_probabilities(X, y, folds: int = 5, seed: int = 0, C: float = LA
 
     X = _check_codes(X)
     classes, y_index, counts = np.unique(np.asarray(y), return_inverse=True, return_counts=True)
-    if len(classes) < 2:
-        raise FeatxError("label checks need at least two classes", param="labels")
+    if len(classes) < 2:  # no param: these are the dataset's labels, not an option the user typed
+        raise FeatxError("label checks need at least two classes (class folders); add a second class")
     if counts.min() < 2:
-        raise FeatxError(f"class {classes[counts.argmin()]!r} has one image; label checks need two per class",
-                         param="labels")
+        lone = sorted(shown(str(c)) for c, n in zip(classes.tolist(), counts.tolist()) if n < 2)
+        raise FeatxError(f"class '{lone[0]}' has one image{f' (and {len(lone) - 1} other class(es) too)' if len(lone) > 1 else ''}; "
+                         "label checks need at least two images per class: add images to it, or leave it out")
     n_splits = int(min(folds, counts.min()))
     model = make_pipeline(Normalizer(), LogisticRegression(C=C, max_iter=1000))
     cv = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)

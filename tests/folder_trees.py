@@ -155,8 +155,8 @@ def check_scan(ds: Dataset, data: Path, every_image: bool = False) -> None:
     """The scan's invariants (AssertionError naming the first broken one).
 
     Every image file under the root is used exactly once or named as left out (itself or a folder above it);
-    each used image lies physically under the root, is no link, is not the same file as another used one; its
-    label is its own class folder's name (NFC); its split is its own split folder's; no image is in two splits.
+    each used image lies physically under the root, is no link, is not the same file as another used one of its
+    class and split; its label is its own class folder's name (NFC); its split is its own split folder's; no image is in two splits.
     """
     left = {Path(p): why for p, why in ds.left_out}
     assert all(why for why in left.values()), "a left-out entry without a reason"
@@ -164,11 +164,13 @@ def check_scan(ds: Dataset, data: Path, every_image: bool = False) -> None:
     assert len(used) == len(set(used)), "an image used twice"
     real_root = os.path.realpath(data)
     ids = set()
-    for p in used:
+    for i, p in enumerate(used):
         assert not p.is_symlink() and os.path.realpath(p).startswith(real_root + os.sep), f"{p}: outside or a link"
         info = os.stat(p)
-        assert (info.st_dev, info.st_ino) not in ids, f"{p}: the same file counted twice"
-        ids.add((info.st_dev, info.st_ino))
+        # hard links count once per class folder of one split; across classes or splits both are kept (as copies)
+        group = (None if ds.labels is None else int(ds.labels[i]), None if ds.splits is None else str(ds.splits[i]))
+        assert (info.st_dev, info.st_ino, group) not in ids, f"{p}: the same file counted twice"
+        ids.add((info.st_dev, info.st_ino, group))
     for p in physical_images(data):
         assert p in set(used) or _covered(p, left), f"{p}: neither used nor named as left out"
     if ds.labels is None:

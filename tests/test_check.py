@@ -88,6 +88,15 @@ def test_bad_codes_and_options_are_one_line_errors():
         near_duplicates(np.eye(3), 1.5)
     with pytest.raises(FeatxError, match="one image"):
         label_issues(np.eye(3), np.array(["a", "a", "b"]))
+
+
+def test_one_image_per_class_names_the_class_plainly_and_no_fake_option():
+    """*Why*: featx check said `--labels: class np.str_('a') has one image`: no such option, numpy's repr leaked."""
+    with pytest.raises(FeatxError) as caught:
+        label_issues(np.eye(2), np.asarray(["a", "b"]).astype(str))
+    assert str(caught.value) == ("class 'a' has one image (and 1 other class(es) too); label checks need at least "
+                                 "two images per class: add images to it, or leave it out")
+    assert caught.value.param is None
     with pytest.raises(FeatxError, match="threshold"):
         CheckOptions(threshold=0)
 

@@ -3,6 +3,7 @@ nothing dropped in silence.  Each test builds its tree from generated images (no
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -44,7 +45,7 @@ def test_links_to_files_hard_links_and_links_out_of_the_root_count_once_or_are_n
     photos(root / "bees", ["b0.jpg", "b1.jpg"], seed=10)
     photos(outside, ["o.jpg"], seed=20)
     os.symlink("../ants/a0.jpg", root / "bees" / "alias.jpg")       # a link to an ant: not a bee
-    os.link(root / "ants" / "a1.jpg", root / "bees" / "hard.jpg")   # a second name of one file
+    os.link(root / "ants" / "a1.jpg", root / "ants" / "hard.jpg")   # a second name of one file, same class
     os.symlink(outside, root / "bees" / "more")                     # a folder out of the root
     os.symlink(outside / "o.jpg", root / "ants" / "o.jpg")          # a file out of the root
     os.symlink(root / "missing.jpg", root / "ants" / "gone.jpg")    # broken
@@ -53,7 +54,7 @@ def test_links_to_files_hard_links_and_links_out_of_the_root_count_once_or_are_n
                                              ("bees/b0.jpg", "bees"), ("bees/b1.jpg", "bees")]
     reasons = {str(p.relative_to(root)): why for p, why in ds.left_out}
     assert reasons["bees/alias.jpg"].startswith("link to ants/a0.jpg inside the dataset")
-    assert reasons["bees/hard.jpg"].startswith(f"the same file as {root / 'ants' / 'a1.jpg'}")
+    assert reasons["ants/hard.jpg"].startswith(f"the same file as {root / 'ants' / 'a1.jpg'}")
     assert reasons["bees/more"].startswith("link leading out of") and reasons["ants/o.jpg"].startswith("link leading")
     assert reasons["ants/gone.jpg"] == "broken link"
 
@@ -90,11 +91,66 @@ def test_an_unknown_folder_beside_train_is_named_on_stderr_without_verbose(tmp_p
     assert len(ds) == 4 and ds.skipped["folder outside train/val/test"] == 2
 
 
+def test_a_link_to_a_left_out_file_says_it_is_counted_nowhere(tmp_path):
+    """*Why*: ants/viahidden.png -> ../.stash/h.png was "counted where it lies" though .stash/ is hidden: nowhere."""
+    photos(tmp_path / "ants", ["a0.png", "a1.png"])
+    photos(tmp_path / "bees", ["b0.png", "b1.png"], seed=10)
+    photos(tmp_path / ".stash", ["h.png"], seed=20)
+    photos(tmp_path, ["loose.png"], seed=30)
+    os.symlink("../.stash/h.png", tmp_path / "ants" / "viahidden.png")
+    os.symlink("../loose.png", tmp_path / "bees" / "vialoose.png")
+    os.symlink("../.stash", tmp_path / "bees" / "stash")
+    os.symlink("../ants/a0.png", tmp_path / "bees" / "alias.png")  # its target is counted: the old message holds
+    ds = discover(tmp_path)
+    reasons = {str(p.relative_to(tmp_path)): why for p, why in ds.left_out}
+    assert reasons["ants/viahidden.png"] == ("link to .stash/h.png inside the dataset, which is left out too "
+                                             "(hidden): counted nowhere")
+    assert reasons["bees/vialoose.png"] == ("link to loose.png inside the dataset, which is left out too "
+                                            "(outside class folders): counted nowhere")
+    assert reasons["bees/stash"].endswith("left out too (hidden): counted nowhere")
+    assert reasons["bees/alias.png"] == "link to ants/a0.png inside the dataset (counted where it lies, under its own folder)"
+
+
+def test_class_folders_that_all_link_out_of_the_root_are_named_in_the_error(tmp_path):
+    """*Why*: outer/ants -> elsewhere/ants (every class a link) said only "no images found", even with -v."""
+    photos(tmp_path / "elsewhere" / "ants", ["a0.png"])
+    photos(tmp_path / "elsewhere" / "bees", ["b0.png"], seed=10)
+    (tmp_path / "outer").mkdir()
+    for cls in ("ants", "bees"):
+        os.symlink(tmp_path / "elsewhere" / cls, tmp_path / "outer" / cls)
+    with pytest.raises(FeatxError, match=r"outer: no images found: 2 link\(s\) in it lead out of the dataset's folder "
+                       r"and are not followed \(e\.g\. .*outer/ants -> .*elsewhere/ants\)"):
+        discover(tmp_path / "outer")
+
+
 def test_duplicates_under_another_label_stay_files_of_their_own_folder(tmp_path):
     photos(tmp_path / "cat", ["a.jpg"], seed=1)
     photos(tmp_path / "dog", ["copy-of-a.jpg"], seed=1)  # the same bytes, another file: a label conflict
     ds = discover(tmp_path)
     assert labels_of(ds) == {"cat/a.jpg": "cat", "dog/copy-of-a.jpg": "dog"}
+
+
+def test_hard_links_across_classes_or_splits_are_reported_like_byte_identical_copies(tmp_path):
+    """*Why*: val/bees/1.png hard-linked as train/ants/x.png was kept once, as an ant in train: wrong label, dropped
+    from val, and no leakage or label conflict reported (a byte-identical copy in the same places is reported)."""
+    import hashlib
+    root = tmp_path / "d"
+    for s, split in enumerate(("train", "val", "test")):
+        for c, cls in enumerate(("ants", "bees")):
+            photos(root / split / cls, [f"{i}.png" for i in range(3)], seed=100 * s + 10 * c, tint=c)
+    os.link(root / "test" / "ants" / "0.png", root / "train" / "ants" / "hl.png")             # a leak
+    os.link(root / "val" / "bees" / "1.png", root / "train" / "ants" / "hl_wronglabel.png")   # a leak + a conflict
+    ds = discover(root)
+    labels = labels_of(ds)
+    assert labels["val/bees/1.png"] == "bees" and labels["train/ants/hl_wronglabel.png"] == "ants"
+    assert labels["test/ants/0.png"] == "ants" and labels["train/ants/hl.png"] == "ants"
+    keys = [hashlib.sha256(p.read_bytes()).hexdigest() for p in ds.paths]
+    split = make_split(keys, ds.labels, ds.splits, paths=ds.paths, class_names=ds.class_names)
+    assert sorted((a.relative_to(root).as_posix(), b.relative_to(root).as_posix()) for a, _, b, _ in
+                  ((Path(x[0]), 0, Path(x[2]), 0) for x in split.leakage)) == [
+        ("train/ants/hl.png", "test/ants/0.png"), ("train/ants/hl_wronglabel.png", "val/bees/1.png")]
+    assert [[(Path(p).relative_to(root).as_posix(), c) for p, c in group] for group in split.label_conflicts] == [
+        [("train/ants/hl_wronglabel.png", "ants"), ("val/bees/1.png", "bees")]]
 
 
 # ---- 2. classes checked per split ---------------------------------------------------------------------------
@@ -117,6 +173,15 @@ def test_a_class_with_no_training_image_is_an_error_with_did_you_mean(tmp_path, 
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "did you mean 'bees'" in err[0] and str(root / "val" / spelling) in err[0], err
     assert not (tmp_path / "o").exists() and not (tmp_path / "c").exists()  # checked before any work
+
+
+def test_extract_refuses_a_class_with_no_training_image_before_any_work(tmp_path, capsys):
+    """*Why*: featx extract cached valid/Bees beside train/bees (rc 0) while fit-head refused it; docs say refused."""
+    root = split_tree(tmp_path / "d", ["ants", "Bees"])
+    assert main(["extract", str(root), "--cache", str(tmp_path / "c"), "--weights", "none"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "class 'Bees' has no training image" in err[0] and "did you mean 'bees'" in err[0], err
+    assert not (tmp_path / "c").exists()
 
 
 def test_a_class_missing_from_the_held_out_folder_is_a_warning(tmp_path):
