@@ -185,7 +185,7 @@ def test_a_flipped_byte_in_the_codes_fails_its_checksum_everywhere(tmp_path, cap
     assert cache.manifest_path.read_bytes() == before and not list(cache.segments_dir.glob(".tmp-*"))
 
 
-@pytest.mark.parametrize("bad", ["one row short", "3-D codes", "NaN", "checksum", "short key"])
+@pytest.mark.parametrize("bad", ["one row short", "3-D codes", "NaN", "checksum", "short key", "wrong width"])
 def test_a_bad_journal_part_is_damage_and_never_committed(tmp_path, bad):
     cache = segments_cache(tmp_path, n=1)
     keys, codes = np.asarray(keys_for(100, 4), "S32"), codes_for(keys_for(100, 4))
@@ -203,6 +203,9 @@ def test_a_bad_journal_part_is_damage_and_never_committed(tmp_path, bad):
         arrays["codes__a"], arrays["crc__a"] = codes, row_checksums(codes)
     elif bad == "checksum":
         arrays["codes__a"] = codes + 1
+    elif bad == "wrong width":  # sound on its own (2-D, finite, its CRCs right), but 5 wide in a 6-wide tap
+        narrow = np.ascontiguousarray(codes[:, :5])
+        arrays["codes__a"], arrays["crc__a"] = narrow, row_checksums(narrow)
     else:
         arrays["keys__a"] = np.asarray([k[:31] for k in keys_for(100, 4)], "S32")
     cache.journal.mkdir()
@@ -217,6 +220,28 @@ def test_a_bad_journal_part_is_damage_and_never_committed(tmp_path, bad):
         nan = codes_for(keys_for(200, 2))
         nan[0, 0] = np.inf
         cache.append({"a": SimpleNamespace(keys=np.asarray(keys_for(200, 2), "S32"), codes=nan)})
+
+
+def test_segments_that_disagree_on_a_taps_width_are_damage_and_parts_must_agree_too(tmp_path, capsys):
+    cache = segments_cache(tmp_path, n=1)
+    m = cache.manifest()
+    narrow = cache_segments.write_segment(cache.segments_dir, {"a": rows(keys_for(300, 2), dim=5)}, CONFIG)
+    m["segments"].append(narrow)  # what a commit of a 5-wide part used to make
+    cache.manifest_path.write_text(json.dumps(m))
+    assert main(["cache", "verify", cache.path]) == 1
+    assert "tap a: segment " + narrow["name"] + " holds codes 5 wide, an earlier segment 6 wide" in capsys.readouterr().out
+    cache.manifest_path.write_text(json.dumps({**m, "segments": m["segments"][:1]}))
+    (cache.segments_dir / narrow["name"]).unlink()
+    assert main(["cache", "verify", cache.path]) == 0
+    capsys.readouterr()
+    with cache:  # a new tap: the parts must agree among themselves
+        cache.append({"b": rows(keys_for(400, 2), dim=3)})
+        cache.append({"b": rows(keys_for(410, 2), dim=4)})
+        second = cache.parts()[-1]
+        assert any(second.name in p and "4 wide" in p for p in cache.verify())
+        with pytest.raises(CacheDamagedError, match=f"{second.name}.*4 wide"):
+            cache.commit()
+    assert "b" not in cache.manifest()["segments"][0]["taps"] and len(cache.manifest()["segments"]) == 1
 
 
 def test_a_segment_written_before_checksums_is_read_and_compaction_adds_them(tmp_path):

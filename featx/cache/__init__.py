@@ -93,7 +93,9 @@ A journal part (``journal/part-<time_ns:020d>-<pid>-<n:06d>.npz``) is an uncompr
 with, per tap, ``keys__<tap>`` (N,) S32, ``codes__<tap>`` (N, D) and ``crc__<tap>`` (N,) uint32
 (each row's CRC-32; absent in parts of older versions); it may repeat a committed key (the
 committed row wins).  A part is checked whenever it is read (shapes, key length, finite codes,
-CRCs) and a part that fails is never committed.  NaN or infinite codes are never written.  Temporary files are named ``.tmp-<stem>-<pid>-<8 hex><suffix>`` in
+CRCs, and each tap's width: that of the committed segments, or of the first part for a new tap)
+and a part that fails is never committed.  The segments a manifest names agree on each tap's
+width (``dim``); a manifest whose segments do not is damage.  NaN or infinite codes are never written.  Temporary files are named ``.tmp-<stem>-<pid>-<8 hex><suffix>`` in
 the folder of their final name.
 
 Writes: :meth:`FeatureCache.append` writes a journal part (temporary name, fsync, rename: whole or

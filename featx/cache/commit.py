@@ -26,6 +26,7 @@ from featx.cache.journal import journal_rows
 from featx.cache.layout import FORMAT_VERSION, KEY_DTYPE, TapRows, first_unique, row_checksums
 from featx.cache.legacy import legacy_header, migrate_legacy
 from featx.cache.merge import merge_segments
+from featx.cache.schema import tap_widths
 from featx.cache.segments import segment_entry, segment_name, write_segment
 from featx.cache.view import drop_view, refresh_view, write_view
 
@@ -104,7 +105,7 @@ def fold(folder: CacheFolder, m: dict, parts: list, incoming: list, migrating: b
             m["migrated_from"] = folder.legacy.name
             segments.append(migrate_legacy(folder))
             created.append(folder.segments_dir / segments[-1]["name"])
-        sources, journal = pending_keys(folder, parts, incoming)
+        sources, journal = pending_keys(folder, parts, incoming, m)
         keep = new_rows(folder, m, segments, sources)
         segments += adopt_incoming(folder, sources[:-1], keep, m["config"], created)
         last = len(sources) - 1
@@ -125,8 +126,10 @@ def fold(folder: CacheFolder, m: dict, parts: list, incoming: list, migrating: b
     return new
 
 
-def pending_keys(folder: CacheFolder, parts: list, incoming: list) -> tuple[list, dict]:
-    """Every key waiting to be committed, at once (memory ~ the new rows).
+def pending_keys(folder: CacheFolder, parts: list, incoming: list, m: dict | None = None) -> tuple[list, dict]:
+    """Every key waiting to be committed, at once (memory ~ the new rows).  A part or incoming
+    segment whose codes are not as wide as the committed ones of the same tap (manifest ``m``) is a
+    :class:`CacheDamagedError` naming it: nothing is committed.
 
     Returns
     -------
@@ -137,15 +140,18 @@ def pending_keys(folder: CacheFolder, parts: list, incoming: list) -> tuple[list
         ``{tap: (keys, codes)}`` of every journal part, concatenated.
     """
     sources = []
+    widths = tap_widths(m)
     for inc in incoming:
         entry = segment_entry(inc, checksum=True)
         for tap, info in entry["taps"].items():
             problem = codes_problem(inc, info)
+            if not problem and widths.setdefault(tap, info["dim"]) != info["dim"]:
+                problem = f"codes {info['dim']} wide, but the cache's codes of this tap are {widths[tap]} wide"
             if problem:
                 raise CacheDamagedError(inc, f"tap {tap}: {problem}", folder.path)
         sources.append((inc, entry, {t: read_range(inc, i["offsets"]["keys"], KEY_DTYPE, 0, i["rows"])
                                      for t, i in entry["taps"].items()}))
-    journal = journal_rows(parts, folder.path)
+    journal = journal_rows(parts, folder.path, widths)
     sources.append((None, None, {t: k for t, (k, _) in journal.items()}))
     return sources, journal
 

@@ -53,7 +53,19 @@ def manifest_problem(m) -> str:
         if seg["name"] in names:
             return f"segment {seg['name']} is listed twice"
         names.add(seg["name"])
+    widths: dict = {}
+    for seg in m["segments"]:
+        for tap, info in seg["taps"].items():
+            if widths.setdefault(tap, info["dim"]) != info["dim"]:
+                return (f"tap {tap}: segment {seg['name']} holds codes {info['dim']} wide, "
+                        f"an earlier segment {widths[tap]} wide")
     return ""
+
+
+def tap_widths(m: dict | None) -> dict:
+    """{tap: width of its codes} as the segments of a sound manifest ``m`` record them (they agree:
+    :func:`manifest_problem`); empty for None."""
+    return {tap: info["dim"] for seg in (m or {}).get("segments", []) for tap, info in seg["taps"].items()}
 
 
 def segment_problem(seg, dtype: str) -> str:
