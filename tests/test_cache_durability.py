@@ -244,6 +244,28 @@ def test_segments_that_disagree_on_a_taps_width_are_damage_and_parts_must_agree_
     assert "b" not in cache.manifest()["segments"][0]["taps"] and len(cache.manifest()["segments"]) == 1
 
 
+@pytest.mark.parametrize("strip", [("codes_crc", "index_crc"), ("index_crc",)])
+def test_a_manifest_entry_that_lost_its_checksums_is_damage_when_the_segment_has_them(tmp_path, capsys, strip):
+    cache = segments_cache(tmp_path, n=2)
+    m = cache.manifest()
+    seg = m["segments"][1]
+    info = seg["taps"]["a"]
+    for k in strip:
+        (info["offsets"] if k == "codes_crc" else info).pop(k)
+    cache.manifest_path.write_text(json.dumps(m))
+    path = cache.segments_dir / seg["name"]
+    data = bytearray(path.read_bytes())
+    data[info["offsets"]["codes"] + 3 * DIM * 4 + 1] ^= 0x04  # row 3 of keys_for(20, 20)
+    path.unlink()
+    path.write_bytes(bytes(data))
+    assert main(["cache", "verify", cache.path]) == 1
+    assert "featx cache repair" in capsys.readouterr().out
+    with pytest.raises(CacheDamagedError, match="featx cache repair"):
+        cache.read("a", keys_for(20, 5))  # never the flipped row, unchecked
+    assert main(["cache", "export", cache.path, "--out", tmp_path / "e"]) == 2
+    one_error_line(capsys, seg["name"], "featx cache repair")
+
+
 def test_a_segment_written_before_checksums_is_read_and_compaction_adds_them(tmp_path):
     cache = segments_cache(tmp_path, n=2)
     m = cache.manifest()
@@ -251,6 +273,9 @@ def test_a_segment_written_before_checksums_is_read_and_compaction_adds_them(tmp
         for info in s["taps"].values():
             info["offsets"].pop("codes_crc")
             info.pop("index_crc")
+        with h5py.File(cache.segments_dir / s["name"], "r+") as f:  # ... of a file written before them
+            del f["taps/a/codes_crc"]
+        s["bytes"] = (cache.segments_dir / s["name"]).stat().st_size
     cache.manifest_path.write_text(json.dumps(m))
     cache_segments._MAPS.clear()
     np.testing.assert_array_equal(cache.read("a", keys_for(0, 40)), codes_for(keys_for(0, 40)))

@@ -58,7 +58,12 @@ versions, engine); ``failures`` (``[[path, reason], ...]`` of the last extractio
 offset in the file}, "index_crc": CRC-32}}}``; and, after a migration, ``migrated_from`` (the legacy
 file's name).  ``index_crc`` is zlib's CRC-32 over the bytes of ``keys``, ``sorted_keys``,
 ``sorted_rows``, ``bloom`` and ``codes_crc`` in that order (segments written before checksums have
-neither it nor ``codes_crc``; they are read unchecked).  The manifest is checked against this
+neither it nor ``codes_crc``; they are read unchecked).  The rule for an entry without checksums:
+it is trusted as written before checksums only when its segment FILE holds no ``codes_crc``; an
+entry that has one of ``index_crc`` / ``codes_crc`` but not the other fails the schema check,
+and an entry without both for a file that holds ``codes_crc`` is damage (checked once per
+process when such an entry is mapped, one HDF5 header read, and by ``verify``); ``featx cache
+repair`` rebuilds the entry, checksums included, from the file.  The manifest is checked against this
 schema whenever it is read (:mod:`featx.cache.schema`: types, ranges, the dtype equal to the
 configuration's, every dataset inside the file size ``bytes`` and none overlapping another); a
 missing manifest where segments exist, or one that fails the check, is damage.

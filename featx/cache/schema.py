@@ -112,6 +112,8 @@ def tap_problem(info, dtype: str, size: int) -> str:
         return "an offset is not a whole number >= 0"
     if "index_crc" in info and (not _int(info["index_crc"]) or not 0 <= info["index_crc"] < 2**32):
         return f"index_crc {info['index_crc']!r} is not a CRC-32"
+    if ("index_crc" in info) != (off.get("codes_crc") is not None):  # both, or neither (before checksums)
+        return "index_crc and the codes_crc offset come together (one is missing)"
     if info["rows"] == 0:
         return ""
     spans = sorted((off[k], off[k] + n, k) for k, n in dataset_bytes(info).items())

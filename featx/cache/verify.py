@@ -88,9 +88,12 @@ def _verify_segment(path: Path, seg: dict, all_keys: dict, problems: list) -> No
         actual = segment_entry(path)
         for tap, info in seg["taps"].items():
             a = actual["taps"].get(tap)
-            if a is None or any(a[k] != info[k] for k in ("rows", "dim", "dtype")) or any(
+            lost = a is not None and a["offsets"].get("codes_crc") is not None and info.get("index_crc") is None
+            if lost or a is None or any(a[k] != info[k] for k in ("rows", "dim", "dtype")) or any(
                     a["offsets"].get(k) != v for k, v in info["offsets"].items()):
-                problems.append(f"segment {seg['name']} tap {tap}: does not match the manifest")
+                problems.append(f"segment {seg['name']} tap {tap}: " + (
+                    "its manifest entry lacks the checksums the file holds; " + repair_advice(path.parent.parent)
+                    if lost else "does not match the manifest"))
                 continue
             problems += [f"segment {seg['name']} tap {tap}: {p}" for p in verify_block(path, info)]
             all_keys.setdefault(tap, []).append(
