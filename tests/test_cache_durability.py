@@ -89,6 +89,8 @@ def test_garbage_is_only_what_featx_wrote_and_only_after_the_grace(tmp_path, mon
     cache = segments_cache(tmp_path, n=3)
     stranger = cache.segments_dir / "seg-00000000000000000001-0badf00d.h5"
     shutil.copy(next(cache.segments_dir.glob("seg-*.h5")), stranger)  # not written by this cache's featx
+    future = cache.segments_dir / "seg-09999999999999999999-deadbeef.h5"  # a name-time after any writer's start
+    shutil.copy(stranger, future)
     monkeypatch.setenv("FEATX_CACHE_GRACE", "3600")
     with h5py.File(cache.path / "view.h5", "r") as view:  # a notebook opens the view, then a compaction runs
         cache.compact()
@@ -99,12 +101,15 @@ def test_garbage_is_only_what_featx_wrote_and_only_after_the_grace(tmp_path, mon
         codes = view["taps/a/codes"][:]
     assert len(keys) == 60 and not np.isnan(codes).any()
     np.testing.assert_array_equal(codes, codes_for(keys))  # it keeps reading the rows it saw
-    assert len(list(cache.segments_dir.glob("seg-*.h5"))) == 3 + 1 + 1 + 1  # old ones kept for the grace
-    assert any(stranger.name in p and "named by no manifest" in p for p in cache.verify())
+    assert len(list(cache.segments_dir.glob("seg-*.h5"))) == 3 + 2 + 1 + 1  # old ones kept for the grace
+    assert all(any(x.name in p and "named by no manifest" in p for p in cache.verify()) for x in (stranger, future))
     monkeypatch.setenv("FEATX_CACHE_GRACE", "0")
     cache.commit()  # a later writer: the grace is over
+    with cache:
+        cache.append({"a": rows(keys_for(950, 2))})
+        cache.commit()  # and another commit after it
     left = {p.name for p in cache.segments_dir.glob("seg-*.h5")}
-    assert left == {s["name"] for s in cache.manifest()["segments"]} | {stranger.name}  # the unknown one stays
+    assert left == {s["name"] for s in cache.manifest()["segments"]} | {stranger.name, future.name}  # unknown: kept
 
 
 # ---- 3. view.h5 consistent or absent ----------------------------------------------------------------------

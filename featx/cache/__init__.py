@@ -69,9 +69,11 @@ configuration's, every dataset inside the file size ``bytes`` and none overlappi
 missing manifest where segments exist, or one that fails the check, is damage.
 
 ``RECORD.json`` holds ``generation`` (the last manifest's it saw), ``segments`` ``{name: null while
-the manifest names it, else the time (s) it stopped}`` and, while a writer is making segments,
-``writing_since`` (ns: segment files newer than that which no manifest names are that writer's, or
-a killed one's).  Garbage collection deletes only segments the record holds, once they have been
+the manifest names it, else the time (s) it stopped}`` and ``writing`` (the names a writer
+recorded, under its lock, BEFORE creating each segment file: a file a killed writer leaves is then
+featx's own; the next commit moves those no manifest names into ``segments`` as unnamed).  Only
+names the record holds are ever deleted: a file's name (its time) never makes it deletable.
+Garbage collection deletes only segments the record holds, once they have been
 unnamed for :func:`~featx.cache.layout.grace_seconds` (``$FEATX_CACHE_GRACE``, default 3600 s: a
 plain h5py reader holding an old ``view.h5`` keeps its rows that long); any other segment file is
 never deleted (``verify`` lists it).  ``featx cache repair`` (:mod:`featx.cache.repair`) rebuilds a
@@ -112,7 +114,7 @@ are merged into one, streaming), and swaps the manifest (temporary file, fsync,
 streaming (codes copied in blocks; the sorted index by a k-way merge in blocks), and swaps the
 manifest the same way.  A process killed at any moment leaves the previous manifest, which names
 only complete segments; the next commit removes its temporary files, records the segments it
-left unnamed for garbage collection (``writing_since``) and folds in its journal.  On any exception (ENOSPC included) a writer removes
+left unnamed for garbage collection (the record's ``writing``) and folds in its journal.  On any exception (ENOSPC included) a writer removes
 its own temporary files before the error propagates.
 
 Damage (a segment, journal part or manifest missing, truncated, unreadable or failing its

@@ -129,6 +129,9 @@ def record_problem(r) -> str:
         return "not a segment record: no segments object"
     if not _int(r.get("generation", 0)) or not (r.get("writing_since") is None or _int(r["writing_since"])):
         return "generation or writing_since is not a whole number"
+    writing = r.get("writing", [])
+    if not isinstance(writing, list) or not all(isinstance(n, str) and SEGMENT_NAME.fullmatch(n) for n in writing):
+        return "writing is not a list of segment names"
     for name, dropped in r["segments"].items():
         if not SEGMENT_NAME.fullmatch(name) or not (dropped is None or isinstance(dropped, (int, float))):
             return f"entry {name!r}: expected a segment name and null or a time"
