@@ -85,6 +85,22 @@ def test_repair_of_a_garbled_manifest_after_a_compaction_keeps_one_copy_of_each_
     np.testing.assert_array_equal(cache.read("a", keys_for(0, 60)), codes_for(keys_for(0, 60)))
 
 
+def test_repair_rebuilds_a_sound_json_manifest_that_disagrees_with_the_segment_files(tmp_path, capsys):
+    cache = segments_cache(tmp_path, n=3)
+    m = cache.manifest()
+    s = m["segments"]
+    assert s[0]["bytes"] == s[2]["bytes"]  # same size: only the checksums tell them apart
+    s[0]["name"], s[2]["name"] = s[2]["name"], s[0]["name"]
+    cache.manifest_path.write_text(json.dumps(m))
+    assert main(["cache", "verify", cache.path]) == 1
+    capsys.readouterr()
+    assert main(["cache", "repair", cache.path]) == 0
+    assert "rebuilt MANIFEST.json from 3 segment(s); rows a 60" in capsys.readouterr().out
+    assert cache.verify() == []
+    np.testing.assert_array_equal(cache.read("a", keys_for(0, 60)), codes_for(keys_for(0, 60)))
+    assert main(["cache", "repair", cache.path]) == 0 and "nothing to repair" in capsys.readouterr().out
+
+
 def test_garbage_is_only_what_featx_wrote_and_only_after_the_grace(tmp_path, monkeypatch):
     cache = segments_cache(tmp_path, n=3)
     stranger = cache.segments_dir / "seg-00000000000000000001-0badf00d.h5"

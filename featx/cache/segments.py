@@ -325,7 +325,9 @@ class Block:
             index = {"keys": block.keys, "sorted_keys": block.sorted_keys, "sorted_rows": block.sorted_rows,
                      "bloom": block.bloom, "codes_crc": block.codes_crc}
             if chained_crc(index[k] for k in INDEX_DATASETS if index[k] is not None) != info["index_crc"]:
-                raise CacheDamagedError(path, "its keys or key index do not match their checksum")
+                raise CacheDamagedError(path, "its keys or key index do not match their checksum", advice=(
+                    "the checksum is the manifest's: " + repair_advice(path.parent.parent) + "; it leaves out "
+                    "(and lists) a segment that is itself damaged"))
             checked.add(tap_id)
         return block
 
