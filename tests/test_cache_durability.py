@@ -62,6 +62,9 @@ def test_a_deleted_manifest_is_damage_and_repair_brings_every_row_back(tmp_path,
             writer.append({"a": rows(keys_for(500, 3))})  # an extract of another dataset
             writer.commit()
     assert sorted(p.name for p in cache.segments_dir.iterdir()) == segs  # nothing deleted
+    assert main(["cache", "ls", "--cache", tmp_path]) == 0  # listed as damaged, never "no caches"
+    listed = capsys.readouterr().out
+    assert f"{cache.path}  damaged" in listed and "MANIFEST.json" in listed and "no caches" not in listed
     assert main(["cache", "repair", cache.path]) == 0
     assert "rebuilt MANIFEST.json from 5 segment(s); rows a 100" in capsys.readouterr().out
     np.testing.assert_array_equal(cache.read("a", keys_for(0, 100)), codes_for(keys_for(0, 100)))

@@ -314,8 +314,11 @@ class CacheFolder:
 
 
 def list_caches(cache_dir: str | Path) -> list[Path]:
-    """Cache folders in ``cache_dir`` (and legacy single-file caches not migrated yet)."""
+    """Cache folders in ``cache_dir`` (and legacy single-file caches not migrated yet): every folder
+    with a manifest, or without one but with what a cache leaves (segments, RECORD.json, journal
+    parts, workers' segments) -- a lost manifest is damage, listed, never "no caches"."""
     cache_dir = Path(cache_dir)
     found = {p.parent for p in cache_dir.glob(f"*/{MANIFEST}")}
+    found |= {p for p in cache_dir.glob("*/") if p.is_dir() and CacheFolder(p).exists()}
     found |= {p for p in cache_dir.glob("*.h5") if p.with_suffix("") not in found}
     return sorted(found)
