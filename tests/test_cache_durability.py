@@ -62,6 +62,9 @@ def test_a_deleted_manifest_is_damage_and_repair_brings_every_row_back(tmp_path,
             writer.append({"a": rows(keys_for(500, 3))})  # an extract of another dataset
             writer.commit()
     assert sorted(p.name for p in cache.segments_dir.iterdir()) == segs  # nothing deleted
+    assert main(["cache", "ls", "--cache", tmp_path]) == 0  # listed as damaged, never "no caches"
+    listed = capsys.readouterr().out
+    assert f"{cache.path}  damaged" in listed and "MANIFEST.json" in listed and "no caches" not in listed
     assert main(["cache", "repair", cache.path]) == 0
     assert "rebuilt MANIFEST.json from 5 segment(s); rows a 100" in capsys.readouterr().out
     np.testing.assert_array_equal(cache.read("a", keys_for(0, 100)), codes_for(keys_for(0, 100)))
@@ -85,10 +88,28 @@ def test_repair_of_a_garbled_manifest_after_a_compaction_keeps_one_copy_of_each_
     np.testing.assert_array_equal(cache.read("a", keys_for(0, 60)), codes_for(keys_for(0, 60)))
 
 
+def test_repair_rebuilds_a_sound_json_manifest_that_disagrees_with_the_segment_files(tmp_path, capsys):
+    cache = segments_cache(tmp_path, n=3)
+    m = cache.manifest()
+    s = m["segments"]
+    assert s[0]["bytes"] == s[2]["bytes"]  # same size: only the checksums tell them apart
+    s[0]["name"], s[2]["name"] = s[2]["name"], s[0]["name"]
+    cache.manifest_path.write_text(json.dumps(m))
+    assert main(["cache", "verify", cache.path]) == 1
+    capsys.readouterr()
+    assert main(["cache", "repair", cache.path]) == 0
+    assert "rebuilt MANIFEST.json from 3 segment(s); rows a 60" in capsys.readouterr().out
+    assert cache.verify() == []
+    np.testing.assert_array_equal(cache.read("a", keys_for(0, 60)), codes_for(keys_for(0, 60)))
+    assert main(["cache", "repair", cache.path]) == 0 and "nothing to repair" in capsys.readouterr().out
+
+
 def test_garbage_is_only_what_featx_wrote_and_only_after_the_grace(tmp_path, monkeypatch):
     cache = segments_cache(tmp_path, n=3)
     stranger = cache.segments_dir / "seg-00000000000000000001-0badf00d.h5"
     shutil.copy(next(cache.segments_dir.glob("seg-*.h5")), stranger)  # not written by this cache's featx
+    future = cache.segments_dir / "seg-09999999999999999999-deadbeef.h5"  # a name-time after any writer's start
+    shutil.copy(stranger, future)
     monkeypatch.setenv("FEATX_CACHE_GRACE", "3600")
     with h5py.File(cache.path / "view.h5", "r") as view:  # a notebook opens the view, then a compaction runs
         cache.compact()
@@ -99,12 +120,15 @@ def test_garbage_is_only_what_featx_wrote_and_only_after_the_grace(tmp_path, mon
         codes = view["taps/a/codes"][:]
     assert len(keys) == 60 and not np.isnan(codes).any()
     np.testing.assert_array_equal(codes, codes_for(keys))  # it keeps reading the rows it saw
-    assert len(list(cache.segments_dir.glob("seg-*.h5"))) == 3 + 1 + 1 + 1  # old ones kept for the grace
-    assert any(stranger.name in p and "named by no manifest" in p for p in cache.verify())
+    assert len(list(cache.segments_dir.glob("seg-*.h5"))) == 3 + 2 + 1 + 1  # old ones kept for the grace
+    assert all(any(x.name in p and "named by no manifest" in p for p in cache.verify()) for x in (stranger, future))
     monkeypatch.setenv("FEATX_CACHE_GRACE", "0")
     cache.commit()  # a later writer: the grace is over
+    with cache:
+        cache.append({"a": rows(keys_for(950, 2))})
+        cache.commit()  # and another commit after it
     left = {p.name for p in cache.segments_dir.glob("seg-*.h5")}
-    assert left == {s["name"] for s in cache.manifest()["segments"]} | {stranger.name}  # the unknown one stays
+    assert left == {s["name"] for s in cache.manifest()["segments"]} | {stranger.name, future.name}  # unknown: kept
 
 
 # ---- 3. view.h5 consistent or absent ----------------------------------------------------------------------
@@ -185,7 +209,7 @@ def test_a_flipped_byte_in_the_codes_fails_its_checksum_everywhere(tmp_path, cap
     assert cache.manifest_path.read_bytes() == before and not list(cache.segments_dir.glob(".tmp-*"))
 
 
-@pytest.mark.parametrize("bad", ["one row short", "3-D codes", "NaN", "checksum", "short key"])
+@pytest.mark.parametrize("bad", ["one row short", "3-D codes", "NaN", "checksum", "short key", "wrong width"])
 def test_a_bad_journal_part_is_damage_and_never_committed(tmp_path, bad):
     cache = segments_cache(tmp_path, n=1)
     keys, codes = np.asarray(keys_for(100, 4), "S32"), codes_for(keys_for(100, 4))
@@ -203,6 +227,9 @@ def test_a_bad_journal_part_is_damage_and_never_committed(tmp_path, bad):
         arrays["codes__a"], arrays["crc__a"] = codes, row_checksums(codes)
     elif bad == "checksum":
         arrays["codes__a"] = codes + 1
+    elif bad == "wrong width":  # sound on its own (2-D, finite, its CRCs right), but 5 wide in a 6-wide tap
+        narrow = np.ascontiguousarray(codes[:, :5])
+        arrays["codes__a"], arrays["crc__a"] = narrow, row_checksums(narrow)
     else:
         arrays["keys__a"] = np.asarray([k[:31] for k in keys_for(100, 4)], "S32")
     cache.journal.mkdir()
@@ -219,6 +246,50 @@ def test_a_bad_journal_part_is_damage_and_never_committed(tmp_path, bad):
         cache.append({"a": SimpleNamespace(keys=np.asarray(keys_for(200, 2), "S32"), codes=nan)})
 
 
+def test_segments_that_disagree_on_a_taps_width_are_damage_and_parts_must_agree_too(tmp_path, capsys):
+    cache = segments_cache(tmp_path, n=1)
+    m = cache.manifest()
+    narrow = cache_segments.write_segment(cache.segments_dir, {"a": rows(keys_for(300, 2), dim=5)}, CONFIG)
+    m["segments"].append(narrow)  # what a commit of a 5-wide part used to make
+    cache.manifest_path.write_text(json.dumps(m))
+    assert main(["cache", "verify", cache.path]) == 1
+    assert "tap a: segment " + narrow["name"] + " holds codes 5 wide, an earlier segment 6 wide" in capsys.readouterr().out
+    cache.manifest_path.write_text(json.dumps({**m, "segments": m["segments"][:1]}))
+    (cache.segments_dir / narrow["name"]).unlink()
+    assert main(["cache", "verify", cache.path]) == 0
+    capsys.readouterr()
+    with cache:  # a new tap: the parts must agree among themselves
+        cache.append({"b": rows(keys_for(400, 2), dim=3)})
+        cache.append({"b": rows(keys_for(410, 2), dim=4)})
+        second = cache.parts()[-1]
+        assert any(second.name in p and "4 wide" in p for p in cache.verify())
+        with pytest.raises(CacheDamagedError, match=f"{second.name}.*4 wide"):
+            cache.commit()
+    assert "b" not in cache.manifest()["segments"][0]["taps"] and len(cache.manifest()["segments"]) == 1
+
+
+@pytest.mark.parametrize("strip", [("codes_crc", "index_crc"), ("index_crc",)])
+def test_a_manifest_entry_that_lost_its_checksums_is_damage_when_the_segment_has_them(tmp_path, capsys, strip):
+    cache = segments_cache(tmp_path, n=2)
+    m = cache.manifest()
+    seg = m["segments"][1]
+    info = seg["taps"]["a"]
+    for k in strip:
+        (info["offsets"] if k == "codes_crc" else info).pop(k)
+    cache.manifest_path.write_text(json.dumps(m))
+    path = cache.segments_dir / seg["name"]
+    data = bytearray(path.read_bytes())
+    data[info["offsets"]["codes"] + 3 * DIM * 4 + 1] ^= 0x04  # row 3 of keys_for(20, 20)
+    path.unlink()
+    path.write_bytes(bytes(data))
+    assert main(["cache", "verify", cache.path]) == 1
+    assert "featx cache repair" in capsys.readouterr().out
+    with pytest.raises(CacheDamagedError, match="featx cache repair"):
+        cache.read("a", keys_for(20, 5))  # never the flipped row, unchecked
+    assert main(["cache", "export", cache.path, "--out", tmp_path / "e"]) == 2
+    one_error_line(capsys, seg["name"], "featx cache repair")
+
+
 def test_a_segment_written_before_checksums_is_read_and_compaction_adds_them(tmp_path):
     cache = segments_cache(tmp_path, n=2)
     m = cache.manifest()
@@ -226,6 +297,9 @@ def test_a_segment_written_before_checksums_is_read_and_compaction_adds_them(tmp
         for info in s["taps"].values():
             info["offsets"].pop("codes_crc")
             info.pop("index_crc")
+        with h5py.File(cache.segments_dir / s["name"], "r+") as f:  # ... of a file written before them
+            del f["taps/a/codes_crc"]
+        s["bytes"] = (cache.segments_dir / s["name"]).stat().st_size
     cache.manifest_path.write_text(json.dumps(m))
     cache_segments._MAPS.clear()
     np.testing.assert_array_equal(cache.read("a", keys_for(0, 40)), codes_for(keys_for(0, 40)))

@@ -58,15 +58,22 @@ versions, engine); ``failures`` (``[[path, reason], ...]`` of the last extractio
 offset in the file}, "index_crc": CRC-32}}}``; and, after a migration, ``migrated_from`` (the legacy
 file's name).  ``index_crc`` is zlib's CRC-32 over the bytes of ``keys``, ``sorted_keys``,
 ``sorted_rows``, ``bloom`` and ``codes_crc`` in that order (segments written before checksums have
-neither it nor ``codes_crc``; they are read unchecked).  The manifest is checked against this
+neither it nor ``codes_crc``; they are read unchecked).  The rule for an entry without checksums:
+it is trusted as written before checksums only when its segment FILE holds no ``codes_crc``; an
+entry that has one of ``index_crc`` / ``codes_crc`` but not the other fails the schema check,
+and an entry without both for a file that holds ``codes_crc`` is damage (checked once per
+process when such an entry is mapped, one HDF5 header read, and by ``verify``); ``featx cache
+repair`` rebuilds the entry, checksums included, from the file.  The manifest is checked against this
 schema whenever it is read (:mod:`featx.cache.schema`: types, ranges, the dtype equal to the
 configuration's, every dataset inside the file size ``bytes`` and none overlapping another); a
 missing manifest where segments exist, or one that fails the check, is damage.
 
 ``RECORD.json`` holds ``generation`` (the last manifest's it saw), ``segments`` ``{name: null while
-the manifest names it, else the time (s) it stopped}`` and, while a writer is making segments,
-``writing_since`` (ns: segment files newer than that which no manifest names are that writer's, or
-a killed one's).  Garbage collection deletes only segments the record holds, once they have been
+the manifest names it, else the time (s) it stopped}`` and ``writing`` (the names a writer
+recorded, under its lock, BEFORE creating each segment file: a file a killed writer leaves is then
+featx's own; the next commit moves those no manifest names into ``segments`` as unnamed).  Only
+names the record holds are ever deleted: a file's name (its time) never makes it deletable.
+Garbage collection deletes only segments the record holds, once they have been
 unnamed for :func:`~featx.cache.layout.grace_seconds` (``$FEATX_CACHE_GRACE``, default 3600 s: a
 plain h5py reader holding an old ``view.h5`` keeps its rows that long); any other segment file is
 never deleted (``verify`` lists it).  ``featx cache repair`` (:mod:`featx.cache.repair`) rebuilds a
@@ -93,7 +100,9 @@ A journal part (``journal/part-<time_ns:020d>-<pid>-<n:06d>.npz``) is an uncompr
 with, per tap, ``keys__<tap>`` (N,) S32, ``codes__<tap>`` (N, D) and ``crc__<tap>`` (N,) uint32
 (each row's CRC-32; absent in parts of older versions); it may repeat a committed key (the
 committed row wins).  A part is checked whenever it is read (shapes, key length, finite codes,
-CRCs) and a part that fails is never committed.  NaN or infinite codes are never written.  Temporary files are named ``.tmp-<stem>-<pid>-<8 hex><suffix>`` in
+CRCs, and each tap's width: that of the committed segments, or of the first part for a new tap)
+and a part that fails is never committed.  The segments a manifest names agree on each tap's
+width (``dim``); a manifest whose segments do not is damage.  NaN or infinite codes are never written.  Temporary files are named ``.tmp-<stem>-<pid>-<8 hex><suffix>`` in
 the folder of their final name.
 
 Writes: :meth:`FeatureCache.append` writes a journal part (temporary name, fsync, rename: whole or
@@ -105,7 +114,7 @@ are merged into one, streaming), and swaps the manifest (temporary file, fsync,
 streaming (codes copied in blocks; the sorted index by a k-way merge in blocks), and swaps the
 manifest the same way.  A process killed at any moment leaves the previous manifest, which names
 only complete segments; the next commit removes its temporary files, records the segments it
-left unnamed for garbage collection (``writing_since``) and folds in its journal.  On any exception (ENOSPC included) a writer removes
+left unnamed for garbage collection (the record's ``writing``) and folds in its journal.  On any exception (ENOSPC included) a writer removes
 its own temporary files before the error propagates.
 
 Damage (a segment, journal part or manifest missing, truncated, unreadable or failing its

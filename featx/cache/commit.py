@@ -26,7 +26,8 @@ from featx.cache.journal import journal_rows
 from featx.cache.layout import FORMAT_VERSION, KEY_DTYPE, TapRows, first_unique, row_checksums
 from featx.cache.legacy import legacy_header, migrate_legacy
 from featx.cache.merge import merge_segments
-from featx.cache.segments import segment_entry, segment_name, write_segment
+from featx.cache.schema import tap_widths
+from featx.cache.segments import segment_entry, write_segment
 from featx.cache.view import drop_view, refresh_view, write_view
 
 MERGE_ADOPTED_OVER = 64  # a commit adopting more worker segments than this merges them into one
@@ -97,21 +98,20 @@ def fold(folder: CacheFolder, m: dict, parts: list, incoming: list, migrating: b
     every segment written here is removed before the error propagates."""
     created: list[Path] = []
     folder.path.mkdir(parents=True, exist_ok=True)
-    folder.begin_writing()
     try:
         segments = list(m["segments"])
         if migrating:
             m["migrated_from"] = folder.legacy.name
             segments.append(migrate_legacy(folder))
             created.append(folder.segments_dir / segments[-1]["name"])
-        sources, journal = pending_keys(folder, parts, incoming)
+        sources, journal = pending_keys(folder, parts, incoming, m)
         keep = new_rows(folder, m, segments, sources)
         segments += adopt_incoming(folder, sources[:-1], keep, m["config"], created)
         last = len(sources) - 1
         rows = {t: TapRows(k[keep[last, t]], c[keep[last, t]])
                 for t, (k, c) in journal.items() if keep[last, t].any()}
         if rows:  # journal parts: one new segment with the rows not cached yet
-            segments.append(write_segment(folder.segments_dir, rows, m["config"]))
+            segments.append(write_segment(folder.segments_dir, rows, m["config"], name=folder.new_segment_name()))
             created.append(folder.segments_dir / segments[-1]["name"])
         new = next_manifest(m, segments, provenance, failures)
         folder.path.mkdir(parents=True, exist_ok=True)
@@ -125,8 +125,10 @@ def fold(folder: CacheFolder, m: dict, parts: list, incoming: list, migrating: b
     return new
 
 
-def pending_keys(folder: CacheFolder, parts: list, incoming: list) -> tuple[list, dict]:
-    """Every key waiting to be committed, at once (memory ~ the new rows).
+def pending_keys(folder: CacheFolder, parts: list, incoming: list, m: dict | None = None) -> tuple[list, dict]:
+    """Every key waiting to be committed, at once (memory ~ the new rows).  A part or incoming
+    segment whose codes are not as wide as the committed ones of the same tap (manifest ``m``) is a
+    :class:`CacheDamagedError` naming it: nothing is committed.
 
     Returns
     -------
@@ -137,15 +139,18 @@ def pending_keys(folder: CacheFolder, parts: list, incoming: list) -> tuple[list
         ``{tap: (keys, codes)}`` of every journal part, concatenated.
     """
     sources = []
+    widths = tap_widths(m)
     for inc in incoming:
         entry = segment_entry(inc, checksum=True)
         for tap, info in entry["taps"].items():
             problem = codes_problem(inc, info)
+            if not problem and widths.setdefault(tap, info["dim"]) != info["dim"]:
+                problem = f"codes {info['dim']} wide, but the cache's codes of this tap are {widths[tap]} wide"
             if problem:
                 raise CacheDamagedError(inc, f"tap {tap}: {problem}", folder.path)
         sources.append((inc, entry, {t: read_range(inc, i["offsets"]["keys"], KEY_DTYPE, 0, i["rows"])
                                      for t, i in entry["taps"].items()}))
-    journal = journal_rows(parts, folder.path)
+    journal = journal_rows(parts, folder.path, widths)
     sources.append((None, None, {t: k for t, (k, _) in journal.items()}))
     return sources, journal
 
@@ -199,7 +204,8 @@ def adopt_incoming(folder: CacheFolder, sources: list, keep: dict, config: dict,
             created.append(folder.segments_dir / entry["name"])
             adopted.append(entry)
     if len(adopted) > MERGE_ADOPTED_OVER:  # many small worker segments: one, streaming
-        merged = merge_segments(folder.segments_dir, [(folder.segments_dir / e["name"], e) for e in adopted], config)
+        merged = merge_segments(folder.segments_dir, [(folder.segments_dir / e["name"], e) for e in adopted], config,
+                                name=folder.new_segment_name())
         created.append(folder.segments_dir / merged["name"])
         adopted = [merged]  # the linked files are named by no manifest: garbage
     return adopted
@@ -208,7 +214,7 @@ def adopt_incoming(folder: CacheFolder, sources: list, keep: dict, config: dict,
 def adopt_one(folder: CacheFolder, inc: Path, entry: dict, keys: dict, keep: dict, config: dict) -> dict | None:
     """One incoming segment as a new committed segment: a hard link (no copy) when every row is new,
     else a new segment of the new rows only (a retried batch).  None when no row is new."""
-    name = segment_name()
+    name = folder.new_segment_name()
     folder.segments_dir.mkdir(parents=True, exist_ok=True)
     if all(keep[t].all() for t in keys):  # a second name for the same file, no copy:
         try:  # incoming/ keeps the first until the manifest is swapped

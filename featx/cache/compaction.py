@@ -37,9 +37,8 @@ def compact_segments(folder: CacheFolder) -> dict:
                 folder.committed(s, info, m)
     need = sum(s["bytes"] for s in m["segments"])
     check_space(folder.path, need)
-    folder.begin_writing()
     entry = merge_segments(folder.segments_dir, [(folder.segments_dir / s["name"], s) for s in m["segments"]],
-                           m["config"])
+                           m["config"], name=folder.new_segment_name())
     try:
         new = {**m, "generation": int(m.get("generation", 0)) + 1, "segments": [entry]}
         drop_view(folder)  # consistent or absent, whatever moment a kill comes

@@ -28,7 +28,7 @@ from featx.cache.errors import (
 from featx.cache.files import write_json_atomic
 from featx.cache.layout import MANIFEST, RECORD, grace_seconds
 from featx.cache.schema import manifest_problem, record_problem
-from featx.cache.segments import Block
+from featx.cache.segments import Block, segment_name
 from featx.errors import FeatxError
 
 
@@ -198,8 +198,8 @@ class CacheFolder:
         r = self.record()
         if r["segments"]:
             return True
-        since = r.get("writing_since")
-        return any(since is None or written_at(p.name) < since for p in self.segment_files())
+        writing = set(r.get("writing", []))
+        return any(p.name not in writing for p in self.segment_files())
 
     def record(self) -> dict:
         """``RECORD.json``: {"generation", "segments": {name: None while a manifest names it, else the
@@ -212,12 +212,17 @@ class CacheFolder:
             return {"generation": 0, "segments": {}}
         return r if not record_problem(r) else {"generation": 0, "segments": {}}
 
-    def begin_writing(self) -> None:
-        """Note in the record that a writer starts making segments now: a segment file it leaves
-        unnamed (killed before its manifest swap) is then known as its own, not as an unknown file."""
+    def new_segment_name(self) -> str:
+        """A new segment name, written into the record's ``writing`` list BEFORE the caller creates
+        the file (under the writer's lock): a file a writer killed before its manifest swap leaves is
+        then known as featx's own, and only such recorded names are ever deleted -- never a file
+        for what its name says (a copied-in segment's time may be anything)."""
+        name = segment_name()
         r = self.record()
-        r.setdefault("writing_since", time.time_ns())  # an earlier killed writer's stays: the oldest counts
+        r["writing"] = sorted(set(r.get("writing", [])) | {name})
+        self.path.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.record_path, r)
+        return name
 
     def remember(self, names, forget=()) -> None:
         """Record ``names`` as named by the manifest about to be written, and drop ``forget`` from the
@@ -226,7 +231,6 @@ class CacheFolder:
         r["segments"].update({n: None for n in names})
         for n in forget:
             r["segments"].pop(n, None)
-        r.pop("writing_since", None)
         write_json_atomic(self.record_path, r)
 
     def committed(self, seg: dict, info: dict, m: dict) -> Block:
@@ -284,11 +288,10 @@ class CacheFolder:
         for name, dropped in list(r["segments"].items()):
             if name not in live and dropped is None:
                 r["segments"][name] = now
-        since = r.pop("writing_since", None)
-        if since is not None:  # segments a writer killed before its swap left: known, dropped now
-            for p in self.segment_files():
-                if p.name not in r["segments"] and p.name not in live and written_at(p.name) >= since:
-                    r["segments"][p.name] = now
+        r.pop("writing_since", None)  # an older featx's: a name's time never makes a file deletable
+        for name in r.pop("writing", []):  # files a writer recorded before making them, now unnamed
+            if name not in r["segments"] and (self.segments_dir / name).exists():
+                r["segments"][name] = now
         due = [n for n, t in r["segments"].items() if t is not None and now - t >= grace_seconds()]
         if due:
             with self.reader_lock(exclusive=True, wait=False) as got:
@@ -306,21 +309,16 @@ class CacheFolder:
     def unknown_segments(self, m: dict) -> list[Path]:
         """Segment files neither ``m`` nor the record names (never deleted: reported by verify)."""
         r = self.record()
-        known = {s["name"] for s in m["segments"]} | set(r["segments"])
-        since = r.get("writing_since")  # a running (or killed) writer's: the next commit records them
-        return [p for p in self.segment_files()
-                if p.name not in known and not (since is not None and written_at(p.name) >= since)]
-
-
-def written_at(name: str) -> int:
-    """The creation time (ns) in a segment's name ``seg-<time_ns>-<8 hex>.h5`` (0 when not of that form)."""
-    part = name.split("-")[1] if name.count("-") >= 2 else ""
-    return int(part) if part.isdigit() else 0
+        known = {s["name"] for s in m["segments"]} | set(r["segments"]) | set(r.get("writing", []))
+        return [p for p in self.segment_files() if p.name not in known]  # a writer's: the next commit records them
 
 
 def list_caches(cache_dir: str | Path) -> list[Path]:
-    """Cache folders in ``cache_dir`` (and legacy single-file caches not migrated yet)."""
+    """Cache folders in ``cache_dir`` (and legacy single-file caches not migrated yet): every folder
+    with a manifest, or without one but with what a cache leaves (segments, RECORD.json, journal
+    parts, workers' segments) -- a lost manifest is damage, listed, never "no caches"."""
     cache_dir = Path(cache_dir)
     found = {p.parent for p in cache_dir.glob(f"*/{MANIFEST}")}
+    found |= {p for p in cache_dir.glob("*/") if p.is_dir() and CacheFolder(p).exists()}
     found |= {p for p in cache_dir.glob("*.h5") if p.with_suffix("") not in found}
     return sorted(found)

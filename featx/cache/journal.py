@@ -53,10 +53,11 @@ def write_part(journal: Path, rows: dict[str, TapRows], number: int) -> Path:
     return final
 
 
-def part_arrays(part: Path, folder: Path, tap: str | None = None) -> dict:
+def part_arrays(part: Path, folder: Path, tap: str | None = None, widths: dict | None = None) -> dict:
     """{tap: (keys, codes)} of a journal part (only ``tap`` when given).  A missing part stays
-    FileNotFoundError (a commit may have folded it in meanwhile); one that cannot be read is a
-    :class:`CacheDamagedError`."""
+    FileNotFoundError (a commit may have folded it in meanwhile); one that cannot be read, or whose
+    codes of a tap are not as wide as ``widths`` {tap: width} says (the committed segments' widths,
+    :func:`~featx.cache.schema.tap_widths`), is a :class:`CacheDamagedError`."""
     try:
         with np.load(part, allow_pickle=False) as z:
             names = [k[len("keys__"):] for k in z.files if k.startswith("keys__")]
@@ -68,6 +69,8 @@ def part_arrays(part: Path, folder: Path, tap: str | None = None) -> dict:
         raise CacheDamagedError(part, why(exc), folder, advice=part_advice(part)) from None
     for t, (keys, codes, crc) in out.items():
         problem = rows_problem(keys, codes, crc)
+        if not problem and widths and t in widths and codes.shape[1] != widths[t]:
+            problem = f"codes {codes.shape[1]} wide, but the cache's codes of this tap are {widths[t]} wide"
         if problem:
             raise CacheDamagedError(part, f"tap {t}: {problem}", folder, advice=part_advice(part))
     return {t: (k, c) for t, (k, c, _) in out.items()}
@@ -100,15 +103,22 @@ def part_taps(part: Path) -> set[str]:
         raise CacheDamagedError(part, why(exc), part.parent.parent, advice=part_advice(part)) from None
 
 
-def journal_rows(parts: list[Path], folder: Path) -> dict:
-    """{tap: (keys (N,) S32, codes (N, D))}: every part's rows, concatenated in part order."""
+def journal_rows(parts: list[Path], folder: Path, widths: dict | None = None) -> dict:
+    """{tap: (keys (N,) S32, codes (N, D))}: every part's rows, concatenated in part order.
+
+    Each part's codes must be as wide as ``widths`` {tap: width} says (the committed segments',
+    :func:`~featx.cache.schema.tap_widths`) or, for a tap not in it, as the first part's: a part that is not is a :class:`CacheDamagedError`
+    naming it (nothing is committed)."""
     journal: dict[str, list] = {}
+    widths = dict(widths or {})
     for p in parts:
-        for tap, (k, c) in part_arrays(p, folder).items():
+        for tap, (k, c) in part_arrays(p, folder, widths=widths).items():
+            widths.setdefault(tap, c.shape[1])
             journal.setdefault(tap, []).append((as_keys(k), c))
     return {t: (np.concatenate([k for k, _ in v]), np.concatenate([c for _, c in v])) for t, v in journal.items()}
 
 
-def verify_part(part: Path) -> None:
-    """Read and check every array of a part (raises CacheDamagedError, or whatever a damaged part raises)."""
-    part_arrays(part, part.parent.parent)
+def verify_part(part: Path, widths: dict | None = None) -> dict:
+    """Read and check every array of a part, its widths against ``widths`` {tap: width}; returns
+    {tap: width} of its codes (raises CacheDamagedError, or whatever a damaged part raises)."""
+    return {t: c.shape[1] for t, (_, c) in part_arrays(part, part.parent.parent, widths=widths).items()}

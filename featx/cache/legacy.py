@@ -18,7 +18,7 @@ from featx.cache.errors import CacheDamagedError
 from featx.cache.files import check_space, fsync_dir
 from featx.cache.folder import CacheFolder
 from featx.cache.layout import as_keys, first_unique, row_checksums
-from featx.cache.segments import segment_file, segment_name
+from featx.cache.segments import segment_file
 
 
 def legacy_header(f) -> tuple[dict, dict, list]:
@@ -37,7 +37,7 @@ def migrate_legacy(folder: CacheFolder) -> dict:
     """
     folder.segments_dir.mkdir(parents=True, exist_ok=True)
     check_space(folder.path, folder.legacy.stat().st_size)  # the segment is about as large as the old file
-    name = segment_name()
+    name = folder.new_segment_name()
     with folder.legacy_open() as old:
         config = json.loads(old.attrs["config"])
         dtype = np.dtype(config["dtype"])

@@ -22,14 +22,14 @@ from featx.cache.segments import segment_file, segment_name
 _MERGE_KEY_BYTES = 16 << 20  # budget for the k-way merge's key buffers, all segments together
 
 
-def merge_segments(segments_dir: Path, srcs: list, config: dict) -> dict:
-    """One new segment in ``segments_dir`` holding the rows of ``srcs`` [(path, manifest entry)],
-    in order, streaming.  Keys must not repeat across ``srcs``.  Returns its manifest entry; on any
-    exception the new file is removed."""
+def merge_segments(segments_dir: Path, srcs: list, config: dict, name: str | None = None) -> dict:
+    """One new segment ``name`` (default: a new name) in ``segments_dir`` holding the rows of ``srcs``
+    [(path, manifest entry)], in order, streaming.  Keys must not repeat across ``srcs``.  Returns
+    its manifest entry; on any exception the new file is removed."""
     segments_dir.mkdir(parents=True, exist_ok=True)
     check_space(segments_dir.parent, sum(e.get("bytes", 0) for _, e in srcs))  # as large as its sources
     taps = sorted({t for _, e in srcs for t in e["taps"]})
-    name = segment_name()
+    name = name or segment_name()
     with segment_file(segments_dir, name, config) as (f, entry, ds):
         for tap in taps:
             tap_srcs = [(path, e["taps"][tap]) for path, e in srcs if e["taps"].get(tap, {}).get("rows")]

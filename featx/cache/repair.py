@@ -1,5 +1,9 @@
 """``featx cache repair``: a lost or damaged ``MANIFEST.json`` rebuilt from the segments' own headers.
 
+Damaged means missing, unparseable, failing its schema, or -- though sound JSON of the right shape --
+disagreeing with a segment file it names (:func:`manifest_mismatch`: its size, a tap's rows,
+width, dtype, offsets or index checksum, e.g. two entries' names swapped).
+
 Why: the manifest is the only list of the committed segments, so losing it used to lose the whole
 cache.  Every segment carries what its manifest entry says (format, configuration, per tap its
 rows, dimension, dtype and dataset offsets; see :func:`featx.cache.segments.segment_entry`), so
@@ -56,7 +60,8 @@ def repair(folder: CacheFolder) -> Repaired:
     with folder.writing():
         folder.cleanup_temporary()
         try:
-            if folder.manifest() is not None:
+            m = folder.manifest()
+            if m is not None and not manifest_mismatch(folder, m):
                 return Repaired(needed=False)
         except CacheDamagedError:
             pass
@@ -85,6 +90,26 @@ def repair(folder: CacheFolder) -> Repaired:
         folder.collect_garbage(m)
         done.kept, done.rows = [s["name"] for s in chosen], manifest_rows(m)
         return done
+
+
+def manifest_mismatch(folder: CacheFolder, m: dict) -> str:
+    """What in a schema-sound manifest ``m`` disagrees with the segment files' own headers (a file
+    missing or unreadable, its size, a tap's rows, width, dtype, offsets, or ``index_crc`` computed
+    from the file -- e.g. two entries' names swapped); '' when every entry matches its file."""
+    for seg in m["segments"]:
+        path = folder.segments_dir / seg["name"]
+        try:
+            actual = segment_entry(path, checksum=True)
+        except (CacheDamagedError, OSError) as exc:
+            return f"{seg['name']}: {getattr(exc, 'detail', None) or exc}"
+        if actual["bytes"] != seg["bytes"] or set(actual["taps"]) != set(seg["taps"]):
+            return f"{seg['name']}: its size or taps differ from its entry"
+        for tap, info in seg["taps"].items():
+            a = actual["taps"][tap]
+            if any(a.get(k) != info.get(k) for k in ("rows", "dim", "dtype", "index_crc")) or a["offsets"] != {
+                    k: v for k, v in info["offsets"].items() if v is not None}:
+                return f"{seg['name']} tap {tap}: its entry does not match the file's header"
+    return ""
 
 
 def readable_segments(folder: CacheFolder, done: Repaired) -> list:

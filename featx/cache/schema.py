@@ -53,7 +53,19 @@ def manifest_problem(m) -> str:
         if seg["name"] in names:
             return f"segment {seg['name']} is listed twice"
         names.add(seg["name"])
+    widths: dict = {}
+    for seg in m["segments"]:
+        for tap, info in seg["taps"].items():
+            if widths.setdefault(tap, info["dim"]) != info["dim"]:
+                return (f"tap {tap}: segment {seg['name']} holds codes {info['dim']} wide, "
+                        f"an earlier segment {widths[tap]} wide")
     return ""
+
+
+def tap_widths(m: dict | None) -> dict:
+    """{tap: width of its codes} as the segments of a sound manifest ``m`` record them (they agree:
+    :func:`manifest_problem`); empty for None."""
+    return {tap: info["dim"] for seg in (m or {}).get("segments", []) for tap, info in seg["taps"].items()}
 
 
 def segment_problem(seg, dtype: str) -> str:
@@ -100,6 +112,8 @@ def tap_problem(info, dtype: str, size: int) -> str:
         return "an offset is not a whole number >= 0"
     if "index_crc" in info and (not _int(info["index_crc"]) or not 0 <= info["index_crc"] < 2**32):
         return f"index_crc {info['index_crc']!r} is not a CRC-32"
+    if ("index_crc" in info) != (off.get("codes_crc") is not None):  # both, or neither (before checksums)
+        return "index_crc and the codes_crc offset come together (one is missing)"
     if info["rows"] == 0:
         return ""
     spans = sorted((off[k], off[k] + n, k) for k, n in dataset_bytes(info).items())
@@ -115,6 +129,9 @@ def record_problem(r) -> str:
         return "not a segment record: no segments object"
     if not _int(r.get("generation", 0)) or not (r.get("writing_since") is None or _int(r["writing_since"])):
         return "generation or writing_since is not a whole number"
+    writing = r.get("writing", [])
+    if not isinstance(writing, list) or not all(isinstance(n, str) and SEGMENT_NAME.fullmatch(n) for n in writing):
+        return "writing is not a list of segment names"
     for name, dropped in r["segments"].items():
         if not SEGMENT_NAME.fullmatch(name) or not (dropped is None or isinstance(dropped, (int, float))):
             return f"entry {name!r}: expected a segment name and null or a time"

@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 
 from featx.cache.bloom import bloom, bloom_bits
-from featx.cache.errors import CacheDamagedError, why
+from featx.cache.errors import CacheDamagedError, repair_advice, why
 from featx.cache.files import as_disk_error, check_space, fsync_dir, fsync_file, pread_rows, temporary
 from featx.cache.layout import (
     DATASETS,
@@ -200,6 +200,15 @@ def segment_entry(path: Path, checksum: bool = False) -> dict:
     return entry
 
 
+def unlisted_checksums(path: Path) -> bool:
+    """Whether a segment file holds row checksums (``codes_crc``): a manifest entry of it without
+    them is damage, not a segment written before checksums (read once per mapping of such an entry)."""
+    try:
+        return any("codes_crc" in t["offsets"] for t in segment_entry(path)["taps"].values())
+    except CacheDamagedError:
+        return False  # the mapping's own checks say what is wrong with the file
+
+
 def map_segment(path: Path, keep: bool = True):
     """The whole segment file mapped read-only, and the file left open for ``pread``.
 
@@ -307,11 +316,18 @@ class Block:
         if off.get("codes_crc") is not None:
             block.codes_crc = view("codes_crc", np.uint32, (n,))
         tap_id = (off["keys"], info.get("index_crc"))
+        if off.get("codes_crc") is None and tap_id not in checked and CHECK_READS:
+            if unlisted_checksums(path):  # the entry lost them: never read a checked segment unchecked
+                raise CacheDamagedError(path, "its manifest entry lacks the checksums the file holds",
+                                        advice=repair_advice(path.parent.parent))
+            checked.add(tap_id)
         if info.get("index_crc") is not None and tap_id not in checked and CHECK_READS:
             index = {"keys": block.keys, "sorted_keys": block.sorted_keys, "sorted_rows": block.sorted_rows,
                      "bloom": block.bloom, "codes_crc": block.codes_crc}
             if chained_crc(index[k] for k in INDEX_DATASETS if index[k] is not None) != info["index_crc"]:
-                raise CacheDamagedError(path, "its keys or key index do not match their checksum")
+                raise CacheDamagedError(path, "its keys or key index do not match their checksum", advice=(
+                    "the checksum is the manifest's: " + repair_advice(path.parent.parent) + "; it leaves out "
+                    "(and lists) a segment that is itself damaged"))
             checked.add(tap_id)
         return block
 

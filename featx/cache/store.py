@@ -24,6 +24,7 @@ from featx.cache.folder import CacheFolder
 from featx.cache.journal import part_arrays, part_taps, write_part
 from featx.cache.layout import TapRows, as_keys
 from featx.cache.legacy import legacy_info
+from featx.cache.schema import tap_widths
 from featx.cache.segments import Block, forget_maps, segment_entry, write_segment
 from featx.cache.repair import repair as repair_folder
 from featx.cache.verify import verify as verify_folder
@@ -87,7 +88,7 @@ class FeatureCache(CacheFolder):
                             blocks.append(self.committed(seg, info, m))
                 elif self.legacy.exists():
                     self._add_legacy(blocks, tap)
-                self._add_pending(blocks, tap)
+                self._add_pending(blocks, tap, m)
                 again = self.manifest()
                 if (again or {}).get("generation") != (m or {}).get("generation") or (again is None) != (m is None):
                     raise FileNotFoundError  # a commit swapped the manifest meanwhile: parts may be gone
@@ -106,14 +107,14 @@ class FeatureCache(CacheFolder):
         else:
             f.close()
 
-    def _add_pending(self, blocks: list, tap: str) -> None:
+    def _add_pending(self, blocks: list, tap: str, m: dict | None = None) -> None:
         for inc in self.incoming():
             entry = segment_entry(inc)
             if tap in entry["taps"]:
                 blocks.append(Block.mapped(inc, entry["taps"][tap], keep_mapped=False))
                 blocks[-1].pending = True
         for part in self.parts():
-            for k, c in part_arrays(part, self.path, tap).values():
+            for k, c in part_arrays(part, self.path, tap, widths=tap_widths(m)).values():
                 blocks.append(Block.from_arrays(k, c))
                 blocks[-1].pending = True
 

@@ -18,6 +18,7 @@ from featx.cache.files import read_range
 from featx.cache.folder import CacheFolder
 from featx.cache.journal import verify_part
 from featx.cache.layout import INDEX_DATASETS, KEY_DTYPE, MANIFEST, cache_path, chained_crc, row_checksums
+from featx.cache.schema import tap_widths
 from featx.cache.segments import segment_entry
 from featx.cache.view import view_problem
 
@@ -52,7 +53,7 @@ def _verify_once(folder: CacheFolder) -> list[str]:
         if folder.legacy.exists():
             return verify_legacy(folder.legacy) + verify_pending(folder)
         return ["no manifest: not a cache folder (or nothing committed yet)"] + verify_pending(folder)
-    problems = verify_committed(folder, m) + verify_pending(folder)
+    problems = verify_committed(folder, m) + verify_pending(folder, tap_widths(m))
     view = view_problem(folder, m)
     if view:
         problems.append(view)
@@ -87,9 +88,12 @@ def _verify_segment(path: Path, seg: dict, all_keys: dict, problems: list) -> No
         actual = segment_entry(path)
         for tap, info in seg["taps"].items():
             a = actual["taps"].get(tap)
-            if a is None or any(a[k] != info[k] for k in ("rows", "dim", "dtype")) or any(
+            lost = a is not None and a["offsets"].get("codes_crc") is not None and info.get("index_crc") is None
+            if lost or a is None or any(a[k] != info[k] for k in ("rows", "dim", "dtype")) or any(
                     a["offsets"].get(k) != v for k, v in info["offsets"].items()):
-                problems.append(f"segment {seg['name']} tap {tap}: does not match the manifest")
+                problems.append(f"segment {seg['name']} tap {tap}: " + (
+                    "its manifest entry lacks the checksums the file holds; " + repair_advice(path.parent.parent)
+                    if lost else "does not match the manifest"))
                 continue
             problems += [f"segment {seg['name']} tap {tap}: {p}" for p in verify_block(path, info)]
             all_keys.setdefault(tap, []).append(
@@ -175,12 +179,15 @@ def _verify_legacy_tap(g, prefix: str, problems: list) -> None:
             break
 
 
-def verify_pending(folder: CacheFolder) -> list[str]:
-    """Problems of the journal parts and incoming segments (rows not committed yet)."""
+def verify_pending(folder: CacheFolder, widths: dict | None = None) -> list[str]:
+    """Problems of the journal parts and incoming segments (rows not committed yet); each tap's codes
+    must be as wide as ``widths`` {tap: width} (the committed segments') or the first part's."""
     problems = []
+    widths = dict(widths or {})
     for part in folder.parts():
         try:
-            verify_part(part)
+            for tap, width in verify_part(part, widths).items():
+                widths.setdefault(tap, width)
         except Exception as exc:  # noqa: BLE001
             detail = exc.detail if isinstance(exc, CacheDamagedError) else why(exc)
             problems.append(f"journal part {part.name} unreadable: {detail}")
@@ -189,6 +196,9 @@ def verify_pending(folder: CacheFolder) -> list[str]:
             entry = segment_entry(inc)
             for tap, info in entry["taps"].items():
                 problems += [f"incoming {inc.name} tap {tap}: {p}" for p in verify_block(inc, info)]
+                if widths.setdefault(tap, info["dim"]) != info["dim"]:
+                    problems.append(f"incoming {inc.name} tap {tap}: codes {info['dim']} wide, but the cache's "
+                                    f"are {widths[tap]} wide")
         except Exception as exc:  # noqa: BLE001
             detail = exc.detail if isinstance(exc, CacheDamagedError) else why(exc)
             problems.append(f"incoming segment {inc.name} unreadable: {detail}")
