@@ -117,19 +117,13 @@ def thumbnail_uri(path, side: int = THUMBNAIL_SIDE, quality: int = THUMBNAIL_QUA
     return "data:image/jpeg;base64," + base64.b64encode(data.tobytes()).decode("ascii") if ok else None
 
 
-def visible(text) -> str:
-    """``text`` writable as UTF-8: a file name's undecodable bytes shown as ``\\xHH``, featx's one documented
-    escape (:func:`featx.names.shown`), rather than failing the page's write."""
-    return shown(text)
-
-
 def card(path, lines, budget: ThumbnailBudget, title: str | None = None) -> str:
     """One thumbnail with its caption lines (each escaped), or nothing when the page's budget is spent."""
     if not budget.take():
         return ""
 
     def e(text):
-        return html.escape(visible(text))
+        return html.escape(shown(text))  # featx.names' one escape for undecodable bytes
 
     key = str(path)
     if key not in budget.cache:
